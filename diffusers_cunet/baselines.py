@@ -1,0 +1,33 @@
+"""The diffusers `UNet2DModel` baselines we compare against, built from their configs with random weights."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffusers import UNet2DModel
+
+# `google/ddpm-cifar10-32`'s unet/config.json (35,746,307 parameters), written out so nothing is downloaded.
+DDPM_CIFAR10_CONFIG: dict[str, Any] = dict(
+    sample_size=32,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(128, 256, 256, 256),
+    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    layers_per_block=2,
+    norm_eps=1e-6,
+    downsample_padding=0,
+    freq_shift=1,
+    flip_sin_to_cos=False,
+    attention_head_dim=None,
+    act_fn="silu",
+    norm_num_groups=32,
+    center_input_sample=False,
+    time_embedding_type="positional",
+    mid_block_scale_factor=1,
+)
+
+
+def ddpm_cifar10_unet(**overrides: Any) -> UNet2DModel:
+    """A randomly initialised `UNet2DModel` with the architecture of `google/ddpm-cifar10-32`."""
+    return UNet2DModel(**{**DDPM_CIFAR10_CONFIG, **overrides})

@@ -1,0 +1,21 @@
+"""Counting parameters and FLOPs the same way for every model (torch.utils.flop_counter)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_forward_flops(model: nn.Module, batch_size: int = 1, timestep: int = 500) -> int:
+    """FLOPs of one forward call on a random batch of the model's sample size (a multiply-add counts 2)."""
+    config = model.config
+    sample = torch.randn(batch_size, config.in_channels, config.sample_size, config.sample_size)
+    with FlopCounterMode(display=False) as counter:
+        model(sample, timestep)
+    return counter.get_total_flops()

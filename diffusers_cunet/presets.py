@@ -1,0 +1,49 @@
+"""Named model configurations: the 32x32 RGB default (CIFAR-10 size) and a small 16x16 grey one (digits size).
+
+The CIFAR-10 preset is sized against diffusers' `UNet2DModel` with `google/ddpm-cifar10-32`'s config
+(35.7 M parameters, 12.1 GFLOPs per call): it must stay within 25% of the parameters and 30% of the FLOPs
+(checked by the tests; `python -m benchmarks.cost` prints both side by side).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .unet_continuous_2d import ContinuousUNet2DModel
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "cifar10-32": dict(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(64, 128, 256),
+        attention_levels=(False, True, False),
+        mid_attention=True,
+        norm_num_groups=32,
+        solver_method="euler",
+        solver_steps=2,
+    ),
+    "digits-16": dict(
+        sample_size=16,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(32, 64, 128),
+        attention_levels=(False, False, True),
+        mid_attention=True,
+        norm_num_groups=8,
+        solver_method="euler",
+        solver_steps=2,
+    ),
+}
+
+
+def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
+    """The constructor arguments of a named preset, with `overrides` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; expected one of {sorted(PRESETS)}.")
+    return {**PRESETS[name], **overrides}
+
+
+def from_preset(name: str, **overrides: Any) -> ContinuousUNet2DModel:
+    """A freshly initialised `ContinuousUNet2DModel` from a named preset, e.g. `from_preset("cifar10-32")`."""
+    return ContinuousUNet2DModel(**preset_config(name, **overrides))

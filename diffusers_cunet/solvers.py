@@ -1,0 +1,99 @@
+"""Validated ODE-solver settings for the continuous U-Net's neural-ODE blocks.
+
+torchdiffeq accepts any option dictionary and only warns about unknown keys; a typo there silently changes
+what the network computes. Everything that reaches torchdiffeq therefore goes through :class:`SolverConfig`,
+which raises a ``ValueError`` for an unknown method or option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+# Fixed-grid methods and the number of function evaluations each spends per step. A fixed grid makes a
+# sample's output independent of the batch it was computed in, so these are the defaults.
+FIXED_STEP_METHODS: dict[str, int] = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
+# Order of accuracy of each fixed-grid method (the tests check the observed convergence against it).
+FIXED_STEP_ORDERS: dict[str, int] = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
+# Adaptive methods choose their own steps from rtol/atol; their cost depends on the data.
+ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+SOLVER_METHODS: tuple[str, ...] = tuple(FIXED_STEP_METHODS) + ADAPTIVE_METHODS
+
+
+@dataclasses.dataclass(frozen=True)
+class SolverConfig:
+    """How one neural-ODE block integrates its features from ODE time 0 to 1.
+
+    Args:
+        method (`str`): a torchdiffeq method; fixed-grid (`euler`, `midpoint`, `heun2`, `heun3`, `rk4`) or
+            adaptive (`dopri5`, `dopri8`, `bosh3`, `fehlberg2`, `adaptive_heun`).
+        steps (`int`): number of equal steps on [0, 1] for a fixed-grid method (ignored by adaptive ones).
+        rtol (`float`): relative tolerance of an adaptive method.
+        atol (`float`): absolute tolerance of an adaptive method.
+        adjoint (`bool`): back-propagate with the adjoint method (memory constant in the number of steps,
+            at the price of a second ODE solve backwards).
+    """
+
+    method: str = "euler"
+    steps: int = 2
+    rtol: float = 1e-3
+    atol: float = 1e-4
+    adjoint: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in SOLVER_METHODS:
+            raise ValueError(f"Unknown ODE solver method {self.method!r}; expected one of {list(SOLVER_METHODS)}.")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"Solver steps must be a positive integer, got {self.steps!r}.")
+        for name in ("rtol", "atol"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"Solver {name} must be a positive number, got {value!r}.")
+        if not isinstance(self.adjoint, bool):
+            raise ValueError(f"Solver adjoint must be a bool, got {self.adjoint!r}.")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | SolverConfig | None = None, base: SolverConfig | None = None):
+        """Build a config from a mapping of overrides on top of `base` (default settings when `None`).
+
+        Raises:
+            ValueError: if `options` holds a key that is not a solver setting.
+        """
+        base = base if base is not None else cls()
+        if options is None:
+            return base
+        if isinstance(options, SolverConfig):
+            return options
+        if not isinstance(options, Mapping):
+            raise ValueError(f"Solver options must be a mapping or a SolverConfig, got {type(options).__name__}.")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(f"Unknown ODE solver option(s) {unknown}; expected some of {sorted(known)}.")
+        return dataclasses.replace(base, **dict(options))
+
+    @property
+    def is_adaptive(self) -> bool:
+        return self.method in ADAPTIVE_METHODS
+
+    @property
+    def evaluations_per_solve(self) -> int | None:
+        """Function evaluations one block spends per solve; `None` for adaptive methods (data dependent)."""
+        if self.is_adaptive:
+            return None
+        return FIXED_STEP_METHODS[self.method] * self.steps
+
+    def torchdiffeq_kwargs(self, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+        """Keyword arguments for `torchdiffeq.odeint` integrating over [0, 1]."""
+        if self.is_adaptive:
+            return {"method": self.method, "rtol": self.rtol, "atol": self.atol}
+        steps = self.steps
+
+        def grid(func, y0, t):
+            # An explicit grid: `step_size=1/steps` rounds up to an extra step for some step counts.
+            return torch.linspace(float(t[0]), float(t[-1]), steps + 1, dtype=t.dtype, device=t.device)
+
+        return {"method": self.method, "options": {"grid_constructor": grid}}

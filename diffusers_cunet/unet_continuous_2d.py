@@ -1,0 +1,357 @@
+"""`ContinuousUNet2DModel`: the continuous U-Net (cUNet) of "The Missing U for Efficient Diffusion Models".
+
+The module path `diffusers_cunet.unet_continuous_2d` is written into every saved `model_index.json`, so it is a
+saved format: keep it. diffusers also looks the base class `ModelMixin` up by name in this module when it
+loads a pipeline, which is why it is imported here at module level.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.attention_processor import Attention
+from diffusers.models.downsampling import Downsample2D
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.upsampling import Upsample2D
+from diffusers.utils import BaseOutput
+from torch import nn
+
+from .ode_blocks import NORM_TYPES, ODE_ORDERS, ODEBlock, make_norm
+from .solvers import SolverConfig
+
+__all__ = ["ContinuousUNet2DModel", "ContinuousUNet2DOutput", "ModelMixin"]
+
+
+@dataclass
+class ContinuousUNet2DOutput(BaseOutput):
+    """
+    Args:
+        sample (`torch.Tensor` of shape `(batch_size, out_channels, height, width)`):
+            The model's prediction (noise, velocity or clean sample, as it was trained).
+    """
+
+    sample: torch.Tensor
+
+
+class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
+    r"""
+    A U-Net whose levels are neural-ODE blocks (arXiv 2310.20092), with the call signature of diffusers'
+    `UNet2DModel`, so `DDPMPipeline` and the diffusers schedulers drive it unchanged.
+
+    Layout: `conv_in` -> for each level an ODE block (kept as a skip) and, except at the last level, a strided
+    conv down to the next width -> a bottleneck ODE block (optionally with attention) -> for each level in reverse
+    an upsampling conv, concatenation with the skip, a 1x1 merge conv and an ODE block -> norm, SiLU, `conv_out`.
+
+    Args:
+        sample_size (`int`): height and width of the images the model was built for (pipelines read it).
+        in_channels (`int`): channels of the input sample.
+        out_channels (`int`): channels of the prediction.
+        block_out_channels (`tuple[int]`): feature channels of each level; the image is halved between levels.
+        mid_channels (`int`, *optional*): channels of the bottleneck; `None` keeps the last level's width.
+        attention_levels (`tuple[bool]`): per level, whether self-attention follows its ODE blocks.
+        mid_attention (`bool`): self-attention in the bottleneck.
+        attention_head_dim (`int`): channels per attention head.
+        norm_type (`str`): `"group"`, `"instance"` or `"none"` normalisation inside the ODE blocks.
+        norm_num_groups (`int`): groups of the GroupNorm layers.
+        norm_eps (`float`): epsilon of the normalisation layers.
+        ode_order (`str`): `"first"` (dz/ds = f) or `"second"` (d[z, v]/ds = [v, f], with an initial-velocity net).
+        ode_residual (`bool`): add the state to the vector field (the released code's `out + x`).
+        dropout (`float`): dropout inside the vector fields.
+        solver_method (`str`): torchdiffeq method of every ODE block (see `diffusers_cunet.solvers`).
+        solver_steps (`int`): equal steps on [0, 1] for fixed-grid methods.
+        solver_rtol (`float`), solver_atol (`float`): tolerances of adaptive methods.
+        solver_adjoint (`bool`): back-propagate through the solves with the adjoint method.
+        time_embedding_dim (`int`, *optional*): width of the time embedding; `4 * block_out_channels[0]` if `None`.
+        flip_sin_to_cos (`bool`), freq_shift (`int`): sinusoidal timestep features, as in `UNet2DModel`.
+        num_class_embeds (`int`, *optional*): number of classes for class-conditional generation.
+    """
+
+    _supports_gradient_checkpointing = True
+    _skip_layerwise_casting_patterns = ["norm"]
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int = 32,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        block_out_channels: tuple[int, ...] = (64, 128, 256),
+        mid_channels: int | None = None,
+        attention_levels: tuple[bool, ...] = (False, True, False),
+        mid_attention: bool = True,
+        attention_head_dim: int = 32,
+        norm_type: str = "group",
+        norm_num_groups: int = 32,
+        norm_eps: float = 1e-6,
+        ode_order: str = "first",
+        ode_residual: bool = False,
+        dropout: float = 0.0,
+        solver_method: str = "euler",
+        solver_steps: int = 2,
+        solver_rtol: float = 1e-3,
+        solver_atol: float = 1e-4,
+        solver_adjoint: bool = False,
+        time_embedding_dim: int | None = None,
+        flip_sin_to_cos: bool = True,
+        freq_shift: int = 0,
+        num_class_embeds: int | None = None,
+    ):
+        super().__init__()
+        block_out_channels = tuple(block_out_channels)
+        attention_levels = tuple(attention_levels)
+        mid_channels = mid_channels or block_out_channels[-1]
+        self._validate_architecture(
+            block_out_channels, mid_channels, attention_levels, attention_head_dim, norm_type, norm_num_groups, ode_order
+        )
+        self._solver = SolverConfig(solver_method, solver_steps, solver_rtol, solver_atol, solver_adjoint)
+
+        # time (and class) embedding
+        base = block_out_channels[0]
+        temb_dim = time_embedding_dim or 4 * base
+        self.time_proj = Timesteps(base, flip_sin_to_cos=flip_sin_to_cos, downscale_freq_shift=freq_shift)
+        self.time_embedding = TimestepEmbedding(base, temb_dim)
+        self.class_embedding = nn.Embedding(num_class_embeds, temb_dim) if num_class_embeds else None
+
+        def ode_block(channels: int) -> ODEBlock:
+            return ODEBlock(
+                channels, temb_dim, ode_order, norm_type, norm_num_groups, norm_eps, ode_residual, dropout
+            )
+
+        def attention(channels: int) -> Attention:
+            return Attention(
+                channels,
+                heads=channels // attention_head_dim,
+                dim_head=attention_head_dim,
+                eps=norm_eps,
+                norm_num_groups=norm_num_groups,
+                residual_connection=True,
+                bias=True,
+                upcast_softmax=True,
+                _from_deprecated_attn_block=True,
+            )
+
+        levels = len(block_out_channels)
+        self.conv_in = nn.Conv2d(in_channels, base, kernel_size=3, padding=1)
+
+        # encoder: ODE block (+ attention) per level, strided conv between levels
+        self.down_blocks = nn.ModuleList(ode_block(c) for c in block_out_channels)
+        self.down_attentions = nn.ModuleList(
+            attention(c) if use else nn.Identity() for c, use in zip(block_out_channels, attention_levels)
+        )
+        widths_below = block_out_channels[1:] + (mid_channels,)
+        self.downsamplers = nn.ModuleList(
+            Downsample2D(c, use_conv=True, out_channels=c_next, padding=1, name="op") if i < levels - 1
+            else nn.Conv2d(c, c_next, kernel_size=1)
+            for i, (c, c_next) in enumerate(zip(block_out_channels, widths_below))
+        )
+
+        # bottleneck
+        self.mid_block = ode_block(mid_channels)
+        self.mid_attn = attention(mid_channels) if mid_attention else nn.Identity()
+
+        # decoder: upsample (except into the deepest level), concatenate the skip, 1x1 merge, ODE block
+        self.upsamplers = nn.ModuleList()
+        self.skip_merges = nn.ModuleList()
+        self.up_blocks = nn.ModuleList()
+        self.up_attentions = nn.ModuleList()
+        for i in reversed(range(levels)):
+            c, c_below = block_out_channels[i], widths_below[i]
+            if i < levels - 1:
+                self.upsamplers.append(Upsample2D(c_below, use_conv=True, out_channels=c))
+            else:
+                self.upsamplers.append(nn.Conv2d(c_below, c, kernel_size=1))
+            self.skip_merges.append(nn.Conv2d(2 * c, c, kernel_size=1))
+            self.up_blocks.append(ode_block(c))
+            self.up_attentions.append(attention(c) if attention_levels[i] else nn.Identity())
+
+        self.conv_norm_out = make_norm("group" if norm_type == "none" else norm_type, base, norm_num_groups, norm_eps)
+        self.conv_out = nn.Conv2d(base, out_channels, kernel_size=3, padding=1)
+
+    @staticmethod
+    def _validate_architecture(
+        block_out_channels, mid_channels, attention_levels, attention_head_dim, norm_type, norm_num_groups, ode_order
+    ) -> None:
+        if not block_out_channels or any(not isinstance(c, int) or c < 1 for c in block_out_channels):
+            raise ValueError(f"block_out_channels must be positive integers, got {block_out_channels!r}.")
+        if len(attention_levels) != len(block_out_channels):
+            raise ValueError(
+                f"attention_levels has {len(attention_levels)} entries but block_out_channels has "
+                f"{len(block_out_channels)} levels."
+            )
+        if norm_type not in NORM_TYPES:
+            raise ValueError(f"Unknown norm_type {norm_type!r}; expected one of {list(NORM_TYPES)}.")
+        if ode_order not in ODE_ORDERS:
+            raise ValueError(f"Unknown ode_order {ode_order!r}; expected one of {list(ODE_ORDERS)}.")
+        widths = list(block_out_channels) + [mid_channels]
+        if norm_type == "group" or norm_type == "none":
+            bad = [c for c in widths if c % norm_num_groups]
+            if bad:
+                raise ValueError(f"Channel counts {bad} are not divisible by norm_num_groups={norm_num_groups}.")
+        attended = [c for c, use in zip(block_out_channels, attention_levels) if use] + [mid_channels]
+        bad = [c for c in attended if c % attention_head_dim]
+        if bad:
+            raise ValueError(f"Channel counts {bad} are not divisible by attention_head_dim={attention_head_dim}.")
+
+    # ------------------------------------------------------------------ solver settings
+    @property
+    def solver(self) -> SolverConfig:
+        """The ODE solver settings every block uses when `forward` is given none."""
+        return self._solver
+
+    def set_solver(self, **options: Any) -> SolverConfig:
+        """Change the ODE solver without rebuilding the model, e.g. `model.set_solver(method="rk4", steps=1)`.
+
+        The new settings are also written to the config, so `save_pretrained` keeps them.
+
+        Args:
+            **options: any of `method`, `steps`, `rtol`, `atol`, `adjoint`.
+
+        Raises:
+            ValueError: for an unknown option or an invalid value.
+        """
+        self._solver = SolverConfig.from_options(options, base=self._solver)
+        self.register_to_config(**{f"solver_{name}": value for name, value in vars(self._solver).items()})
+        return self._solver
+
+    @property
+    def num_ode_blocks(self) -> int:
+        return len(self.down_blocks) + 1 + len(self.up_blocks)
+
+    def evaluations_per_call(self, solver: Mapping[str, Any] | SolverConfig | None = None) -> int | None:
+        """ODE function evaluations of one forward call with `solver` (or the current settings); `None` if adaptive."""
+        per_block = SolverConfig.from_options(solver, base=self._solver).evaluations_per_solve
+        return None if per_block is None else per_block * self.num_ode_blocks
+
+    def ode_function_evaluations(self, reset: bool = False) -> int:
+        """ODE function evaluations counted since the last reset (outside `torch.compile`d code)."""
+        total = sum(m.nfe for m in self.modules() if hasattr(m, "nfe"))
+        if reset:
+            for m in self.modules():
+                if hasattr(m, "nfe"):
+                    m.nfe = 0
+        return total
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor | float | int,
+        class_labels: torch.Tensor | None = None,
+        return_dict: bool = True,
+        solver: Mapping[str, Any] | SolverConfig | None = None,
+    ) -> ContinuousUNet2DOutput | tuple[torch.Tensor]:
+        r"""
+        Args:
+            sample (`torch.Tensor`): noisy input of shape `(batch, in_channels, height, width)`; height and width
+                must be divisible by `2 ** (len(block_out_channels) - 1)`.
+            timestep (`torch.Tensor`, `float` or `int`): diffusion timestep, a number, a 0-d tensor or one per
+                sample (shape `(batch,)`).
+            class_labels (`torch.Tensor`, *optional*): class indices of shape `(batch,)`; required when the model
+                was built with `num_class_embeds`.
+            return_dict (`bool`): return a `ContinuousUNet2DOutput` instead of a tuple.
+            solver (`dict` or `SolverConfig`, *optional*): solver settings for this call only, e.g.
+                `{"steps": 1}`; the model's settings are left unchanged.
+
+        Returns:
+            `ContinuousUNet2DOutput` or `tuple`: the prediction, shaped as `sample` with `out_channels` channels.
+        """
+        solver = self._solver if solver is None else SolverConfig.from_options(solver, base=self._solver)
+        timesteps = self._check_inputs(sample, timestep, class_labels)
+
+        # 1. time (and class) embedding
+        t_emb = self.time_proj(timesteps).to(dtype=self.dtype)
+        emb = self.time_embedding(t_emb)
+        if self.class_embedding is not None:
+            emb = emb + self.class_embedding(class_labels).to(dtype=emb.dtype)
+
+        # 2. pre-process
+        hidden = self.conv_in(sample)
+
+        # 3. down
+        skips = []
+        for block, attention, downsample in zip(self.down_blocks, self.down_attentions, self.downsamplers):
+            hidden = attention(block(hidden, emb, solver))
+            skips.append(hidden)
+            hidden = downsample(hidden)
+
+        # 4. mid
+        hidden = self.mid_attn(self.mid_block(hidden, emb, solver))
+
+        # 5. up
+        for upsample, merge, block, attention in zip(self.upsamplers, self.skip_merges, self.up_blocks, self.up_attentions):
+            hidden = merge(torch.cat([upsample(hidden), skips.pop()], dim=1))
+            hidden = attention(block(hidden, emb, solver))
+
+        # 6. post-process
+        hidden = self.conv_out(F.silu(self.conv_norm_out(hidden)))
+        if not return_dict:
+            return (hidden,)
+        return ContinuousUNet2DOutput(sample=hidden)
+
+    def _check_inputs(self, sample: torch.Tensor, timestep, class_labels) -> torch.Tensor:
+        """Validate the inputs and return the timesteps as a `(batch,)` tensor on the sample's device."""
+        if not isinstance(sample, torch.Tensor) or sample.ndim != 4:
+            shape = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__
+            raise ValueError(f"sample must be a 4-d tensor (batch, channels, height, width), got {shape}.")
+        batch, channels, height, width = sample.shape
+        if channels != self.config.in_channels:
+            raise ValueError(f"sample has {channels} channels but the model expects in_channels={self.config.in_channels}.")
+        factor = 2 ** (len(self.config.block_out_channels) - 1)
+        if height % factor or width % factor:
+            raise ValueError(
+                f"sample size {height}x{width} is not divisible by {factor}, the total down-sampling of "
+                f"{len(self.config.block_out_channels)} levels."
+            )
+        if not torch.is_tensor(timestep):
+            if isinstance(timestep, bool) or not isinstance(timestep, (int, float)):
+                raise ValueError(f"timestep must be a number or a tensor, got {type(timestep).__name__}.")
+            dtype = torch.float32 if isinstance(timestep, float) else torch.int64
+            timestep = torch.tensor([timestep], dtype=dtype, device=sample.device)
+        elif timestep.ndim == 0:
+            timestep = timestep[None].to(sample.device)
+        elif timestep.ndim == 1 and timestep.shape[0] in (1, batch):
+            timestep = timestep.to(sample.device)
+        else:
+            raise ValueError(
+                f"timestep must be a scalar or have shape ({batch},) to match the batch, got {tuple(timestep.shape)}."
+            )
+        if not torch.compiler.is_compiling():
+            if timestep.is_floating_point() and not torch.isfinite(timestep).all():
+                raise ValueError(f"timestep must be finite, got {timestep.tolist()}.")
+            if not torch.isfinite(sample).all():
+                raise ValueError("sample contains NaN or infinite values.")
+        if self.class_embedding is not None:
+            if class_labels is None:
+                raise ValueError("class_labels are required: the model was built with num_class_embeds.")
+            if class_labels.shape != (batch,):
+                raise ValueError(f"class_labels must have shape ({batch},), got {tuple(class_labels.shape)}.")
+        return timestep.expand(batch)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
+        """As `ModelMixin.from_pretrained`, but a corrupted or mismatched weights file raises a `ValueError`
+        that names the file. See `ModelMixin.from_pretrained` for the arguments."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except Exception as error:
+            # Missing files and network problems keep diffusers' own message; a file that exists but cannot
+            # be read or does not fit this architecture gets one that names it.
+            unreadable = isinstance(error, OSError) and "Unable to load weights" in str(error)
+            if unreadable or isinstance(error, (RuntimeError, ValueError, KeyError)):
+                raise ValueError(_weights_error(pretrained_model_name_or_path, kwargs, error)) from error
+            raise
+
+def _weights_error(path: str | os.PathLike, kwargs: Mapping[str, Any], error: Exception) -> str:
+    folder = os.path.join(str(path), kwargs.get("subfolder") or "")
+    variant = kwargs.get("variant")
+    name = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
+    return f"Could not load ContinuousUNet2DModel weights from {os.path.join(folder, name)}: {error}"
+
