@@ -158,8 +158,12 @@ class ODEBlock(nn.Module):
         span = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
         kwargs = solver.torchdiffeq_kwargs(x.dtype, x.device)
         if solver.adjoint:
-            # The conditioning tensors are not parameters of the dynamics: name them so their gradients flow.
-            params = tuple(p for p in self.dynamics.parameters() if p.requires_grad) + conditioning
+            # The adjoint differentiates the vector field with respect to `adjoint_params` only. The time
+            # projection acts through the conditioning tensors, so those are named instead of its weights
+            # (naming both would count that gradient twice).
+            projection = set(self.dynamics.time_emb_proj.parameters()) if self.dynamics.time_emb_proj else set()
+            params = tuple(p for p in self.dynamics.parameters() if p.requires_grad and p not in projection)
+            params += conditioning
             trajectory = odeint_adjoint(self.dynamics, state, span, adjoint_params=params, **kwargs)
         else:
             trajectory = odeint(self.dynamics, state, span, **kwargs)

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny models that run in milliseconds on a CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffusers_cunet import ContinuousUNet2DModel
+
+TINY_CONFIG = dict(
+    sample_size=8,
+    in_channels=3,
+    out_channels=3,
+    block_out_channels=(16, 32),
+    attention_levels=(False, True),
+    mid_attention=True,
+    attention_head_dim=8,
+    norm_num_groups=8,
+    solver_method="euler",
+    solver_steps=2,
+)
+
+
+def perturb_zero_init(model: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:
+    """Give the zero-initialised last conv of every ODE field random weights, so a fresh model is not the
+    identity inside its blocks and the timestep conditioning shows in the output."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "dynamics.conv2" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    return model
+
+
+def make_tiny(seed: int = 0, **overrides) -> ContinuousUNet2DModel:
+    torch.manual_seed(seed)
+    return perturb_zero_init(ContinuousUNet2DModel(**{**TINY_CONFIG, **overrides}), seed=seed).eval()
+
+
+@pytest.fixture
+def tiny_model() -> ContinuousUNet2DModel:
+    return make_tiny()
+
+
+@pytest.fixture
+def tiny_inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    sample = torch.randn(2, 3, 8, 8, generator=generator)
+    return sample, torch.tensor([10, 500])
