@@ -1,0 +1,108 @@
+"""The model inside diffusers as it is: DDPMPipeline, scheduler swaps, pipeline save/load, loading by Hub id."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_tiny
+from diffusers import (
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+)
+
+SCHEDULERS = [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler]
+
+
+def make_pipeline() -> DDPMPipeline:
+    pipe = DDPMPipeline(unet=make_tiny(), scheduler=DDPMScheduler(num_train_timesteps=1000))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(pipe: DDPMPipeline, seed: int = 0, steps: int = 5) -> np.ndarray:
+    generator = torch.Generator().manual_seed(seed)
+    return pipe(batch_size=2, generator=generator, num_inference_steps=steps, output_type="np").images
+
+
+@pytest.mark.parametrize("scheduler_class", SCHEDULERS, ids=lambda c: c.__name__)
+def test_ddpm_pipeline_runs_with_swapped_schedulers(scheduler_class):
+    pipe = make_pipeline()
+    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+    images = generate(pipe)
+    assert images.shape == (2, 8, 8, 3)
+    assert np.isfinite(images).all() and images.min() >= 0 and images.max() <= 1
+    np.testing.assert_array_equal(images, generate(pipe))
+    assert not np.array_equal(images, generate(pipe, seed=1))
+
+
+def test_pil_output():
+    pipe = make_pipeline()
+    images = pipe(batch_size=1, generator=torch.Generator().manual_seed(0), num_inference_steps=2).images
+    assert images[0].size == (8, 8)
+
+
+def test_pipeline_save_and_load_round_trip(tmp_path):
+    pipe = make_pipeline()
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(tmp_path)
+    index = json.loads((tmp_path / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers_cunet.unet_continuous_2d", "ContinuousUNet2DModel"]
+    assert not list(tmp_path.rglob("*.bin"))
+    loaded = DDPMPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.scheduler, DDIMScheduler)
+    np.testing.assert_array_equal(generate(loaded), generate(pipe))
+
+
+def _lay_out_hub_cache(cache, repo_id: str, pipe: DDPMPipeline) -> None:
+    """A Hugging Face cache as `from_pretrained` leaves it: snapshots/<commit>/..., refs/main -> <commit>."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    pipe.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+USER_SCRIPT = """
+import json, sys
+import torch
+{imports}
+from diffusers import DDPMPipeline, DDIMScheduler
+pipe = DDPMPipeline.from_pretrained("org/cunet-cifar10")
+pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+pipe.set_progress_bar_config(disable=True)
+images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=5, output_type="np").images
+print(json.dumps(images.tolist()))
+"""
+
+
+def _run_as_user(cache, imports: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HOME": str(cache.parent)}
+    script = textwrap.dedent(USER_SCRIPT.format(imports=imports))
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_load_by_hub_id_from_offline_cache(tmp_path):
+    pipe = make_pipeline()
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    cache = tmp_path / "hub"
+    _lay_out_hub_cache(cache, "org/cunet-cifar10", pipe)
+
+    result = _run_as_user(cache, imports="import diffusers_cunet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    np.testing.assert_allclose(images, generate(pipe), rtol=0, atol=1e-6)
+
+    # Without the import diffusers refuses to load the component and says why (documented in the README).
+    result = _run_as_user(cache, imports="")
+    assert result.returncode != 0
+    assert "diffusers_cunet.unet_continuous_2d" in result.stderr and "has not been imported" in result.stderr
