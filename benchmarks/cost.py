@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     models = {"cunet": from_preset("cifar10-32"), "unet2d": ddpm_cifar10_unet()}
-    rows = {name: {"params": count_parameters(m), "gflops": count_forward_flops(m) / 1e9} for name, m in models.items()}
+    rows = {
+        name: {"params": count_parameters(m), "gflops": count_forward_flops(m) / 1e9} for name, m in models.items()
+    }
     if not args.no_latency:
         for name, model in models.items():
             model.to(device).eval()

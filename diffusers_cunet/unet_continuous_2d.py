@@ -8,7 +8,7 @@ loads a pipeline, which is why it is imported here at module level.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,7 +108,13 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         attention_levels = tuple(attention_levels)
         mid_channels = mid_channels or block_out_channels[-1]
         self._validate_architecture(
-            block_out_channels, mid_channels, attention_levels, attention_head_dim, norm_type, norm_num_groups, ode_order
+            block_out_channels,
+            mid_channels,
+            attention_levels,
+            attention_head_dim,
+            norm_type,
+            norm_num_groups,
+            ode_order,
         )
         self._solver = SolverConfig(solver_method, solver_steps, solver_rtol, solver_atol, solver_adjoint)
 
@@ -120,9 +126,7 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         self.class_embedding = nn.Embedding(num_class_embeds, temb_dim) if num_class_embeds else None
 
         def ode_block(channels: int) -> ODEBlock:
-            return ODEBlock(
-                channels, temb_dim, ode_order, norm_type, norm_num_groups, norm_eps, ode_residual, dropout
-            )
+            return ODEBlock(channels, temb_dim, ode_order, norm_type, norm_num_groups, norm_eps, ode_residual, dropout)
 
         def attention(channels: int) -> Attention:
             return Attention(
@@ -147,7 +151,8 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         )
         widths_below = block_out_channels[1:] + (mid_channels,)
         self.downsamplers = nn.ModuleList(
-            Downsample2D(c, use_conv=True, out_channels=c_next, padding=1, name="op") if i < levels - 1
+            Downsample2D(c, use_conv=True, out_channels=c_next, padding=1, name="op")
+            if i < levels - 1
             else nn.Conv2d(c, c_next, kernel_size=1)
             for i, (c, c_next) in enumerate(zip(block_out_channels, widths_below))
         )
@@ -285,7 +290,9 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         hidden = self.mid_attn(self.mid_block(hidden, emb, solver))
 
         # 5. up
-        for upsample, merge, block, attention in zip(self.upsamplers, self.skip_merges, self.up_blocks, self.up_attentions):
+        for upsample, merge, block, attention in zip(
+            self.upsamplers, self.skip_merges, self.up_blocks, self.up_attentions
+        ):
             hidden = merge(torch.cat([upsample(hidden), skips.pop()], dim=1))
             hidden = attention(block(hidden, emb, solver))
 
@@ -302,7 +309,9 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"sample must be a 4-d tensor (batch, channels, height, width), got {shape}.")
         batch, channels, height, width = sample.shape
         if channels != self.config.in_channels:
-            raise ValueError(f"sample has {channels} channels but the model expects in_channels={self.config.in_channels}.")
+            raise ValueError(
+                f"sample has {channels} channels but the model expects in_channels={self.config.in_channels}."
+            )
         factor = 2 ** (len(self.config.block_out_channels) - 1)
         if height % factor or width % factor:
             raise ValueError(
@@ -349,9 +358,9 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
                 raise ValueError(_weights_error(pretrained_model_name_or_path, kwargs, error)) from error
             raise
 
+
 def _weights_error(path: str | os.PathLike, kwargs: Mapping[str, Any], error: Exception) -> str:
     folder = os.path.join(str(path), kwargs.get("subfolder") or "")
     variant = kwargs.get("variant")
     name = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
     return f"Could not load ContinuousUNet2DModel weights from {os.path.join(folder, name)}: {error}"
-

@@ -1,4 +1,6 @@
 """Diffusers-style pipelines for the continuous U-Net (one pipeline per file), installed as
 `diffusers_cunet.pipelines`."""
 
-__all__: list[str] = []
+from .pipeline_continuous_unet import ContinuousUNetPipeline
+
+__all__ = ["ContinuousUNetPipeline"]

@@ -1,0 +1,207 @@
+"""Image data sets for training: a Hub data set, a local image folder, or the embedded scikit-learn digits.
+
+Everything is a `datasets.Dataset`; images become float tensors in [-1, 1] of one fixed size. Random
+augmentations (crop offset, horizontal flip) are drawn from a generator seeded by (seed, epoch, example index),
+not from global random state, so a resumed run sees exactly the images an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_COLUMN_CANDIDATES = ("image", "img", "images", "pixel_values")
+INDEX_COLUMN = "_example_index"
+
+
+def digits_dataset():
+    """The 1,797 real 8x8 handwritten digits of scikit-learn as a `datasets.Dataset` (`image`, `label`).
+
+    Ships with scikit-learn, so it needs no network: the project's default data set.
+    """
+    import datasets
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    # Pixel values are 0..16 (ink); scale to 0..255 grey levels with white digits on black.
+    pixels = (digits.images * (255.0 / 16.0)).round().clip(0, 255).astype(np.uint8)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=[str(i) for i in range(10)])}
+    )
+    return datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(p, mode="L") for p in pixels], "label": digits.target.tolist()},
+        features=features,
+    )
+
+
+def load_image_dataset(
+    dataset_name: str | None = None,
+    dataset_config_name: str | None = None,
+    train_data_dir: str | None = None,
+    split: str = "train",
+    cache_dir: str | None = None,
+):
+    """Load the training images: `train_data_dir` (an `imagefolder`), else `dataset_name`, else the digits.
+
+    Raises:
+        ValueError: if the folder is missing or empty, or the data set cannot be loaded (the message says which).
+    """
+    import datasets
+
+    if train_data_dir is not None:
+        if not os.path.isdir(train_data_dir):
+            raise ValueError(f"--train_data_dir {train_data_dir!r} is not a directory.")
+        try:
+            dataset = datasets.load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir, split=split)
+        except Exception as error:  # datasets raises several types for an empty or unreadable folder
+            raise ValueError(f"Could not read images from --train_data_dir {train_data_dir!r}: {error}") from error
+    elif dataset_name is None or dataset_name == "digits":
+        return digits_dataset()
+    else:
+        try:
+            dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split)
+        except Exception as error:
+            raise ValueError(f"Could not load data set {dataset_name!r} (split {split!r}): {error}") from error
+    if len(dataset) == 0:
+        raise ValueError(f"The data set {dataset_name or train_data_dir!r} has no examples in split {split!r}.")
+    return dataset
+
+
+def find_image_column(column_names: Sequence[str], requested: str | None = None) -> str:
+    """The image column: `requested` if given, else the first of `image`, `img`, ... that exists."""
+    if requested is not None:
+        if requested not in column_names:
+            raise ValueError(f"Image column {requested!r} not found; the data set has columns {list(column_names)}.")
+        return requested
+    for name in IMAGE_COLUMN_CANDIDATES:
+        if name in column_names:
+            return name
+    raise ValueError(
+        f"No image column found among {list(column_names)}; name it with --image_column "
+        f"(looked for {list(IMAGE_COLUMN_CANDIDATES)})."
+    )
+
+
+def resize_short_side(image: Image.Image, size: int) -> Image.Image:
+    width, height = image.size
+    scale = size / min(width, height)
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    if new_size == image.size:
+        return image
+    return image.resize(new_size, resample=Image.Resampling.BICUBIC)
+
+
+class ImageTransform:
+    """Resize, crop, flip and normalise a batch of PIL images to a `(batch, channels, size, size)` tensor.
+
+    Args:
+        resolution (`int`): output height and width.
+        channels (`int`): 1 (images converted to `L`) or 3 (converted to `RGB`); mixed modes are converted.
+        image_column (`str`): column holding the images.
+        center_crop (`bool`): crop the centre; otherwise a random crop.
+        random_flip (`bool`): flip horizontally with probability 1/2.
+        class_column (`str`, *optional*): column of integer class labels to pass through as `class_labels`.
+        seed (`int`): seed of the augmentations; see the module docstring.
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        channels: int,
+        image_column: str,
+        center_crop: bool = True,
+        random_flip: bool = False,
+        class_column: str | None = None,
+        seed: int = 0,
+    ):
+        if channels not in (1, 3):
+            raise ValueError(f"Images must have 1 or 3 channels, got {channels}.")
+        self.resolution = resolution
+        self.mode = "L" if channels == 1 else "RGB"
+        self.image_column = image_column
+        self.center_crop = center_crop
+        self.random_flip = random_flip
+        self.class_column = class_column
+        self.seed = seed
+        self.epoch = 0  # set by the training loop before each epoch
+
+    def _generator(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+    def image_to_tensor(self, image: Image.Image, index: int) -> torch.Tensor:
+        image = resize_short_side(image.convert(self.mode), self.resolution)
+        width, height = image.size
+        rng = self._generator(index) if (not self.center_crop or self.random_flip) else None
+        if self.center_crop:
+            left, top = (width - self.resolution) // 2, (height - self.resolution) // 2
+        else:
+            left, top = int(rng.integers(0, width - self.resolution + 1)), int(rng.integers(0, height - self.resolution + 1))
+        image = image.crop((left, top, left + self.resolution, top + self.resolution))
+        array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+        array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+        if self.random_flip and rng.random() < 0.5:
+            array = array[:, :, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+    def __call__(self, batch: dict[str, list[Any]]) -> dict[str, Any]:
+        indices = batch[INDEX_COLUMN]
+        pixels = [self.image_to_tensor(image, i) for image, i in zip(batch[self.image_column], indices)]
+        out: dict[str, Any] = {"pixel_values": pixels, "index": list(indices)}
+        if self.class_column is not None:
+            out["class_labels"] = [int(label) for label in batch[self.class_column]]
+        return out
+
+
+def collate(examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    batch = {
+        "pixel_values": torch.stack([e["pixel_values"] for e in examples]),
+        "index": torch.tensor([e["index"] for e in examples]),
+    }
+    if "class_labels" in examples[0]:
+        batch["class_labels"] = torch.tensor([e["class_labels"] for e in examples])
+    return batch
+
+
+def prepare_dataset(dataset, transform: ImageTransform):
+    """Attach the example index (for seeded augmentation) and the transform to `dataset`."""
+    if INDEX_COLUMN not in dataset.column_names:
+        dataset = dataset.add_column(INDEX_COLUMN, list(range(len(dataset))))
+    columns = [transform.image_column, INDEX_COLUMN] + ([transform.class_column] if transform.class_column else [])
+    return dataset.with_transform(transform, columns=columns)
+
+
+def num_classes(dataset, class_column: str) -> int:
+    """Number of classes of `class_column`: from its `ClassLabel` feature, else the largest label + 1."""
+    if class_column not in dataset.column_names:
+        raise ValueError(f"Class column {class_column!r} not found; the data set has columns {dataset.column_names}.")
+    feature = dataset.features[class_column]
+    if hasattr(feature, "num_classes"):
+        return int(feature.num_classes)
+    labels = dataset[class_column]
+    if not all(isinstance(label, (int, np.integer)) and label >= 0 for label in labels):
+        raise ValueError(f"Class column {class_column!r} must hold non-negative integer labels.")
+    return int(max(labels)) + 1
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A random permutation per epoch from `seed + epoch`: the data order is a pure function of the epoch."""
+
+    def __init__(self, length: int, seed: int):
+        self.length = length
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.length

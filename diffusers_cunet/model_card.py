@@ -1,0 +1,63 @@
+"""Render the Hub model card (README.md) of a trained pipeline from the template in `model_cards/`."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+TEMPLATE = "cunet_template.md"
+
+
+def template_path() -> Path:
+    return Path(str(resources.files("diffusers_cunet.model_cards") / TEMPLATE))
+
+
+def render_model_card(
+    unet,
+    *,
+    repo_id: str,
+    dataset_name: str,
+    training_settings: dict[str, Any],
+    metrics: dict[str, Any],
+    grid_path: str = "samples.png",
+    grid_caption: str = "Samples of the trained model.",
+    machine: str | None = None,
+) -> ModelCard:
+    """A `ModelCard` describing `unet` (its size, solver and cost) and the run that trained it."""
+    from .flops import count_forward_flops, count_parameters
+
+    config = unet.config
+    solver = unet.solver
+    solver_text = solver.method if solver.is_adaptive else f"{solver.method}, {solver.steps} step(s) on [0, 1]"
+    card_data = ModelCardData(
+        library_name="diffusers",
+        license="apache-2.0",
+        datasets=[dataset_name] if "/" in dataset_name or dataset_name.isidentifier() else None,
+        tags=["diffusers", "diffusers-cunet", "continuous-unet", "neural-ode", "unconditional-image-generation"],
+        pipeline_tag="unconditional-image-generation",
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(template_path()),
+        model_name=repo_id.split("/")[-1],
+        repo_id=repo_id,
+        dataset_name=dataset_name,
+        grid_path=grid_path,
+        grid_caption=grid_caption,
+        class_conditional=bool(config.num_class_embeds),
+        num_classes=config.num_class_embeds,
+        parameters=f"{count_parameters(unet):,}",
+        block_out_channels=", ".join(str(c) for c in config.block_out_channels),
+        sample_size=config.sample_size,
+        in_channels=config.in_channels,
+        ode_order=config.ode_order,
+        solver=solver_text,
+        evaluations_per_call=unet.evaluations_per_call() or "adaptive",
+        gflops=f"{count_forward_flops(unet) / 1e9:.3f}",
+        training_settings=training_settings,
+        metrics=metrics,
+        machine=machine,
+    )

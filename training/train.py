@@ -1,0 +1,520 @@
+#!/usr/bin/env python
+"""Train a continuous U-Net (ContinuousUNet2DModel) on a `datasets` image set.
+
+    accelerate launch training/train.py --config training/configs/digits.yaml --output_dir outputs/digits
+    python training/train.py --dataset_name uoft-cs/cifar10 --model_preset cifar10-32 --output_dir outputs/c10
+
+Options come from the command line, on top of an optional YAML `--config` (the command line wins). The run
+writes checkpoints (`checkpoint-N/`, atomically), sample grids (`samples/`), tensorboard logs (`logs/`) and,
+at the end, a diffusers `DDPMPipeline` with the EMA weights, a `samples.png` grid, `metrics.json` and a model
+card `README.md` into `--output_dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from diffusers.utils import make_image_grid
+from tqdm.auto import tqdm
+
+from diffusers_cunet import ContinuousUNet2DModel
+from diffusers_cunet.checkpointing import (
+    checkpoint_step,
+    remove_partial_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from diffusers_cunet.flops import count_parameters
+from diffusers_cunet.image_data import (
+    EpochShuffleSampler,
+    ImageTransform,
+    collate,
+    find_image_column,
+    load_image_dataset,
+    num_classes,
+    prepare_dataset,
+)
+from diffusers_cunet.model_card import render_model_card
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from diffusers_cunet.presets import PRESETS, preset_config
+
+logger = logging.getLogger("diffusers_cunet.train")
+
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+MODEL_CONFIG_FILE = "model_config.json"
+EMA_FOLDER = "unet_ema"
+
+
+# ----------------------------------------------------------------------------- options
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=str, default=None, help="YAML file of option defaults (command line wins).")
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset_name", default="digits", help="Hub data set name, or 'digits' (embedded).")
+    data.add_argument("--dataset_config_name", default=None)
+    data.add_argument("--train_data_dir", default=None, help="Local image folder (datasets' imagefolder).")
+    data.add_argument("--split", default="train")
+    data.add_argument("--cache_dir", default=None)
+    data.add_argument("--image_column", default=None, help="Image column; found automatically if omitted.")
+    data.add_argument("--class_column", default=None, help="Column of class labels: trains class-conditionally.")
+    data.add_argument("--resolution", type=int, default=None, help="Image size; the model's sample_size if omitted.")
+    data.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True)
+    data.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=False)
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    model = p.add_argument_group("model")
+    model.add_argument("--model_preset", default="digits-16", choices=sorted(PRESETS))
+    model.add_argument("--model_config", default=None, help="JSON file of ContinuousUNet2DModel arguments.")
+    model.add_argument("--block_out_channels", type=int, nargs="+", default=None)
+    model.add_argument("--ode_order", choices=["first", "second"], default=None)
+    model.add_argument("--solver_method", default=None)
+    model.add_argument("--solver_steps", type=int, default=None)
+    diffusion = p.add_argument_group("diffusion")
+    diffusion.add_argument("--num_train_timesteps", type=int, default=1000)
+    diffusion.add_argument("--beta_schedule", choices=BETA_SCHEDULES, default="squaredcos_cap_v2")
+    diffusion.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon")
+    optim = p.add_argument_group("optimisation")
+    optim.add_argument("--train_batch_size", type=int, default=64, help="Per process.")
+    optim.add_argument("--max_train_steps", type=int, default=2000, help="Optimizer steps.")
+    optim.add_argument("--learning_rate", type=float, default=1e-3)
+    optim.add_argument("--lr_scheduler", default="cosine")
+    optim.add_argument("--lr_warmup_steps", type=int, default=100)
+    optim.add_argument("--adam_beta1", type=float, default=0.9)
+    optim.add_argument("--adam_beta2", type=float, default=0.999)
+    optim.add_argument("--adam_weight_decay", type=float, default=0.0)
+    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
+    optim.add_argument("--gradient_checkpointing", action="store_true")
+    optim.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    optim.add_argument("--ema_max_decay", type=float, default=0.999)
+    optim.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    optim.add_argument("--ema_power", type=float, default=0.75)
+    optim.add_argument("--seed", type=int, default=0)
+    out = p.add_argument_group("validation, checkpoints and output")
+    out.add_argument("--output_dir", default="outputs/cunet")
+    out.add_argument("--validation_steps", type=int, default=500, help="Sample a grid every N steps (0: only at end).")
+    out.add_argument("--num_validation_images", type=int, default=64)
+    out.add_argument("--validation_inference_steps", type=int, default=50, help="DDIM steps for sample grids.")
+    out.add_argument("--checkpointing_steps", type=int, default=500)
+    out.add_argument("--checkpoints_total_limit", type=int, default=2)
+    out.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder.")
+    out.add_argument("--logging_steps", type=int, default=10)
+    out.add_argument("--report_to", choices=["tensorboard", "none"], default="tensorboard")
+    out.add_argument("--push_to_hub", action="store_true")
+    out.add_argument("--hub_model_id", default=None)
+    out.add_argument("--hub_token", default=None)
+    out.add_argument("--hub_private", action="store_true")
+    out.add_argument("--record_data_indices", action="store_true", help="Write the example indices each process saw.")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    if first.config is not None:
+        path = Path(first.config)
+        if not path.is_file():
+            parser.error(f"--config {first.config!r} does not exist.")
+        values = yaml.safe_load(path.read_text()) or {}
+        known = {action.dest for action in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            parser.error(f"Unknown option(s) {unknown} in {path}.")
+        parser.set_defaults(**values)
+    args = parser.parse_args(argv)
+    positive = ["train_batch_size", "max_train_steps", "gradient_accumulation_steps", "num_validation_images"]
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}.")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id (e.g. org/cunet-digits).")
+    return args
+
+
+# ----------------------------------------------------------------------------- building blocks
+def model_arguments(args: argparse.Namespace, n_classes: int | None) -> dict[str, Any]:
+    config = preset_config(args.model_preset)
+    if args.model_config is not None:
+        config.update(json.loads(Path(args.model_config).read_text()))
+    overrides = {
+        "block_out_channels": tuple(args.block_out_channels) if args.block_out_channels else None,
+        "ode_order": args.ode_order,
+        "solver_method": args.solver_method,
+        "solver_steps": args.solver_steps,
+        "num_class_embeds": n_classes,
+    }
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    if args.block_out_channels and len(config["attention_levels"]) != len(config["block_out_channels"]):
+        config["attention_levels"] = (False,) * (len(config["block_out_channels"]) - 1) + (True,)
+    if args.resolution is not None:
+        config["sample_size"] = args.resolution
+    return config
+
+
+def check_resolution(resolution: int, config: dict[str, Any]) -> None:
+    factor = 2 ** (len(config["block_out_channels"]) - 1)
+    if resolution < factor or resolution % factor:
+        raise ValueError(
+            f"--resolution {resolution} cannot be taken by a model with {len(config['block_out_channels'])} levels: "
+            f"it must be a positive multiple of {factor}."
+        )
+
+
+def check_checkpoint_matches(checkpoint: Path, model_config: dict[str, Any]) -> None:
+    """Refuse, before any compute, a checkpoint written for another architecture."""
+    saved_path = checkpoint / MODEL_CONFIG_FILE
+    if not saved_path.is_file():
+        raise ValueError(f"{checkpoint} is not a checkpoint of this training script: {MODEL_CONFIG_FILE} is missing.")
+    saved = json.loads(saved_path.read_text())
+    current = json.loads(json.dumps(model_config))
+    keys = sorted(k for k in set(saved) | set(current) if not k.startswith("_") and not k.startswith("solver_"))
+    different = {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
+    if different:
+        details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in different.items())
+        raise ValueError(f"Checkpoint {checkpoint} belongs to another model ({details}).")
+
+
+def sample_grid(unet, noise_scheduler, args, n_classes: int | None, device) -> tuple[torch.Tensor, Any]:
+    """Draw `num_validation_images` with DDIM (fast) and return them in [0, 1] with their image grid."""
+    pipeline = ContinuousUNetPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
+    pipeline.set_progress_bar_config(disable=True)
+    labels = torch.arange(args.num_validation_images) % n_classes if n_classes else None
+    images = pipeline(
+        batch_size=args.num_validation_images,
+        generator=torch.Generator(device="cpu").manual_seed(args.seed),
+        num_inference_steps=args.validation_inference_steps,
+        output_type="pt",
+        class_labels=labels,
+    ).images
+    pil = ContinuousUNetPipeline.numpy_to_pil(images.cpu().permute(0, 2, 3, 1).numpy())
+    columns = math.ceil(math.sqrt(len(pil)))
+    rows = math.ceil(len(pil) / columns)
+    pil += [pil[0].copy().point(lambda _: 0)] * (rows * columns - len(pil))
+    return images, make_image_grid(pil, rows=rows, cols=columns).resize(
+        (columns * max(64, pil[0].width), rows * max(64, pil[0].height)), resample=0
+    )
+
+
+def step_generator(seed: int, micro_step: int, process_index: int, device) -> torch.Generator:
+    """Noise and timesteps of a micro-batch depend only on (seed, step, process): resumed runs repeat them."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + micro_step) * 131 + process_index)
+    return generator
+
+
+# ----------------------------------------------------------------------------- training
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    output_dir = Path(args.output_dir)
+
+    # 1. Everything that can be wrong with the input is checked before any compute or any file is written.
+    dataset = load_image_dataset(
+        None if args.train_data_dir else args.dataset_name,
+        args.dataset_config_name,
+        args.train_data_dir,
+        args.split,
+        args.cache_dir,
+    )
+    image_column = find_image_column(dataset.column_names, args.image_column)
+    n_classes = num_classes(dataset, args.class_column) if args.class_column else None
+    if args.max_train_samples is not None:
+        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    model_config = model_arguments(args, n_classes)
+    resolution = model_config["sample_size"]
+    check_resolution(resolution, model_config)
+    unet = ContinuousUNet2DModel(**model_config)  # validates the architecture and the solver settings
+    checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
+    if checkpoint is not None:
+        check_checkpoint_matches(checkpoint, dict(unet.config))
+
+    # 2. Accelerator, seeded model, data, optimisation.
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    set_seed(args.seed)
+    unet = ContinuousUNet2DModel(**model_config)  # rebuilt after seeding: identical initial weights every run
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=args.num_train_timesteps,
+        beta_schedule=args.beta_schedule,
+        prediction_type=args.prediction_type,
+    )
+    transform = ImageTransform(
+        resolution, model_config["in_channels"], image_column, args.center_crop, args.random_flip, args.class_column,
+        seed=args.seed,
+    )
+    train_data = prepare_dataset(dataset, transform)
+    sampler = EpochShuffleSampler(len(train_data), seed=args.seed)
+    dataloader = torch.utils.data.DataLoader(
+        train_data, batch_size=args.train_batch_size, sampler=sampler, collate_fn=collate,
+        num_workers=args.dataloader_num_workers, drop_last=len(train_data) >= args.train_batch_size,
+    )
+    optimizer = torch.optim.AdamW(
+        unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+    )
+    # A prepared scheduler steps once per process per optimizer step, hence the factor.
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
+    ema = None
+    if args.use_ema:
+        ema = EMAModel(
+            accelerator.unwrap_model(unet).parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
+            inv_gamma=args.ema_inv_gamma, power=args.ema_power, model_cls=ContinuousUNet2DModel,
+            model_config=accelerator.unwrap_model(unet).config,
+        )
+        ema.to(accelerator.device)
+
+    # 3. Checkpoint hooks: the EMA weights go in as safetensors, with the model config to check on resume.
+    def save_hook(models, weights, folder):
+        if accelerator.is_main_process:
+            Path(folder, MODEL_CONFIG_FILE).write_text(json.dumps(dict(accelerator.unwrap_model(unet).config), indent=2))
+            if ema is not None:
+                ema.save_pretrained(str(Path(folder, EMA_FOLDER)))
+
+    def load_hook(models, folder):
+        if ema is not None:
+            loaded = EMAModel.from_pretrained(str(Path(folder, EMA_FOLDER)), ContinuousUNet2DModel)
+            ema.load_state_dict(loaded.state_dict())
+            ema.to(accelerator.device)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+    steps_per_epoch = math.ceil(len(dataloader) / args.gradient_accumulation_steps)
+    num_epochs = math.ceil(args.max_train_steps / steps_per_epoch)
+    global_step = 0
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial_checkpoints(output_dir)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        global_step = checkpoint_step(checkpoint)
+        logger.info("Resumed from %s at step %d", checkpoint, global_step)
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers("train_cunet", config={k: v for k, v in vars(args).items() if v is not None and not isinstance(v, list)})
+
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(
+        "%d examples, %d processes, batch %d per process (%d total), %d steps, %s parameters",
+        len(train_data), accelerator.num_processes, args.train_batch_size, total_batch, args.max_train_steps,
+        f"{count_parameters(accelerator.unwrap_model(unet)):,}",
+    )
+
+    # 4. The loop.
+    progress = tqdm(total=args.max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_local_main_process)
+    first_epoch = global_step // steps_per_epoch
+    batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
+    micro_step = global_step * args.gradient_accumulation_steps
+    seen_indices: list[list[int]] = []
+    losses: list[float] = []
+    history: list[dict[str, float]] = []
+    train_time, images_seen = 0.0, 0
+    tick = time.perf_counter()
+    for epoch in range(first_epoch, num_epochs):
+        sampler.set_epoch(epoch)
+        transform.epoch = epoch
+        loader = dataloader
+        if epoch == first_epoch and batches_to_skip:
+            loader = accelerator.skip_first_batches(dataloader, batches_to_skip)
+        unet.train()
+        for batch in loader:
+            with accelerator.accumulate(unet):
+                clean = batch["pixel_values"]
+                generator = step_generator(args.seed, micro_step, accelerator.process_index, "cpu")
+                noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
+                timesteps = torch.randint(
+                    0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator
+                ).to(clean.device)
+                noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+                if args.prediction_type == "epsilon":
+                    target = noise
+                elif args.prediction_type == "v_prediction":
+                    target = noise_scheduler.get_velocity(clean, noise, timesteps)
+                else:
+                    target = clean
+                prediction = unet(noisy, timesteps, class_labels=batch.get("class_labels")).sample
+                loss = F.mse_loss(prediction.float(), target.float())
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            micro_step += 1
+            images_seen += clean.shape[0] * accelerator.num_processes
+            losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+            if args.record_data_indices:
+                seen_indices.append(batch["index"].tolist())
+            if not accelerator.sync_gradients:
+                continue
+
+            global_step += 1
+            if ema is not None:
+                ema.step(accelerator.unwrap_model(unet).parameters())
+            progress.update(1)
+            if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
+                recent = sum(losses[-args.logging_steps * args.gradient_accumulation_steps:]) / len(
+                    losses[-args.logging_steps * args.gradient_accumulation_steps:]
+                )
+                logs = {"loss": recent, "lr": lr_scheduler.get_last_lr()[0]}
+                if ema is not None:
+                    logs["ema_decay"] = ema.cur_decay_value
+                history.append({"step": global_step, **logs})
+                progress.set_postfix(loss=f"{recent:.4f}", lr=f"{logs['lr']:.2e}")
+                accelerator.log(logs, step=global_step)
+            if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
+                train_time += time.perf_counter() - tick
+                save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+                tick = time.perf_counter()
+            if args.validation_steps and global_step % args.validation_steps == 0 and global_step < args.max_train_steps:
+                train_time += time.perf_counter() - tick
+                validate(accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir, global_step)
+                tick = time.perf_counter()
+            if global_step >= args.max_train_steps:
+                break
+        if global_step >= args.max_train_steps:
+            break
+    train_time += time.perf_counter() - tick
+    progress.close()
+    if args.record_data_indices:
+        folder = output_dir / "data_indices"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"process_{accelerator.process_index}.json").write_text(json.dumps(seen_indices))
+
+    # 5. Final EMA weights as a DDPMPipeline, a sample grid, metrics and a model card.
+    accelerator.wait_for_everyone()
+    result: dict[str, Any] = {"global_step": global_step, "output_dir": str(output_dir)}
+    if accelerator.is_main_process:
+        result.update(finish(accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir, history, losses, images_seen, train_time))
+    accelerator.end_training()
+    return result
+
+
+def validate(accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir: Path, step: int):
+    """Sample a grid with the EMA weights (main process only) and log it."""
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(unet)
+        if ema is not None:
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+        model.eval()
+        images, grid = sample_grid(model, noise_scheduler, args, n_classes, accelerator.device)
+        model.train()
+        if ema is not None:
+            ema.restore(model.parameters())
+        folder = output_dir / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        grid.save(folder / f"step-{step:06d}.png")
+        for tracker in accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_images("samples", images.cpu().numpy(), step)
+    accelerator.wait_for_everyone()
+
+
+def finish(accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir, history, losses, images_seen, train_time):
+    model = accelerator.unwrap_model(unet)
+    if ema is not None:
+        ema.copy_to(model.parameters())
+    model.eval()
+    if args.gradient_checkpointing:
+        model.disable_gradient_checkpointing()
+    pipeline = DDPMPipeline(unet=model, scheduler=noise_scheduler)
+    pipeline.save_pretrained(str(output_dir), safe_serialization=True)
+
+    images, grid = sample_grid(model, noise_scheduler, args, n_classes, accelerator.device)
+    grid_path = output_dir / "samples.png"
+    grid.save(grid_path)
+    tail = losses[-max(1, len(losses) // 10):]
+    metrics: dict[str, Any] = {
+        "final_loss (mean of last 10% of batches)": round(sum(tail) / len(tail), 5),
+        "training steps": len(losses) // args.gradient_accumulation_steps,
+        "training throughput (images/s)": round(images_seen / max(train_time, 1e-9), 1),
+        "training wall time (s)": round(train_time, 1),
+    }
+    if args.dataset_name == "digits" and not args.train_data_dir and model.config.in_channels == 1:
+        from diffusers_cunet.metrics import DigitRecognizer
+
+        recognizer = DigitRecognizer(seed=args.seed)
+        metrics["recognisable samples (digit classifier p >= 0.9)"] = round(recognizer.confident_share(images), 3)
+    (output_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "loss_history": history}, indent=2))
+
+    settings = {
+        "data set": args.train_data_dir or args.dataset_name,
+        "resolution": model.config.sample_size,
+        "steps": args.max_train_steps,
+        "batch size (per process x processes x accumulation)": f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}",
+        "optimizer": f"AdamW, lr {args.learning_rate}, {args.lr_scheduler} schedule, {args.lr_warmup_steps} warm-up steps",
+        "noise schedule": f"{args.beta_schedule}, {args.num_train_timesteps} steps, {args.prediction_type} prediction",
+        "EMA": f"max decay {args.ema_max_decay}" if args.use_ema else "off",
+        "mixed precision": args.mixed_precision,
+        "seed": args.seed,
+    }
+    card = render_model_card(
+        model,
+        repo_id=args.hub_model_id or f"your-name/{output_dir.name}",
+        dataset_name=args.train_data_dir or args.dataset_name,
+        training_settings=settings,
+        metrics=metrics,
+        grid_caption=f"{len(images)} samples, DDIM {args.validation_inference_steps} steps, EMA weights.",
+        machine=f"{accelerator.num_processes} x {accelerator.device.type}",
+    )
+    card.save(str(output_dir / "README.md"))
+    print(f"\nSaved the pipeline to {output_dir}/ (load it with `import diffusers_cunet` then "
+          f"`DDPMPipeline.from_pretrained({str(output_dir)!r})`).")
+    print(f"Sample grid: {grid_path}")
+    print("Metrics: " + ", ".join(f"{k} = {v}" for k, v in metrics.items()))
+    if args.push_to_hub:
+        url = push_to_hub(output_dir, args.hub_model_id, args.hub_token, args.hub_private)
+        print(f"Uploaded to {url}")
+    return {"metrics": metrics, "grid": str(grid_path)}
+
+
+def push_to_hub(output_dir: Path, repo_id: str, token: str | None, private: bool) -> str:
+    """Upload the pipeline, grid, metrics and model card (not checkpoints or logs) with huggingface_hub."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(output_dir),
+        commit_message="Upload continuous U-Net pipeline trained with diffusers-cunet",
+        ignore_patterns=["checkpoint-*/**", ".checkpoint-*/**", "logs/**", "data_indices/**", "samples/**"],
+    )
+    return str(getattr(info, "commit_url", info))
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
