@@ -339,11 +339,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train_time, images_seen = 0.0, 0
     tick = time.perf_counter()
     for epoch in range(first_epoch, num_epochs):
-        sampler.set_epoch(epoch)
         transform.epoch = epoch
         loader = dataloader
         if epoch == first_epoch and batches_to_skip:
             loader = accelerator.skip_first_batches(dataloader, batches_to_skip)
+        # Through the loader, not the sampler: accelerate's loaders reset the sampler's epoch to their own
+        # iteration count when they start, and a loader made by skip_first_batches starts counting at 0.
+        loader.set_epoch(epoch)
         unet.train()
         for batch in loader:
             with accelerator.accumulate(unet):
@@ -404,6 +406,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             break
     train_time += time.perf_counter() - tick
     progress.close()
+    if args.checkpointing_steps and global_step % args.checkpointing_steps:  # the final state, to train on later
+        save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
     if args.record_data_indices:
         folder = output_dir / "data_indices"
         folder.mkdir(parents=True, exist_ok=True)

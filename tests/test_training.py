@@ -1,0 +1,142 @@
+"""training/train.py: the loss falls, resume is exact, outputs reload, the card and the upload are right."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMPipeline
+from safetensors.torch import load_file
+from training_helpers import load_train_module, loss_history, train
+
+import diffusers_cunet  # noqa: F401  (registers the model class for DDPMPipeline.from_pretrained)
+from diffusers_cunet.checkpointing import list_checkpoints
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One short run shared by the output tests: 60 steps on 8x8 digits."""
+    output = tmp_path_factory.mktemp("run")
+    result = train(output, "--max_train_steps", "60", "--checkpointing_steps", "30", "--checkpoints_total_limit", "1")
+    return output, result
+
+
+def test_loss_falls(trained):
+    output, _ = trained
+    history = loss_history(output)
+    assert len(history) == 60
+    first, last = np.mean(history[:5]), np.mean(history[-10:])
+    assert last < 0.5 * first, (first, last)
+
+
+def test_outputs_are_written(trained):
+    output, result = trained
+    for name in ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                 "scheduler/scheduler_config.json", "samples.png", "metrics.json", "README.md"]:  # fmt: skip
+        assert (output / name).is_file(), name
+    assert not list(output.rglob("*.bin")) or all("checkpoint-" in str(p) for p in output.rglob("*.bin"))
+    assert [p.name for p in list_checkpoints(output)] == ["checkpoint-60"]  # total limit 1 rotated the older one
+    assert result["grid"].endswith("samples.png")
+
+
+def test_saved_pipeline_reloads_and_samples(trained):
+    output, _ = trained
+    pipe = DDPMPipeline.from_pretrained(output)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np")
+    assert images.images.shape == (2, 8, 8, 1)
+    ema = load_file(output / "checkpoint-60" / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    saved = load_file(output / "unet" / "diffusion_pytorch_model.safetensors")
+    assert ema.keys() == saved.keys()
+    for key in saved:  # the published weights are the EMA weights
+        torch.testing.assert_close(saved[key], ema[key])
+
+
+def test_model_card_has_the_real_numbers(trained):
+    output, _ = trained
+    card = (output / "README.md").read_text()
+    metrics = json.loads((output / "metrics.json").read_text())["metrics"]
+    unet = DDPMPipeline.from_pretrained(output).unet
+    assert f"{sum(p.numel() for p in unet.parameters()):,}" in card
+    assert str(metrics["final_loss (mean of last 10% of batches)"]) in card
+    assert "library_name: diffusers" in card and "diffusers-cunet" in card
+    assert "DDPMPipeline.from_pretrained" in card and "import diffusers_cunet" in card
+    assert "![samples](samples.png)" in card
+    assert "recognisable samples" in card
+
+
+def _weights(folder):
+    return load_file(folder / "model.safetensors")
+
+
+def test_resume_is_exact(tmp_path):
+    """A run resumed from step 4 ends with the same weights, EMA and all, as the uninterrupted run."""
+    module = load_train_module()
+    common = ["--max_train_steps", "10", "--max_train_samples", "96", "--random_flip", "--no-center_crop",
+              "--gradient_accumulation_steps", "2", "--checkpointing_steps", "4", "--checkpoints_total_limit", "5"]  # fmt: skip
+    full = tmp_path / "full"
+    train(full, *common, module=module)
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(full / "checkpoint-4", resumed / "checkpoint-4")
+    # A run killed while writing its next checkpoint leaves a partial folder: it must be ignored.
+    (resumed / ".checkpoint-8.partial").mkdir()
+    (resumed / ".checkpoint-8.partial" / "model.safetensors").write_bytes(b"half written")
+    train(resumed, *common, "--resume_from_checkpoint", "latest", module=module)
+
+    assert not (resumed / ".checkpoint-8.partial").exists()
+    for name in ("checkpoint-8", "checkpoint-10"):
+        a, b = _weights(full / name), _weights(resumed / name)
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=f"{name}: {key}")
+    a = load_file(full / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=f"EMA {key}")
+    assert loss_history(resumed) == loss_history(full)[4:]
+
+
+def test_checkpoint_of_another_model_is_refused_before_training(tmp_path):
+    module = load_train_module()
+    train(tmp_path, "--max_train_steps", "2", "--checkpointing_steps", "2", module=module)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(ValueError, match="belongs to another model.*block_out_channels"):
+        train(tmp_path, "--max_train_steps", "4", "--block_out_channels", "16", "64",
+              "--resume_from_checkpoint", "latest", module=module)  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_push_to_hub_uploads_the_pipeline_not_the_checkpoints(trained, monkeypatch):
+    from huggingface_hub import HfApi
+
+    module = load_train_module()
+    output, _ = trained
+    calls = {}
+
+    def create_repo(self, repo_id, **kwargs):
+        calls["repo"] = (repo_id, kwargs.get("private"))
+
+    def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
+        # The real file selection of huggingface_hub, without the network commit.
+        operations = self._prepare_upload_folder_additions(
+            folder_path, "", allow_patterns=None, ignore_patterns=ignore_patterns, token=None, repo_type="model"
+        )
+        calls["files"] = sorted(op.path_in_repo for op in operations)
+        return "https://huggingface.co/org/cunet-digits/commit/0"
+
+    def validate_yaml(self, content, **kwargs):  # a Hub endpoint checks the card's metadata
+        calls["card"] = content
+
+    monkeypatch.setattr(HfApi, "_validate_yaml", validate_yaml)
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    module.push_to_hub(output, "org/cunet-digits", token=None, private=True)
+    assert calls["repo"] == ("org/cunet-digits", True)
+    assert calls["card"] == (output / "README.md").read_text()
+    assert calls["files"] == sorted([
+        "README.md", "metrics.json", "model_index.json", "samples.png", "scheduler/scheduler_config.json",
+        "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+    ])  # fmt: skip

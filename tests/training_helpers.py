@@ -1,0 +1,42 @@
+"""Running training/train.py in-process from the tests."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_train_module():
+    spec = importlib.util.spec_from_file_location("cunet_train_script", ROOT / "training" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# A model of a few hundred thousand parameters on 8x8 digits: seconds per run on a CPU.
+TINY_ARGS = [
+    "--dataset_name", "digits",
+    "--block_out_channels", "16", "32",
+    "--resolution", "8",
+    "--train_batch_size", "16",
+    "--learning_rate", "2e-3",
+    "--lr_warmup_steps", "2",
+    "--num_validation_images", "4",
+    "--validation_inference_steps", "3",
+    "--validation_steps", "0",
+    "--checkpointing_steps", "0",
+    "--report_to", "none",
+    "--logging_steps", "1",
+]  # fmt: skip
+
+
+def train(output_dir: Path, *extra: str, module=None) -> dict:
+    module = module or load_train_module()
+    return module.main([*TINY_ARGS, "--output_dir", str(output_dir), *extra])
+
+
+def loss_history(output_dir: Path) -> list[float]:
+    return [entry["loss"] for entry in json.loads((output_dir / "metrics.json").read_text())["loss_history"]]
