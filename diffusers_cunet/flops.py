@@ -16,6 +16,9 @@ def count_forward_flops(model: nn.Module, batch_size: int = 1, timestep: int = 5
     """FLOPs of one forward call on a random batch of the model's sample size (a multiply-add counts 2)."""
     config = model.config
     sample = torch.randn(batch_size, config.in_channels, config.sample_size, config.sample_size)
+    kwargs = {}
+    if getattr(config, "num_class_embeds", None):
+        kwargs["class_labels"] = torch.zeros(batch_size, dtype=torch.long)
     with FlopCounterMode(display=False) as counter:
-        model(sample, timestep)
+        model(sample, timestep, **kwargs)
     return counter.get_total_flops()

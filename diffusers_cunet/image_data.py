@@ -140,7 +140,10 @@ class ImageTransform:
         if self.center_crop:
             left, top = (width - self.resolution) // 2, (height - self.resolution) // 2
         else:
-            left, top = int(rng.integers(0, width - self.resolution + 1)), int(rng.integers(0, height - self.resolution + 1))
+            left, top = (
+                int(rng.integers(0, width - self.resolution + 1)),
+                int(rng.integers(0, height - self.resolution + 1)),
+            )
         image = image.crop((left, top, left + self.resolution, top + self.resolution))
         array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
         array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

@@ -71,7 +71,9 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         sample = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
         sample = sample * self.scheduler.init_noise_sigma
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        step_kwargs = (
+            {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        )
         counts = hasattr(self.unet, "ode_function_evaluations")
         if counts:
             self.unet.ode_function_evaluations(reset=True)

@@ -76,7 +76,8 @@ def test_resume_is_exact(tmp_path):
     """A run resumed from step 4 ends with the same weights, EMA and all, as the uninterrupted run."""
     module = load_train_module()
     common = ["--max_train_steps", "10", "--max_train_samples", "96", "--random_flip", "--no-center_crop",
-              "--gradient_accumulation_steps", "2", "--checkpointing_steps", "4", "--checkpoints_total_limit", "5"]  # fmt: skip
+              "--gradient_accumulation_steps", "2", "--checkpointing_steps", "4",
+              "--checkpoints_total_limit", "5"]  # fmt: skip
     full = tmp_path / "full"
     train(full, *common, module=module)
     resumed = tmp_path / "resumed"

@@ -13,6 +13,7 @@ card `README.md` into `--output_dir`.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -30,6 +31,8 @@ from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from diffusers_cunet import ContinuousUNet2DModel
@@ -50,7 +53,6 @@ from diffusers_cunet.image_data import (
     prepare_dataset,
 )
 from diffusers_cunet.model_card import render_model_card
-from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.presets import PRESETS, preset_config
 
 logger = logging.getLogger("diffusers_cunet.train")
@@ -122,7 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--hub_model_id", default=None)
     out.add_argument("--hub_token", default=None)
     out.add_argument("--hub_private", action="store_true")
-    out.add_argument("--record_data_indices", action="store_true", help="Write the example indices each process saw.")
+    out.add_argument(
+        "--record_process_log",
+        action="store_true",
+        help="Write, per process, the example indices of every step and a digest of the final weights to "
+        "<output_dir>/process_logs/ (to check data sharding and replica synchronisation).",
+    )
     return p
 
 
@@ -205,12 +212,14 @@ def sample_grid(unet, noise_scheduler, args, n_classes: int | None, device) -> t
         class_labels=labels,
     ).images
     pil = ContinuousUNetPipeline.numpy_to_pil(images.cpu().permute(0, 2, 3, 1).numpy())
+    # A thin grey frame around each sample: digits fill their whole cell and would otherwise run together.
+    pil = [ImageOps.expand(image.convert("RGB"), border=1, fill=(128, 128, 128)) for image in pil]
     columns = math.ceil(math.sqrt(len(pil)))
     rows = math.ceil(len(pil) / columns)
-    pil += [pil[0].copy().point(lambda _: 0)] * (rows * columns - len(pil))
-    return images, make_image_grid(pil, rows=rows, cols=columns).resize(
-        (columns * max(64, pil[0].width), rows * max(64, pil[0].height)), resample=0
-    )
+    pil += [Image.new("RGB", pil[0].size, (128, 128, 128))] * (rows * columns - len(pil))
+    scale = max(1, 64 // pil[0].width)  # small images are enlarged (nearest neighbour) to be seen
+    grid = make_image_grid(pil, rows=rows, cols=columns)
+    return images, grid.resize((grid.width * scale, grid.height * scale), resample=Image.Resampling.NEAREST)
 
 
 def step_generator(seed: int, micro_step: int, process_index: int, device) -> torch.Generator:
@@ -263,22 +272,35 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prediction_type=args.prediction_type,
     )
     transform = ImageTransform(
-        resolution, model_config["in_channels"], image_column, args.center_crop, args.random_flip, args.class_column,
+        resolution,
+        model_config["in_channels"],
+        image_column,
+        args.center_crop,
+        args.random_flip,
+        args.class_column,
         seed=args.seed,
     )
     train_data = prepare_dataset(dataset, transform)
     sampler = EpochShuffleSampler(len(train_data), seed=args.seed)
     dataloader = torch.utils.data.DataLoader(
-        train_data, batch_size=args.train_batch_size, sampler=sampler, collate_fn=collate,
-        num_workers=args.dataloader_num_workers, drop_last=len(train_data) >= args.train_batch_size,
+        train_data,
+        batch_size=args.train_batch_size,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
+        drop_last=len(train_data) >= args.train_batch_size,
     )
     optimizer = torch.optim.AdamW(
-        unet.parameters(), lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        weight_decay=args.adam_weight_decay, eps=args.adam_epsilon,
+        unet.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
     )
     # A prepared scheduler steps once per process per optimizer step, hence the factor.
     lr_scheduler = get_scheduler(
-        args.lr_scheduler, optimizer=optimizer,
+        args.lr_scheduler,
+        optimizer=optimizer,
         num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=args.max_train_steps * accelerator.num_processes,
     )
@@ -286,8 +308,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ema = None
     if args.use_ema:
         ema = EMAModel(
-            accelerator.unwrap_model(unet).parameters(), decay=args.ema_max_decay, use_ema_warmup=True,
-            inv_gamma=args.ema_inv_gamma, power=args.ema_power, model_cls=ContinuousUNet2DModel,
+            accelerator.unwrap_model(unet).parameters(),
+            decay=args.ema_max_decay,
+            use_ema_warmup=True,
+            inv_gamma=args.ema_inv_gamma,
+            power=args.ema_power,
+            model_cls=ContinuousUNet2DModel,
             model_config=accelerator.unwrap_model(unet).config,
         )
         ema.to(accelerator.device)
@@ -295,7 +321,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     # 3. Checkpoint hooks: the EMA weights go in as safetensors, with the model config to check on resume.
     def save_hook(models, weights, folder):
         if accelerator.is_main_process:
-            Path(folder, MODEL_CONFIG_FILE).write_text(json.dumps(dict(accelerator.unwrap_model(unet).config), indent=2))
+            Path(folder, MODEL_CONFIG_FILE).write_text(
+                json.dumps(dict(accelerator.unwrap_model(unet).config), indent=2)
+            )
             if ema is not None:
                 ema.save_pretrained(str(Path(folder, EMA_FOLDER)))
 
@@ -319,17 +347,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         global_step = checkpoint_step(checkpoint)
         logger.info("Resumed from %s at step %d", checkpoint, global_step)
     if accelerator.is_main_process and args.report_to != "none":
-        accelerator.init_trackers("train_cunet", config={k: v for k, v in vars(args).items() if v is not None and not isinstance(v, list)})
+        accelerator.init_trackers(
+            "train_cunet", config={k: v for k, v in vars(args).items() if v is not None and not isinstance(v, list)}
+        )
 
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(
         "%d examples, %d processes, batch %d per process (%d total), %d steps, %s parameters",
-        len(train_data), accelerator.num_processes, args.train_batch_size, total_batch, args.max_train_steps,
+        len(train_data),
+        accelerator.num_processes,
+        args.train_batch_size,
+        total_batch,
+        args.max_train_steps,
         f"{count_parameters(accelerator.unwrap_model(unet)):,}",
     )
 
     # 4. The loop.
-    progress = tqdm(total=args.max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_local_main_process)
+    progress = tqdm(
+        total=args.max_train_steps, initial=global_step, desc="training", disable=not accelerator.is_local_main_process
+    )
     first_epoch = global_step // steps_per_epoch
     batches_to_skip = (global_step % steps_per_epoch) * args.gradient_accumulation_steps
     micro_step = global_step * args.gradient_accumulation_steps
@@ -373,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             micro_step += 1
             images_seen += clean.shape[0] * accelerator.num_processes
             losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
-            if args.record_data_indices:
+            if args.record_process_log:
                 seen_indices.append(batch["index"].tolist())
             if not accelerator.sync_gradients:
                 continue
@@ -383,8 +419,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 ema.step(accelerator.unwrap_model(unet).parameters())
             progress.update(1)
             if global_step % args.logging_steps == 0 or global_step == args.max_train_steps:
-                recent = sum(losses[-args.logging_steps * args.gradient_accumulation_steps:]) / len(
-                    losses[-args.logging_steps * args.gradient_accumulation_steps:]
+                recent = sum(losses[-args.logging_steps * args.gradient_accumulation_steps :]) / len(
+                    losses[-args.logging_steps * args.gradient_accumulation_steps :]
                 )
                 logs = {"loss": recent, "lr": lr_scheduler.get_last_lr()[0]}
                 if ema is not None:
@@ -396,7 +432,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 train_time += time.perf_counter() - tick
                 save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
                 tick = time.perf_counter()
-            if args.validation_steps and global_step % args.validation_steps == 0 and global_step < args.max_train_steps:
+            if (
+                args.validation_steps
+                and global_step % args.validation_steps == 0
+                and global_step < args.max_train_steps
+            ):
                 train_time += time.perf_counter() - tick
                 validate(accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir, global_step)
                 tick = time.perf_counter()
@@ -408,18 +448,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     progress.close()
     if args.checkpointing_steps and global_step % args.checkpointing_steps:  # the final state, to train on later
         save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
-    if args.record_data_indices:
-        folder = output_dir / "data_indices"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"process_{accelerator.process_index}.json").write_text(json.dumps(seen_indices))
+    if args.record_process_log:
+        write_process_log(accelerator, unet, output_dir, seen_indices)
 
     # 5. Final EMA weights as a DDPMPipeline, a sample grid, metrics and a model card.
     accelerator.wait_for_everyone()
     result: dict[str, Any] = {"global_step": global_step, "output_dir": str(output_dir)}
     if accelerator.is_main_process:
-        result.update(finish(accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir, history, losses, images_seen, train_time))
+        result.update(
+            finish(
+                accelerator,
+                unet,
+                ema,
+                noise_scheduler,
+                args,
+                n_classes,
+                output_dir,
+                history,
+                losses,
+                images_seen,
+                train_time,
+            )
+        )
     accelerator.end_training()
+    result["unet"] = accelerator.unwrap_model(unet)
     return result
+
+
+def write_process_log(accelerator, unet, output_dir: Path, seen_indices: list[list[int]]) -> None:
+    """This process's data indices per micro-batch and a SHA-256 of its replica's (raw, non-EMA) weights."""
+    weights = torch.cat([p.detach().float().flatten().cpu() for p in accelerator.unwrap_model(unet).parameters()])
+    folder = output_dir / "process_logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    log = {
+        "process_index": accelerator.process_index,
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "indices": seen_indices,
+        "weights_sha256": hashlib.sha256(weights.numpy().tobytes()).hexdigest(),
+    }
+    (folder / f"process_{accelerator.process_index}.json").write_text(json.dumps(log))
 
 
 def validate(accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir: Path, step: int):
@@ -443,7 +511,9 @@ def validate(accelerator, unet, ema, noise_scheduler, args, n_classes, output_di
     accelerator.wait_for_everyone()
 
 
-def finish(accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir, history, losses, images_seen, train_time):
+def finish(
+    accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir, history, losses, images_seen, train_time
+):
     model = accelerator.unwrap_model(unet)
     if ema is not None:
         ema.copy_to(model.parameters())
@@ -456,7 +526,7 @@ def finish(accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir,
     images, grid = sample_grid(model, noise_scheduler, args, n_classes, accelerator.device)
     grid_path = output_dir / "samples.png"
     grid.save(grid_path)
-    tail = losses[-max(1, len(losses) // 10):]
+    tail = losses[-max(1, len(losses) // 10) :]
     metrics: dict[str, Any] = {
         "final_loss (mean of last 10% of batches)": round(sum(tail) / len(tail), 5),
         "training steps": len(losses) // args.gradient_accumulation_steps,
@@ -474,8 +544,12 @@ def finish(accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir,
         "data set": args.train_data_dir or args.dataset_name,
         "resolution": model.config.sample_size,
         "steps": args.max_train_steps,
-        "batch size (per process x processes x accumulation)": f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}",
-        "optimizer": f"AdamW, lr {args.learning_rate}, {args.lr_scheduler} schedule, {args.lr_warmup_steps} warm-up steps",
+        "batch size (per process x processes x accumulation)": (
+            f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}"
+        ),
+        "optimizer": (
+            f"AdamW, lr {args.learning_rate}, {args.lr_scheduler} schedule, {args.lr_warmup_steps} warm-up steps"
+        ),
         "noise schedule": f"{args.beta_schedule}, {args.num_train_timesteps} steps, {args.prediction_type} prediction",
         "EMA": f"max decay {args.ema_max_decay}" if args.use_ema else "off",
         "mixed precision": args.mixed_precision,
@@ -491,8 +565,10 @@ def finish(accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir,
         machine=f"{accelerator.num_processes} x {accelerator.device.type}",
     )
     card.save(str(output_dir / "README.md"))
-    print(f"\nSaved the pipeline to {output_dir}/ (load it with `import diffusers_cunet` then "
-          f"`DDPMPipeline.from_pretrained({str(output_dir)!r})`).")
+    print(
+        f"\nSaved the pipeline to {output_dir}/ (load it with `import diffusers_cunet` then "
+        f"`DDPMPipeline.from_pretrained({str(output_dir)!r})`)."
+    )
     print(f"Sample grid: {grid_path}")
     print("Metrics: " + ", ".join(f"{k} = {v}" for k, v in metrics.items()))
     if args.push_to_hub:
@@ -511,7 +587,7 @@ def push_to_hub(output_dir: Path, repo_id: str, token: str | None, private: bool
         repo_id=repo_id,
         folder_path=str(output_dir),
         commit_message="Upload continuous U-Net pipeline trained with diffusers-cunet",
-        ignore_patterns=["checkpoint-*/**", ".checkpoint-*/**", "logs/**", "data_indices/**", "samples/**"],
+        ignore_patterns=["checkpoint-*/**", ".checkpoint-*/**", "logs/**", "process_logs/**", "samples/**"],
     )
     return str(getattr(info, "commit_url", info))
 

@@ -1,0 +1,149 @@
+"""training/train.py on other inputs: local image folders, class labels, bad input, and two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from PIL import Image
+from training_helpers import ROOT, TINY_ARGS, load_train_module, train
+
+
+@pytest.fixture(scope="module")
+def module():
+    return load_train_module()
+
+
+def _image_folder(root, modes=("L", "RGB", "RGBA", "P"), count=8, size=(12, 10)):
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        pixels = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).convert(modes[i % len(modes)]).save(root / f"img_{i}.png")
+    return root
+
+
+def test_local_image_folder_with_mixed_modes(tmp_path, module):
+    folder = _image_folder(tmp_path / "images")
+    output = tmp_path / "out"
+    result = train(output, "--train_data_dir", str(folder), "--max_train_steps", "2", "--train_batch_size", "4",
+                   module=module)  # fmt: skip
+    assert result["global_step"] == 2
+    assert (output / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_rgb_model_on_local_folder(tmp_path, module):
+    folder = _image_folder(tmp_path / "images")
+    output = tmp_path / "out"
+    config = tmp_path / "model.json"
+    config.write_text(json.dumps({"in_channels": 3, "out_channels": 3}))
+    train(output, "--train_data_dir", str(folder), "--model_config", str(config), "--max_train_steps", "1",
+          "--train_batch_size", "4", "--random_flip", "--no-center_crop", module=module)  # fmt: skip
+    unet_config = json.loads((output / "unet" / "config.json").read_text())
+    assert unet_config["in_channels"] == 3 and unet_config["sample_size"] == 8
+
+
+def test_class_conditional_training(tmp_path, module):
+    output = tmp_path / "out"
+    train(output, "--class_column", "label", "--max_train_steps", "2", module=module)
+    unet_config = json.loads((output / "unet" / "config.json").read_text())
+    assert unet_config["num_class_embeds"] == 10
+    pipe = ContinuousUNetPipeline.from_pretrained(output)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, class_labels=[3, 7], num_inference_steps=2, output_type="np").images
+    assert images.shape == (2, 8, 8, 1)
+
+
+def test_two_runs_with_one_seed_are_identical(tmp_path, module):
+    from safetensors.torch import load_file
+
+    for name in ("a", "b"):
+        train(tmp_path / name, "--max_train_steps", "3", "--random_flip", module=module)
+    a = load_file(tmp_path / "a" / "unet" / "diffusion_pytorch_model.safetensors")
+    b = load_file(tmp_path / "b" / "unet" / "diffusion_pytorch_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--train_data_dir", "/no/such/folder"], "is not a directory"),
+        (
+            ["--image_column", "picture"],
+            r"Image column 'picture' not found; the data set has columns \['image', 'label'\]",
+        ),
+        (["--class_column", "digit"], "Class column 'digit' not found"),
+        (["--resolution", "7"], "--resolution 7 cannot be taken .* multiple of 2"),
+        (["--solver_method", "rk45"], "Unknown ODE solver method 'rk45'"),
+        (["--resume_from_checkpoint", "checkpoint-99"], "Checkpoint 'checkpoint-99' does not exist"),
+    ],
+)
+def test_bad_input_fails_before_writing_anything(tmp_path, module, extra, message):
+    output = tmp_path / "out"
+    with pytest.raises(ValueError, match=message):
+        train(output, "--max_train_steps", "1", *extra, module=module)
+    assert not output.exists()
+
+
+def test_unknown_hub_dataset_is_a_clear_error(tmp_path, module, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(ValueError, match="Could not load data set 'no-such-org/no-such-dataset'"):
+        train(tmp_path / "out", "--dataset_name", "no-such-org/no-such-dataset", module=module)
+    assert not (tmp_path / "out").exists()
+
+
+def test_empty_image_folder_is_a_clear_error(tmp_path, module):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="--train_data_dir"):
+        train(tmp_path / "out", "--train_data_dir", str(tmp_path / "empty"), module=module)
+
+
+def test_yaml_config_is_read_and_overridden(tmp_path, module):
+    config = tmp_path / "run.yaml"
+    config.write_text("max_train_steps: 3\nlearning_rate: 0.5\n")
+    args = module.parse_args(["--config", str(config), "--learning_rate", "0.01"])
+    assert args.max_train_steps == 3 and args.learning_rate == 0.01
+    config.write_text("max_train_step: 3\n")
+    with pytest.raises(SystemExit):
+        module.parse_args(["--config", str(config)])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_shard_the_data_and_keep_identical_replicas(tmp_path):
+    """The README's two-CPU-process command: DDP over gloo, in fresh processes as a user runs it."""
+    output = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()),
+        str(ROOT / "training" / "train.py"), *TINY_ARGS, "--output_dir", str(output),
+        "--max_train_steps", "3", "--record_process_log",
+    ]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    logs = [json.loads((output / "process_logs" / f"process_{i}.json").read_text()) for i in range(2)]
+    assert [log["num_processes"] for log in logs] == [2, 2]
+    assert logs[0]["distributed_type"] == "DistributedType.MULTI_CPU"
+    # DDP averaged the gradients, so the replicas, fed different data, end bit-identical.
+    assert logs[0]["weights_sha256"] == logs[1]["weights_sha256"]
+    seen = [log["indices"] for log in logs]
+    assert len(seen[0]) == len(seen[1]) == 3
+    for step in range(3):
+        assert not set(seen[0][step]) & set(seen[1][step]), f"both processes saw the same examples at step {step}"
+    assert (output / "unet" / "diffusion_pytorch_model.safetensors").is_file()
