@@ -4,15 +4,37 @@ only to schedulers whose `step` takes one), with a per-timestep choice of ODE-so
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass
 
+import numpy as np
+import PIL.Image
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-SolverSchedule = Callable[[int, int], Mapping[str, Any] | None]
+from .pipeline_utils import (
+    SolverSchedule,
+    class_labels_for,
+    evaluation_count,
+    reset_evaluation_count,
+    run_model,
+    to_output_type,
+)
+from .scheduler_support import check_scheduler, step_kwargs
+
+
+@dataclass
+class ContinuousUNetPipelineOutput(BaseOutput):
+    """
+    Args:
+        images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`): the generated images, values in [0, 1].
+        ode_evaluations (`int`, *optional*): ODE function evaluations the model spent on the whole batch
+            (`None` for a model without ODE blocks).
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    ode_evaluations: int | None = None
 
 
 class ContinuousUNetPipeline(DiffusionPipeline):
@@ -40,7 +62,7 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         return_dict: bool = True,
         class_labels: torch.Tensor | list[int] | None = None,
         solver_schedule: SolverSchedule | None = None,
-    ) -> ImagePipelineOutput | tuple:
+    ) -> ContinuousUNetPipelineOutput | tuple:
         r"""
         Args:
             batch_size (`int`): number of images.
@@ -55,61 +77,38 @@ class ContinuousUNetPipeline(DiffusionPipeline):
                 model's own settings.
 
         Returns:
-            `ImagePipelineOutput` (or a tuple `(images,)`); the number of ODE function evaluations spent is in
-            `self.last_ode_evaluations`.
+            `ContinuousUNetPipelineOutput` with the images and the ODE function evaluations spent (also kept in
+            `self.last_ode_evaluations`), or a tuple `(images,)`.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        check_scheduler(self.scheduler)
         config = self.unet.config
         size = config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
-        labels = self._class_labels(class_labels, batch_size)
+        device = self._execution_device
+        labels = class_labels_for(self.unet, class_labels, batch_size, device)
 
+        # 1. initial noise at the scheduler's scale (sigma_max for the sigma-based schedulers)
         shape = (batch_size, config.in_channels, *size)
-        sample = randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.unet.dtype)
-        self.scheduler.set_timesteps(num_inference_steps, device=self._execution_device)
+        sample = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
         sample = sample * self.scheduler.init_noise_sigma
-        step_kwargs = (
-            {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
-        )
-        counts = hasattr(self.unet, "ode_function_evaluations")
-        if counts:
-            self.unet.ode_function_evaluations(reset=True)
+        extra = step_kwargs(self.scheduler, generator)
+        reset_evaluation_count(self.unet)
 
+        # 2. denoising loop: the scheduler decides how its input is scaled and how a step is taken
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = self.scheduler.scale_model_input(sample, t)
-            model_kwargs = {} if labels is None else {"class_labels": labels}
-            settings = solver_schedule(i, int(t)) if solver_schedule is not None else None
-            if settings is not None:
-                model_kwargs["solver"] = settings
-            prediction = self.unet(model_input, t, **model_kwargs).sample
-            sample = self.scheduler.step(prediction, t, sample, **step_kwargs).prev_sample
+            prediction = run_model(self.unet, model_input, t, labels, solver_schedule, i)
+            sample = self.scheduler.step(prediction, t, sample, **extra).prev_sample
 
-        self.last_ode_evaluations = self.unet.ode_function_evaluations() if counts else None
-        images = (sample / 2 + 0.5).clamp(0, 1)
-        if output_type == "pt":
-            output = images
-        else:
-            output = images.cpu().permute(0, 2, 3, 1).float().numpy()
-            if output_type == "pil":
-                output = self.numpy_to_pil(output)
+        # 3. post-process
+        evaluations = evaluation_count(self.unet)
+        self.last_ode_evaluations = evaluations
+        images = to_output_type((sample / 2 + 0.5).clamp(0, 1), output_type)
         if not return_dict:
-            return (output,)
-        return ImagePipelineOutput(images=output)
-
-    def _class_labels(self, class_labels, batch_size: int) -> torch.Tensor | None:
-        num_classes = getattr(self.unet.config, "num_class_embeds", None)
-        if class_labels is None:
-            if num_classes:
-                raise ValueError(f"class_labels are required: the model is conditioned on {num_classes} classes.")
-            return None
-        if not num_classes:
-            raise ValueError("class_labels were given but the model is not class-conditional.")
-        labels = torch.as_tensor(class_labels, device=self._execution_device).long().reshape(-1)
-        if labels.shape[0] != batch_size:
-            raise ValueError(f"Got {labels.shape[0]} class_labels for batch_size={batch_size}.")
-        if labels.min() < 0 or labels.max() >= num_classes:
-            raise ValueError(f"class_labels must lie in [0, {num_classes - 1}], got {labels.tolist()}.")
-        return labels
+            return (images,)
+        return ContinuousUNetPipelineOutput(images=images, ode_evaluations=evaluations)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler
+from diffusers import DDIMScheduler, DDPMPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
@@ -53,12 +53,11 @@ from diffusers_cunet.image_data import (
     prepare_dataset,
 )
 from diffusers_cunet.model_card import render_model_card
+from diffusers_cunet.noise_schedule import BETA_SCHEDULES, PREDICTION_TYPES, make_noise_scheduler
 from diffusers_cunet.presets import PRESETS, preset_config
 
 logger = logging.getLogger("diffusers_cunet.train")
 
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
-PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 MODEL_CONFIG_FILE = "model_config.json"
 EMA_FOLDER = "unet_ema"
 
@@ -266,11 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     unet = ContinuousUNet2DModel(**model_config)  # rebuilt after seeding: identical initial weights every run
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=args.num_train_timesteps,
-        beta_schedule=args.beta_schedule,
-        prediction_type=args.prediction_type,
-    )
+    noise_scheduler = make_noise_scheduler(args.num_train_timesteps, args.beta_schedule, args.prediction_type)
     transform = ImageTransform(
         resolution,
         model_config["in_channels"],

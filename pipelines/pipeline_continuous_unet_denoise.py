@@ -1,0 +1,201 @@
+"""`ContinuousUNetDenoisePipeline`: remove Gaussian noise from images with a diffusion model (the paper's
+downstream task). The reverse process starts at the timestep whose noise level matches the images' and runs
+`num_inference_steps` steps of the chosen scheduler down to a clean image."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .pipeline_utils import (
+    SolverSchedule,
+    class_labels_for,
+    evaluation_count,
+    reset_evaluation_count,
+    run_model,
+    to_output_type,
+)
+from .scheduler_support import check_scheduler, step_kwargs
+
+
+@dataclass
+class DenoisePipelineOutput(BaseOutput):
+    """
+    Args:
+        images: the denoised images, values in [0, 1].
+        start_timestep (`int`): the timestep the reverse process started from.
+        psnr (`float`, *optional*): mean PSNR (dB, images in [0, 1]) against `clean_images`, when given.
+        ssim (`float`, *optional*): mean SSIM against `clean_images`, when given.
+        ode_evaluations (`int`, *optional*): ODE function evaluations spent on the batch.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    start_timestep: int
+    psnr: float | None = None
+    ssim: float | None = None
+    ode_evaluations: int | None = None
+
+
+def noise_std_of_timestep(alphas_cumprod: torch.Tensor, timestep: int) -> float:
+    """Noise standard deviation, on the clean image's scale, of the VP marginal at `timestep`."""
+    abar = float(alphas_cumprod[timestep])
+    return math.sqrt((1 - abar) / abar)
+
+
+def timestep_for_noise_std(alphas_cumprod: torch.Tensor, noise_std: float) -> int:
+    """The first training timestep whose noise level is at least `noise_std` (so noise only needs adding)."""
+    stds = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+    above = torch.nonzero(stds >= noise_std)
+    if len(above) == 0:
+        raise ValueError(f"noise_std={noise_std} is above the schedule's largest noise level {float(stds[-1]):.3g}.")
+    return int(above[0])
+
+
+def to_model_range(images, channels: int) -> torch.Tensor:
+    """PIL images, arrays in [0, 1] (NHWC) or tensors in [-1, 1] (NCHW) -> a float tensor in [-1, 1]."""
+    if isinstance(images, torch.Tensor):
+        tensor = images.float()
+    elif isinstance(images, np.ndarray):
+        array = images[..., None] if images.ndim == 3 else images
+        tensor = torch.from_numpy(array).float().permute(0, 3, 1, 2) * 2 - 1
+    elif isinstance(images, (list, tuple)) and images and isinstance(images[0], PIL.Image.Image):
+        mode = "L" if channels == 1 else "RGB"
+        arrays = [np.asarray(image.convert(mode), dtype=np.float32) / 255.0 for image in images]
+        return to_model_range(np.stack(arrays), channels)
+    else:
+        raise ValueError("images must be a tensor in [-1, 1], an array in [0, 1] or a list of PIL images.")
+    if tensor.ndim != 4 or tensor.shape[1] != channels:
+        raise ValueError(f"images must have shape (batch, {channels}, height, width), got {tuple(tensor.shape)}.")
+    return tensor
+
+
+class ContinuousUNetDenoisePipeline(DiffusionPipeline):
+    r"""
+    Denoise images corrupted by additive Gaussian noise with a `ContinuousUNet2DModel` (or any `UNet2DModel`-like
+    model) and any scheduler that `ContinuousUNetPipeline` supports.
+
+    Noise levels are standard deviations on the model's [-1, 1] scale: an image `x` observed as
+    `x + noise_std * eps` is the diffusion marginal at the timestep with that noise level (up to the
+    sqrt(alpha_bar) scale, which the scheduler applies). The reverse process starts at the first scheduler
+    timestep whose noise level is at least `noise_std`; the small gap is filled with fresh noise, so the
+    start is exactly on the diffusion marginal.
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        noisy_images: torch.Tensor | np.ndarray | list[PIL.Image.Image],
+        noise_std: float | None = None,
+        timestep: int | None = None,
+        num_inference_steps: int = 20,
+        generator: torch.Generator | None = None,
+        clean_images: torch.Tensor | np.ndarray | list[PIL.Image.Image] | None = None,
+        class_labels: torch.Tensor | list[int] | None = None,
+        solver_schedule: SolverSchedule | None = None,
+        output_type: str = "pt",
+        return_dict: bool = True,
+    ) -> DenoisePipelineOutput | tuple:
+        r"""
+        Args:
+            noisy_images: tensors in [-1, 1] `(batch, channels, h, w)`, arrays in [0, 1] `(batch, h, w[, c])`
+                or PIL images.
+            noise_std (`float`): the noise's standard deviation on the [-1, 1] scale (the paper's 0.04, 0.15).
+            timestep (`int`): alternatively, the training timestep whose noise level the images carry.
+            num_inference_steps (`int`): denoising steps from that level down to 0.
+            generator (`torch.Generator`, *optional*): for the noise top-up and stochastic schedulers.
+            clean_images: references in the same format as `noisy_images`; PSNR and SSIM are then reported.
+            class_labels, solver_schedule: as in `ContinuousUNetPipeline`.
+            output_type (`str`): `"pt"`, `"np"` or `"pil"`.
+            return_dict (`bool`): return a `DenoisePipelineOutput` instead of a tuple.
+        """
+        if (noise_std is None) == (timestep is None):
+            raise ValueError("Give exactly one of noise_std or timestep.")
+        if noise_std is not None and not noise_std > 0:
+            raise ValueError(f"noise_std must be positive, got {noise_std!r}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        check_scheduler(self.scheduler)
+        device = self._execution_device
+        channels = self.unet.config.in_channels
+        noisy = to_model_range(noisy_images, channels).to(device, self.unet.dtype)
+        labels = class_labels_for(self.unet, class_labels, noisy.shape[0], device)
+        alphas_cumprod = self.scheduler.alphas_cumprod.cpu()
+        num_train = len(alphas_cumprod)
+        if timestep is not None:
+            if not 0 <= timestep < num_train:
+                raise ValueError(f"timestep must lie in [0, {num_train - 1}], got {timestep}.")
+            noise_std = noise_std_of_timestep(alphas_cumprod, timestep)
+        target_t = timestep_for_noise_std(alphas_cumprod, noise_std)
+
+        # 1. a schedule whose last `num_inference_steps` steps start at or just above the noise level
+        timesteps = self._tail_timesteps(target_t, num_inference_steps, device)
+        start_t = int(timesteps[0])
+        start_std = noise_std_of_timestep(alphas_cumprod, start_t)
+
+        # 2. top the noise up to the start level, then scale as the scheduler's add_noise would
+        gap = math.sqrt(max(start_std**2 - noise_std**2, 0.0))
+        extra_noise = randn_tensor(noisy.shape, generator=generator, device=device, dtype=noisy.dtype)
+        observed = noisy + gap * extra_noise
+        # add_noise(x, n, t) = c1 x + c2 n with c2 = c1 * std(t) for VP and sigma schedulers alike, so
+        # add_noise(x + std * eps, 0, t) = c1 x + c2 eps: exactly the marginal the scheduler expects.
+        sample = self.scheduler.add_noise(observed, torch.zeros_like(observed), timesteps[:1])
+
+        # 3. reverse process
+        extra = step_kwargs(self.scheduler, generator)
+        reset_evaluation_count(self.unet)
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            model_input = self.scheduler.scale_model_input(sample, t)
+            prediction = run_model(self.unet, model_input, t, labels, solver_schedule, i)
+            sample = self.scheduler.step(prediction, t, sample, **extra).prev_sample
+        evaluations = evaluation_count(self.unet)
+
+        images = (sample / 2 + 0.5).clamp(0, 1)
+        psnr = ssim = None
+        if clean_images is not None:
+            psnr, ssim = image_quality(images, (to_model_range(clean_images, channels).to(device) / 2 + 0.5).clamp(0, 1))
+        output = to_output_type(images, output_type)
+        if not return_dict:
+            return (output, start_t, psnr, ssim)
+        return DenoisePipelineOutput(output, start_t, psnr, ssim, evaluations)
+
+    def _tail_timesteps(self, target_t: int, num_inference_steps: int, device) -> torch.Tensor:
+        """Set the scheduler so that its final `num_inference_steps` steps start at the first timestep >= target."""
+        num_train = len(self.scheduler.alphas_cumprod)
+        order = getattr(self.scheduler, "order", 1)
+        total = max(num_inference_steps, math.ceil(num_inference_steps * num_train / (target_t + 1)))
+        while True:
+            self.scheduler.set_timesteps(total, device=device)
+            skip = (total - num_inference_steps) * order
+            timesteps = self.scheduler.timesteps[skip:]
+            if int(timesteps[0]) >= target_t or skip == 0:
+                break
+            total -= 1  # the schedule's spacing put the start below the noise level: take coarser steps
+        if hasattr(self.scheduler, "set_begin_index"):
+            self.scheduler.set_begin_index(skip)
+        return timesteps
+
+
+def image_quality(images: torch.Tensor, references: torch.Tensor) -> tuple[float, float]:
+    """Mean PSNR (dB) and SSIM of `images` against `references`, both in [0, 1] (torchmetrics)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    if images.shape != references.shape:
+        raise ValueError(f"clean_images have shape {tuple(references.shape)}, the images {tuple(images.shape)}.")
+    images, references = images.float().cpu(), references.float().cpu()
+    psnr = peak_signal_noise_ratio(images, references, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    kernel = min(7, images.shape[-1] - (1 - images.shape[-1] % 2))  # odd, at most the image size
+    ssim = structural_similarity_index_measure(images, references, data_range=1.0, kernel_size=kernel)
+    return float(psnr.mean()), float(ssim)

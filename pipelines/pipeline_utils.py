@@ -1,0 +1,55 @@
+"""Small pieces shared by the pipelines: one network call, evaluation counting, labels, output types."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
+
+# `solver_schedule(step_index, timestep)` -> ODE-solver settings for that denoising step, or None.
+SolverSchedule = Callable[[int, int], Mapping[str, Any] | None]
+
+
+def run_model(unet, sample, t, labels, solver_schedule, step_index: int) -> torch.Tensor:
+    """One network call, with the class labels and the solver settings of this denoising step."""
+    kwargs: dict[str, Any] = {} if labels is None else {"class_labels": labels}
+    settings = solver_schedule(step_index, int(t)) if solver_schedule is not None else None
+    if settings is not None:
+        kwargs["solver"] = settings
+    return unet(sample, t, **kwargs).sample
+
+
+def reset_evaluation_count(unet) -> None:
+    if hasattr(unet, "ode_function_evaluations"):
+        unet.ode_function_evaluations(reset=True)
+
+
+def evaluation_count(unet) -> int | None:
+    return unet.ode_function_evaluations() if hasattr(unet, "ode_function_evaluations") else None
+
+
+def to_output_type(images: torch.Tensor, output_type: str):
+    """Images in [0, 1] as tensors (`pt`), arrays (`np`) or PIL images (`pil`)."""
+    if output_type == "pt":
+        return images
+    array = images.cpu().permute(0, 2, 3, 1).float().numpy()
+    return DiffusionPipeline.numpy_to_pil(array) if output_type == "pil" else array
+
+
+def class_labels_for(unet, class_labels, batch_size: int, device) -> torch.Tensor | None:
+    """Validate `class_labels` against the model (required iff it is class-conditional)."""
+    num_classes = getattr(unet.config, "num_class_embeds", None)
+    if class_labels is None:
+        if num_classes:
+            raise ValueError(f"class_labels are required: the model is conditioned on {num_classes} classes.")
+        return None
+    if not num_classes:
+        raise ValueError("class_labels were given but the model is not class-conditional.")
+    labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
+    if labels.shape[0] != batch_size:
+        raise ValueError(f"Got {labels.shape[0]} class_labels for a batch of {batch_size}.")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"class_labels must lie in [0, {num_classes - 1}], got {labels.tolist()}.")
+    return labels

@@ -1,0 +1,71 @@
+"""Which diffusers schedulers our pipelines can drive, with which prediction types, and how to call them.
+
+A discrete-time variance-preserving model (epsilon / v / x0 prediction) is served correctly by the schedulers
+below when the caller applies `init_noise_sigma` and `scale_model_input` and passes `generator` only to a
+`step` that takes it. Each entry was checked against the closed-form Gaussian denoiser (tests/test_pipelines.py);
+the prediction types a scheduler lacks are the ones its `step` rejects.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+ALL_PREDICTIONS = frozenset({"epsilon", "v_prediction", "sample"})
+NO_SAMPLE = frozenset({"epsilon", "v_prediction"})
+
+SUPPORTED_SCHEDULERS: dict[str, frozenset[str]] = {
+    "DDPMScheduler": ALL_PREDICTIONS,
+    "DDPMParallelScheduler": ALL_PREDICTIONS,
+    "DDIMScheduler": ALL_PREDICTIONS,
+    "DDIMParallelScheduler": ALL_PREDICTIONS,
+    "PNDMScheduler": NO_SAMPLE,
+    "LMSDiscreteScheduler": ALL_PREDICTIONS,
+    "EulerDiscreteScheduler": ALL_PREDICTIONS,
+    "EulerAncestralDiscreteScheduler": NO_SAMPLE,
+    "HeunDiscreteScheduler": ALL_PREDICTIONS,
+    "KDPM2DiscreteScheduler": NO_SAMPLE,
+    "KDPM2AncestralDiscreteScheduler": NO_SAMPLE,
+    "DPMSolverMultistepScheduler": ALL_PREDICTIONS,
+    "DPMSolverSinglestepScheduler": ALL_PREDICTIONS,
+    "DPMSolverSDEScheduler": NO_SAMPLE,
+    "UniPCMultistepScheduler": ALL_PREDICTIONS,
+    "DEISMultistepScheduler": ALL_PREDICTIONS,
+    "SASolverScheduler": ALL_PREDICTIONS,
+}
+
+# Schedulers that run but would return wrong images for this kind of model, and why.
+UNSUPPORTED_REASONS: dict[str, str] = {
+    "IPNDMScheduler": "it integrates a variance-exploding (sin/cos) parameterisation, not a discrete VP schedule",
+    "LCMScheduler": "it is made for consistency-distilled models",
+    "TCDScheduler": "it is made for consistency-distilled models",
+    "CMStochasticIterativeScheduler": "it is made for consistency models",
+    "EDMEulerScheduler": "it needs a network with EDM preconditioning (c_in, c_skip, c_out, c_noise)",
+    "EDMDPMSolverMultistepScheduler": "it needs a network with EDM preconditioning (c_in, c_skip, c_out, c_noise)",
+    "FlowMatchEulerDiscreteScheduler": "it is made for flow-matching (velocity field) models",
+    "FlowMatchHeunDiscreteScheduler": "it is made for flow-matching (velocity field) models",
+    "DDIMInverseScheduler": "it inverts images to noise, it does not generate",
+    "DPMSolverMultistepInverseScheduler": "it inverts images to noise, it does not generate",
+}
+
+
+def check_scheduler(scheduler) -> str:
+    """Return the scheduler's prediction type, or raise `ValueError` if the pipeline cannot drive it correctly."""
+    name = type(scheduler).__name__
+    if name not in SUPPORTED_SCHEDULERS:
+        reason = UNSUPPORTED_REASONS.get(name, "it has not been checked against this pipeline")
+        raise ValueError(
+            f"ContinuousUNetPipeline cannot drive {name}: {reason}. Supported schedulers: "
+            f"{', '.join(sorted(SUPPORTED_SCHEDULERS))}."
+        )
+    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    if prediction_type not in SUPPORTED_SCHEDULERS[name]:
+        raise ValueError(
+            f"{name} does not support prediction_type={prediction_type!r}; it supports "
+            f"{sorted(SUPPORTED_SCHEDULERS[name])}."
+        )
+    return prediction_type
+
+
+def step_kwargs(scheduler, generator) -> dict:
+    """`generator` for schedulers whose `step` takes one (the stochastic ones), nothing for the others."""
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
