@@ -36,7 +36,5 @@ def make_noise_scheduler(
         prediction_type=prediction_type,
         clip_sample=clip_sample,
         clip_sample_range=1.0,
-        timestep_spacing="trailing",
-        steps_offset=0,
         rescale_betas_zero_snr=False,
-    )
+    )  # timestep_spacing stays at its default on purpose: each scheduler then uses its own, see the README

@@ -21,7 +21,7 @@ from .pipeline_utils import (
     run_model,
     to_output_type,
 )
-from .scheduler_support import check_scheduler, step_kwargs
+from .scheduler_support import check_scheduler, check_timesteps, seed_noise_sampler, step_kwargs
 
 
 @dataclass
@@ -95,8 +95,10 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         shape = (batch_size, config.in_channels, *size)
         sample = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        check_timesteps(self.scheduler)
         sample = sample * self.scheduler.init_noise_sigma
         extra = step_kwargs(self.scheduler, generator)
+        seed_noise_sampler(self.scheduler, generator)
         reset_evaluation_count(self.unet)
 
         # 2. denoising loop: the scheduler decides how its input is scaled and how a step is taken

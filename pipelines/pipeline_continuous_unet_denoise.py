@@ -22,7 +22,7 @@ from .pipeline_utils import (
     run_model,
     to_output_type,
 )
-from .scheduler_support import check_scheduler, step_kwargs
+from .scheduler_support import check_scheduler, check_timesteps, seed_noise_sampler, step_kwargs
 
 
 @dataclass
@@ -142,6 +142,7 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
 
         # 1. a schedule whose last `num_inference_steps` steps start at or just above the noise level
         timesteps = self._tail_timesteps(target_t, num_inference_steps, device)
+        check_timesteps(self.scheduler)
         start_t = int(timesteps[0])
         start_std = noise_std_of_timestep(alphas_cumprod, start_t)
 
@@ -155,6 +156,7 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
 
         # 3. reverse process
         extra = step_kwargs(self.scheduler, generator)
+        seed_noise_sampler(self.scheduler, generator)
         reset_evaluation_count(self.unet)
         for i, t in enumerate(self.progress_bar(timesteps)):
             model_input = self.scheduler.scale_model_input(sample, t)
@@ -165,7 +167,9 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
         images = (sample / 2 + 0.5).clamp(0, 1)
         psnr = ssim = None
         if clean_images is not None:
-            psnr, ssim = image_quality(images, (to_model_range(clean_images, channels).to(device) / 2 + 0.5).clamp(0, 1))
+            psnr, ssim = image_quality(
+                images, (to_model_range(clean_images, channels).to(device) / 2 + 0.5).clamp(0, 1)
+            )
         output = to_output_type(images, output_type)
         if not return_dict:
             return (output, start_t, psnr, ssim)
@@ -175,7 +179,12 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
         """Set the scheduler so that its final `num_inference_steps` steps start at the first timestep >= target."""
         num_train = len(self.scheduler.alphas_cumprod)
         order = getattr(self.scheduler, "order", 1)
-        total = max(num_inference_steps, math.ceil(num_inference_steps * num_train / (target_t + 1)))
+        if num_inference_steps > target_t + 1:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} is more than the {target_t + 1} training timesteps "
+                f"between the images' noise level and 0."
+            )
+        total = min(num_train, max(num_inference_steps, math.ceil(num_inference_steps * num_train / (target_t + 1))))
         while True:
             self.scheduler.set_timesteps(total, device=device)
             skip = (total - num_inference_steps) * order

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import inspect
 
+import torch
+
 ALL_PREDICTIONS = frozenset({"epsilon", "v_prediction", "sample"})
 NO_SAMPLE = frozenset({"epsilon", "v_prediction"})
 
@@ -66,6 +68,40 @@ def check_scheduler(scheduler) -> str:
     return prediction_type
 
 
+# These compute the previous timestep as `t - num_train_timesteps // num_inference_steps`: right only when the
+# schedule is evenly spaced by exactly that gap (not so for "trailing"/"linspace" spacing with most step counts).
+FIXED_GAP_SCHEDULERS = ("DDIMScheduler", "DDIMParallelScheduler")
+
+
+def check_timesteps(scheduler) -> None:
+    """Raise if a fixed-gap scheduler was given a timestep grid it would step through wrongly."""
+    name = type(scheduler).__name__
+    if name not in FIXED_GAP_SCHEDULERS:
+        return
+    timesteps = [int(t) for t in scheduler.timesteps]
+    gap = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
+    unique = sorted(set(timesteps), reverse=True)
+    gaps = {a - b for a, b in zip(unique, unique[1:])}
+    if gaps - {gap}:
+        raise ValueError(
+            f"{name} steps by a fixed gap of {gap} but timestep_spacing={scheduler.config.timestep_spacing!r} with "
+            f"{scheduler.num_inference_steps} steps gives gaps {sorted(gaps)}: the images would be wrong. Use a step "
+            f"count that divides {scheduler.config.num_train_timesteps}, or timestep_spacing='leading'."
+        )
+
+
 def step_kwargs(scheduler, generator) -> dict:
     """`generator` for schedulers whose `step` takes one (the stochastic ones), nothing for the others."""
     return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+
+
+def seed_noise_sampler(scheduler, generator) -> None:
+    """DPMSolverSDE draws its noise from a Brownian tree seeded by `noise_sampler_seed`, not from `step`'s
+    generator: derive that seed from the caller's generator so a seeded call is reproducible."""
+    if generator is None or not hasattr(scheduler, "noise_sampler_seed"):
+        return
+    if scheduler.config.get("noise_sampler_seed") is not None:
+        return
+    first = generator[0] if isinstance(generator, list) else generator
+    scheduler.noise_sampler_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=first, device=first.device))
+    scheduler.noise_sampler = None

@@ -34,7 +34,9 @@ class GaussianOracle(ModelMixin, ConfigMixin):
         beta_schedule: str = "linear",
     ):
         super().__init__()
-        alphas_cumprod = DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule).alphas_cumprod
+        alphas_cumprod = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule
+        ).alphas_cumprod
         # Schedulers with continuous sigmas (Euler, Heun, ...) call the model at fractional timesteps, found by
         # interpolating sigma = sqrt((1 - abar) / abar) linearly in t; do the same here.
         self.register_buffer("sigmas", ((1 - alphas_cumprod) / alphas_cumprod).sqrt().double(), persistent=False)
