@@ -192,6 +192,12 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
             if int(timesteps[0]) >= target_t or skip == 0:
                 break
             total -= 1  # the schedule's spacing put the start below the noise level: take coarser steps
+        if int(timesteps[0]) < target_t:
+            raise ValueError(
+                f"{type(self.scheduler).__name__} with timestep_spacing="
+                f"{self.scheduler.config.get('timestep_spacing')!r} has no {num_inference_steps}-step tail that "
+                f"starts at the images' noise level (timestep {target_t}); use more steps or another spacing."
+            )
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(skip)
         return timesteps
