@@ -31,3 +31,35 @@ DDPM_CIFAR10_CONFIG: dict[str, Any] = dict(
 def ddpm_cifar10_unet(**overrides: Any) -> UNet2DModel:
     """A randomly initialised `UNet2DModel` with the architecture of `google/ddpm-cifar10-32`."""
     return UNet2DModel(**{**DDPM_CIFAR10_CONFIG, **overrides})
+
+
+def unet2d_config(
+    sample_size: int,
+    in_channels: int,
+    block_out_channels: tuple[int, ...],
+    layers_per_block: int = 2,
+    norm_num_groups: int = 8,
+    attention_head_dim: int = 32,
+) -> dict[str, Any]:
+    """A small `UNet2DModel` laid out like our cUNet presets: attention at the deepest level only."""
+    levels = len(block_out_channels)
+    down = tuple("AttnDownBlock2D" if i == levels - 1 else "DownBlock2D" for i in range(levels))
+    up = tuple("AttnUpBlock2D" if i == 0 else "UpBlock2D" for i in range(levels))
+    return dict(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        block_out_channels=tuple(block_out_channels),
+        down_block_types=down,
+        up_block_types=up,
+        layers_per_block=layers_per_block,
+        norm_num_groups=norm_num_groups,
+        attention_head_dim=attention_head_dim,
+    )
+
+
+# Baselines "of similar role" to our presets: the same widths, two residual blocks per level.
+UNET2D_PRESETS: dict[str, dict[str, Any]] = {
+    "digits-16": unet2d_config(16, 1, (32, 64, 128)),
+    "cifar10-32": dict(DDPM_CIFAR10_CONFIG),
+}

@@ -30,8 +30,13 @@ def render_model_card(
     from .flops import count_forward_flops, count_parameters
 
     config = unet.config
-    solver = unet.solver
-    solver_text = solver.method if solver.is_adaptive else f"{solver.method}, {solver.steps} step(s) on [0, 1]"
+    solver = getattr(unet, "solver", None)  # None for a baseline UNet2DModel trained with the same script
+    if solver is None:
+        solver_text = "none (residual blocks)"
+    elif solver.is_adaptive:
+        solver_text = solver.method
+    else:
+        solver_text = f"{solver.method}, {solver.steps} step(s) on [0, 1]"
     card_data = ModelCardData(
         library_name="diffusers",
         license="apache-2.0",
@@ -47,15 +52,15 @@ def render_model_card(
         dataset_name=dataset_name,
         grid_path=grid_path,
         grid_caption=grid_caption,
-        class_conditional=bool(config.num_class_embeds),
-        num_classes=config.num_class_embeds,
+        class_conditional=bool(config.get("num_class_embeds")),
+        num_classes=config.get("num_class_embeds"),
         parameters=f"{count_parameters(unet):,}",
         block_out_channels=", ".join(str(c) for c in config.block_out_channels),
         sample_size=config.sample_size,
         in_channels=config.in_channels,
-        ode_order=config.ode_order,
+        ode_order=config.get("ode_order", "none"),
         solver=solver_text,
-        evaluations_per_call=unet.evaluations_per_call() or "adaptive",
+        evaluations_per_call=(unet.evaluations_per_call() or "adaptive") if solver else 0,
         gflops=f"{count_forward_flops(unet) / 1e9:.3f}",
         training_settings=training_settings,
         metrics=metrics,

@@ -147,3 +147,15 @@ def test_two_processes_shard_the_data_and_keep_identical_replicas(tmp_path):
     for step in range(3):
         assert not set(seen[0][step]) & set(seen[1][step]), f"both processes saw the same examples at step {step}"
     assert (output / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_unet2d_baseline_trains_with_the_same_recipe(tmp_path, module):
+    from diffusers import DDPMPipeline, UNet2DModel
+
+    output = tmp_path / "baseline"
+    train(output, "--model_type", "unet2d", "--max_train_steps", "2", "--checkpointing_steps", "2", module=module)
+    pipe = DDPMPipeline.from_pretrained(output)
+    assert isinstance(pipe.unet, UNet2DModel) and tuple(pipe.unet.config.block_out_channels) == (16, 32)
+    assert "none (residual blocks)" in (output / "README.md").read_text()
+    with pytest.raises(ValueError, match="--solver_steps only apply to --model_type cunet"):
+        train(tmp_path / "x", "--model_type", "unet2d", "--solver_steps", "3", module=module)

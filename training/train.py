@@ -27,7 +27,7 @@ import torch.nn.functional as F
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers import DDIMScheduler, DDPMPipeline
+from diffusers import DDIMScheduler, DDPMPipeline, UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
@@ -36,6 +36,7 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from diffusers_cunet import ContinuousUNet2DModel
+from diffusers_cunet.baselines import UNET2D_PRESETS, unet2d_config
 from diffusers_cunet.checkpointing import (
     checkpoint_step,
     remove_partial_checkpoints,
@@ -59,6 +60,7 @@ from diffusers_cunet.presets import PRESETS, preset_config
 logger = logging.getLogger("diffusers_cunet.train")
 
 MODEL_CONFIG_FILE = "model_config.json"
+MODEL_CLASSES = {"cunet": ContinuousUNet2DModel, "unet2d": UNet2DModel}
 EMA_FOLDER = "unet_ema"
 
 
@@ -80,8 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument("--dataloader_num_workers", type=int, default=0)
     model = p.add_argument_group("model")
+    model.add_argument(
+        "--model_type",
+        default="cunet",
+        choices=sorted(MODEL_CLASSES),
+        help="cunet: ContinuousUNet2DModel; unet2d: diffusers' UNet2DModel, the baseline, with the same recipe.",
+    )
     model.add_argument("--model_preset", default="digits-16", choices=sorted(PRESETS))
-    model.add_argument("--model_config", default=None, help="JSON file of ContinuousUNet2DModel arguments.")
+    model.add_argument("--model_config", default=None, help="JSON file of model constructor arguments.")
     model.add_argument("--block_out_channels", type=int, nargs="+", default=None)
     model.add_argument("--ode_order", choices=["first", "second"], default=None)
     model.add_argument("--solver_method", default=None)
@@ -157,19 +165,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # ----------------------------------------------------------------------------- building blocks
 def model_arguments(args: argparse.Namespace, n_classes: int | None) -> dict[str, Any]:
-    config = preset_config(args.model_preset)
+    cunet = args.model_type == "cunet"
+    config = preset_config(args.model_preset) if cunet else dict(UNET2D_PRESETS[args.model_preset])
     if args.model_config is not None:
         config.update(json.loads(Path(args.model_config).read_text()))
-    overrides = {
-        "block_out_channels": tuple(args.block_out_channels) if args.block_out_channels else None,
+    solver_options = {
         "ode_order": args.ode_order,
         "solver_method": args.solver_method,
         "solver_steps": args.solver_steps,
-        "num_class_embeds": n_classes,
     }
+    given = [f"--{k}" for k, v in solver_options.items() if v is not None]
+    if given and not cunet:
+        raise ValueError(f"{', '.join(given)} only apply to --model_type cunet.")
+    overrides = {**(solver_options if cunet else {}), "num_class_embeds": n_classes}
     config.update({k: v for k, v in overrides.items() if v is not None})
-    if args.block_out_channels and len(config["attention_levels"]) != len(config["block_out_channels"]):
-        config["attention_levels"] = (False,) * (len(config["block_out_channels"]) - 1) + (True,)
+    if args.block_out_channels:
+        if cunet:
+            config["block_out_channels"] = tuple(args.block_out_channels)
+            if len(config["attention_levels"]) != len(config["block_out_channels"]):
+                config["attention_levels"] = (False,) * (len(config["block_out_channels"]) - 1) + (True,)
+        else:
+            config.update(
+                unet2d_config(config["sample_size"], config["in_channels"], tuple(args.block_out_channels),
+                              config.get("layers_per_block", 2), config.get("norm_num_groups", 8))
+            )  # fmt: skip
     if args.resolution is not None:
         config["sample_size"] = args.resolution
     return config
@@ -249,7 +268,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_config = model_arguments(args, n_classes)
     resolution = model_config["sample_size"]
     check_resolution(resolution, model_config)
-    unet = ContinuousUNet2DModel(**model_config)  # validates the architecture and the solver settings
+    model_class = MODEL_CLASSES[args.model_type]
+    unet = model_class(**model_config)  # validates the architecture and the solver settings
     checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
     if checkpoint is not None:
         check_checkpoint_matches(checkpoint, dict(unet.config))
@@ -262,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
     set_seed(args.seed)
-    unet = ContinuousUNet2DModel(**model_config)  # rebuilt after seeding: identical initial weights every run
+    unet = model_class(**model_config)  # rebuilt after seeding: identical initial weights every run
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     noise_scheduler = make_noise_scheduler(args.num_train_timesteps, args.beta_schedule, args.prediction_type)
@@ -308,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             use_ema_warmup=True,
             inv_gamma=args.ema_inv_gamma,
             power=args.ema_power,
-            model_cls=ContinuousUNet2DModel,
+            model_cls=model_class,
             model_config=accelerator.unwrap_model(unet).config,
         )
         ema.to(accelerator.device)
@@ -324,7 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def load_hook(models, folder):
         if ema is not None:
-            loaded = EMAModel.from_pretrained(str(Path(folder, EMA_FOLDER)), ContinuousUNet2DModel)
+            loaded = EMAModel.from_pretrained(str(Path(folder, EMA_FOLDER)), model_class)
             ema.load_state_dict(loaded.state_dict())
             ema.to(accelerator.device)
 
