@@ -33,3 +33,7 @@ cost: $(STAMP)
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
+
+## Side-by-side benchmarks against UNet2DModel (quick mode, < 20 min on 2 CPU cores) -> BENCHMARKS.md
+bench: $(STAMP)
+	$(PY) -m benchmarks

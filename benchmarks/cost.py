@@ -1,9 +1,12 @@
-"""Parameters, FLOPs per call and CPU/GPU forward latency of the cUNet preset vs diffusers' `UNet2DModel`.
+"""Cost of the cUNet presets against diffusers' `UNet2DModel`, side by side in one run.
 
-    python -m benchmarks.cost                # CIFAR-10 size, counts + latency at batch 1 and 16
-    python -m benchmarks.cost --no-latency   # counts only (seconds)
+Parameters, FLOPs per call (torch.utils.flop_counter), forward latency at batch 1 and 16, a DDIM-50 sampling
+call at batch 16, activation memory of a training step, and training throughput (forward + backward), each with its
+ratio; at CIFAR-10 size (the default preset vs `google/ddpm-cifar10-32`'s architecture) and at digits size.
+Also the cUNet's cost against its solver steps.
 
-Writes `benchmarks/results/cost.json`.
+    python -m benchmarks.cost                 # counts + timings, writes benchmarks/results/cost.json
+    python -m benchmarks.cost --no-latency    # counts only (seconds)
 """
 
 from __future__ import annotations
@@ -14,69 +17,158 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+from diffusers import DDIMScheduler, UNet2DModel
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
 
-from diffusers_cunet.baselines import ddpm_cifar10_unet
+from diffusers_cunet.baselines import UNET2D_PRESETS, ddpm_cifar10_unet
 from diffusers_cunet.flops import count_forward_flops, count_parameters
+from diffusers_cunet.noise_schedule import make_noise_scheduler
 from diffusers_cunet.presets import from_preset
 
 RESULTS = Path(__file__).parent / "results"
 
 
-@torch.no_grad()
-def forward_latency(model, batch_size: int, repeats: int, device: torch.device) -> list[float]:
-    """Seconds per forward call, one entry per repeat, after two warm-up calls."""
-    config = model.config
-    sample = torch.randn(batch_size, config.in_channels, config.sample_size, config.sample_size, device=device)
-    timestep = torch.full((batch_size,), 500, device=device)
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int, device: torch.device, warmup: int = 1) -> list[float]:
+    """Seconds per call of `fn`, one entry per repeat, after `warmup` calls."""
     times = []
-    for i in range(repeats + 2):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+    for i in range(warmup + repeats):
+        _sync(device)
         start = time.perf_counter()
-        model(sample, timestep)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= 2:
+        fn()
+        _sync(device)
+        if i >= warmup:
             times.append(time.perf_counter() - start)
     return times
+
+
+def random_batch(model, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    c = model.config
+    sample = torch.randn(batch, c.in_channels, c.sample_size, c.sample_size, device=device)
+    return sample, torch.randint(0, 1000, (batch,), device=device)
+
+
+def summary(times: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(times), "stdev": statistics.stdev(times) if len(times) > 1 else 0.0}
+
+
+def activation_memory_mb(model, batch: int, device: torch.device) -> float:
+    """Memory of the tensors autograd keeps for the backward pass of one training step (the bulk of training
+    memory, and the same on every device): each saved storage counted once."""
+    sample, t = random_batch(model, batch, device)
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(sample, t).sample.square().mean()
+    loss.backward()
+    return sum(storages.values()) / 2**20
+
+
+def measure(model, device, repeats: int, sampling_batch: int, sampling_steps: int, train_batch: int) -> dict:
+    model.to(device)
+    row: dict[str, Any] = {"params": count_parameters(model), "gflops_per_call": count_forward_flops(model) / 1e9}
+    model.eval()
+    with torch.no_grad():
+        for batch in (1, 16):
+            sample, t = random_batch(model, batch, device)
+            row[f"forward_b{batch}_s"] = summary(timed(lambda: model(sample, t), repeats, device))
+        pipe = ContinuousUNetPipeline(unet=model, scheduler=DDIMScheduler.from_config(make_noise_scheduler().config))
+        pipe.set_progress_bar_config(disable=True)
+        run = lambda: pipe(batch_size=sampling_batch, num_inference_steps=sampling_steps, output_type="pt")
+        row[f"ddim{sampling_steps}_b{sampling_batch}_s"] = summary(timed(run, max(1, repeats // 5), device, warmup=0))
+    model.train()
+    sample, t = random_batch(model, train_batch, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def train_step():
+        optimizer.zero_grad()
+        model(sample, t).sample.square().mean().backward()
+        optimizer.step()
+
+    step_times = timed(train_step, max(2, repeats // 2), device)
+    row["train_images_per_s"] = {"median": train_batch / statistics.median(step_times), "stdev": 0.0}
+    row[f"activation_memory_b{train_batch}_mb"] = activation_memory_mb(model, train_batch, device)
+    model.eval()
+    return row
+
+
+def solver_sweep(device, repeats: int) -> list[dict[str, Any]]:
+    """The cifar10-32 cUNet's FLOPs and batch-16 latency against its solver (method, steps)."""
+    model = from_preset("cifar10-32").to(device).eval()
+    rows = []
+    for method, steps in [("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), ("rk4", 1), ("rk4", 2)]:
+        model.set_solver(method=method, steps=steps)
+        sample, t = random_batch(model, 16, device)
+        with torch.no_grad():
+            times = timed(lambda: model(sample, t), repeats, device)
+        rows.append({"method": method, "steps": steps, "evaluations_per_call": model.evaluations_per_call(),
+                     "gflops_per_call": count_forward_flops(model) / 1e9, "forward_b16_s": summary(times)})  # fmt: skip
+    return rows
+
+
+def ratios(a: dict, b: dict) -> dict[str, float]:
+    out = {}
+    for key, value in a.items():
+        x = value["median"] if isinstance(value, dict) else value
+        y = b[key]["median"] if isinstance(b[key], dict) else b[key]
+        out[key] = x / y if y else float("nan")
+    return out
+
+
+def run(repeats: int = 5, sampling_steps: int = 50, counts_only: bool = False, tiny: bool = False) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pairs = {
+        "cifar10-32": (from_preset("cifar10-32"), ddpm_cifar10_unet()),
+        "digits-16": (from_preset("digits-16"), UNet2DModel(**UNET2D_PRESETS["digits-16"])),
+    }
+    if tiny:  # the smoke test: small models, one repeat
+        pairs = {"digits-16": pairs["digits-16"]}
+    result: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}"
+        + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "sizes": {},
+    }
+    for size, (cunet, unet) in pairs.items():
+        if counts_only:
+            rows = {n: {"params": count_parameters(m), "gflops_per_call": count_forward_flops(m) / 1e9}
+                    for n, m in (("cunet", cunet), ("unet2d", unet))}  # fmt: skip
+        else:
+            rows = {
+                n: measure(m, device, repeats, 16, sampling_steps, 16) for n, m in (("cunet", cunet), ("unet2d", unet))
+            }
+        result["sizes"][size] = {**rows, "ratio": ratios(rows["cunet"], rows["unet2d"])}
+        print(f"\n{size}: cUNet vs UNet2DModel")
+        for key, value in result["sizes"][size]["ratio"].items():
+            a = rows["cunet"][key]
+            b = rows["unet2d"][key]
+            a, b = (a["median"], b["median"]) if isinstance(a, dict) else (a, b)
+            print(f"  {key:24}{a:>14,.4g}{b:>14,.4g}   ratio {value:.3f}")
+    if not counts_only and not tiny:
+        result["solver_sweep"] = solver_sweep(device, repeats)
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-latency", action="store_true", help="only count parameters and FLOPs")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--output", type=Path, default=RESULTS / "cost.json")
     args = parser.parse_args(argv)
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    models = {"cunet": from_preset("cifar10-32"), "unet2d": ddpm_cifar10_unet()}
-    rows = {
-        name: {"params": count_parameters(m), "gflops": count_forward_flops(m) / 1e9} for name, m in models.items()
-    }
-    if not args.no_latency:
-        for name, model in models.items():
-            model.to(device).eval()
-            for batch in args.batch_sizes:
-                times = forward_latency(model, batch, args.repeats, device)
-                rows[name][f"latency_b{batch}_median_s"] = statistics.median(times)
-                rows[name][f"latency_b{batch}_stdev_s"] = statistics.stdev(times) if len(times) > 1 else 0.0
-
-    print(f"{'':24}{'cUNet (cifar10-32)':>20}{'UNet2DModel (ddpm)':>20}{'ratio':>8}")
-    for key in rows["cunet"]:
-        if key.endswith("stdev_s"):
-            continue
-        a, b = rows["cunet"][key], rows["unet2d"][key]
-        print(f"{key:24}{a:>20,.4g}{b:>20,.4g}{a / b:>8.3f}")
-    result = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {device}",
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-        "models": rows,
-        "ratios": {k: rows["cunet"][k] / rows["unet2d"][k] for k in rows["cunet"]},
-    }
+    result = run(args.repeats, counts_only=args.no_latency)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
     print(f"results written to {args.output}")

@@ -29,8 +29,8 @@ class ContinuousUNetPipelineOutput(BaseOutput):
     """
     Args:
         images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`): the generated images, values in [0, 1].
-        ode_evaluations (`int`, *optional*): ODE function evaluations the model spent on the whole batch
-            (`None` for a model without ODE blocks).
+        ode_evaluations (`int`, *optional*): ODE function evaluations per image (every image of the batch passes
+            through each of them; `None` for a model without ODE blocks).
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor

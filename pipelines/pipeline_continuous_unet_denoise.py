@@ -33,7 +33,7 @@ class DenoisePipelineOutput(BaseOutput):
         start_timestep (`int`): the timestep the reverse process started from.
         psnr (`float`, *optional*): mean PSNR (dB, images in [0, 1]) against `clean_images`, when given.
         ssim (`float`, *optional*): mean SSIM against `clean_images`, when given.
-        ode_evaluations (`int`, *optional*): ODE function evaluations spent on the batch.
+        ode_evaluations (`int`, *optional*): ODE function evaluations per image.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor

@@ -1,0 +1,48 @@
+"""Run the benchmarks side by side and write BENCHMARKS.md.
+
+    python -m benchmarks                 # quick mode: under 20 minutes on 2 CPU cores (make bench)
+    python -m benchmarks --mode full     # longer training (3,000 steps, 8 models); use a GPU if there is one
+    python -m benchmarks --mode tiny     # seconds: the smoke test of the benchmark code
+
+Results go to benchmarks/results/ (JSON + PNG) and BENCHMARKS.md; training runs to outputs/bench/<mode>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from . import cost, quality, report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=sorted(quality.MODES), default="quick")
+    parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--skip-quality", action="store_true")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--runs", type=Path, default=None, help="where the training runs go")
+    args = parser.parse_args(argv)
+    args.results.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    tiny = args.mode == "tiny"
+    if not args.skip_cost:
+        result = cost.run(repeats=1 if tiny else 5, sampling_steps=2 if tiny else 50, tiny=tiny)
+        (args.results / "cost.json").write_text(json.dumps(result, indent=2))
+    if not args.skip_quality:
+        runs = args.runs or ROOT / "outputs" / "bench" / args.mode
+        quality.run(args.mode, runs, args.results / "quality.json")
+    command = "python -m benchmarks" + ("" if args.mode == "quick" else f" --mode {args.mode}")
+    path = report.write(args.results, args.report, command)
+    print(f"\nBenchmarks ({args.mode}) took {time.perf_counter() - start:.0f} s.")
+    print(f"Results: {args.results}/ (cost.json, quality.json, *.png); report: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

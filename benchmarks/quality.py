@@ -1,0 +1,227 @@
+"""Quality at equal training on the embedded digits: cUNets and UNet2DModels of several widths, trained by
+`training/train.py` with one recipe, then sampled and scored against held-out digits.
+
+Scores use a digit classifier trained here (fixed seed) as the feature network: Fréchet distance, KID and the
+share of samples it recognises confidently. Also: quality against training steps (from the checkpoints), the
+Pareto frontier of quality against training time / FLOPs / sampling latency, and denoising PSNR/SSIM.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline, ContinuousUNetPipeline
+from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
+
+from diffusers_cunet import ContinuousUNet2DModel
+from diffusers_cunet.checkpointing import checkpoint_step, list_checkpoints
+from diffusers_cunet.flops import count_forward_flops, count_parameters
+from diffusers_cunet.image_data import ImageTransform, digits_dataset, prepare_dataset
+from diffusers_cunet.metrics import DigitRecognizer, frechet_and_kid, train_digit_feature_net
+
+ROOT = Path(__file__).resolve().parents[1]
+HELD_OUT = 300  # the last 300 digits are never trained on
+
+
+@dataclass
+class Variant:
+    """One model trained in the comparison."""
+
+    name: str
+    model_type: str  # "cunet" | "unet2d"
+    block_out_channels: tuple[int, ...]
+    solver: tuple[str, int] | None = None  # (method, steps) for the cUNet
+    extra: list[str] = field(default_factory=list)
+
+    def train_args(self) -> list[str]:
+        args = ["--model_type", self.model_type, "--block_out_channels", *map(str, self.block_out_channels)]
+        if self.solver:
+            args += ["--solver_method", self.solver[0], "--solver_steps", str(self.solver[1])]
+        return args + self.extra
+
+
+@dataclass
+class Settings:
+    steps: int
+    batch_size: int
+    samples: int
+    sampling_steps: int
+    curve_points: int
+    resolution: int = 16
+    learning_rate: float = 1e-3
+    seed: int = 0
+
+
+MODES = {
+    "tiny": Settings(steps=6, batch_size=16, samples=16, sampling_steps=3, curve_points=2, resolution=8),
+    "quick": Settings(steps=200, batch_size=64, samples=256, sampling_steps=25, curve_points=2),
+    "full": Settings(steps=3000, batch_size=64, samples=500, sampling_steps=50, curve_points=6),
+}
+
+
+def variants(mode: str) -> list[Variant]:
+    if mode == "tiny":
+        return [Variant("cunet-x1", "cunet", (16, 32), ("euler", 2)), Variant("unet2d-x1", "unet2d", (16, 32))]
+    widths = {"x0.5": (16, 32, 64), "x1": (32, 64, 128), "x1.5": (48, 96, 192)}
+    if mode == "full":
+        widths["x2"] = (64, 128, 256)
+    out = [Variant(f"cunet-{w}", "cunet", c, ("euler", 2)) for w, c in widths.items()]
+    out.append(Variant("cunet-x1-rk4", "cunet", widths["x1"], ("rk4", 1)))
+    if mode == "full":
+        out.append(Variant("cunet-x1-euler1", "cunet", widths["x1"], ("euler", 1)))
+    out += [Variant(f"unet2d-{w}", "unet2d", c) for w, c in widths.items()]
+    return out
+
+
+def load_train_module():
+    spec = importlib.util.spec_from_file_location("cunet_train", ROOT / "training" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def digits_tensors(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All digits as images in [0, 1] at `resolution`, and their labels."""
+    data = prepare_dataset(digits_dataset(), ImageTransform(resolution, 1, "image"))
+    images = torch.stack([data[i]["pixel_values"] for i in range(len(data))])
+    return (images + 1) / 2, torch.tensor(digits_dataset()["label"])
+
+
+@torch.no_grad()
+def sample(unet, noise_config, count: int, steps: int, seed: int) -> tuple[torch.Tensor, float, int | None]:
+    """`count` samples in [0, 1] with DDIM, the seconds per image, and ODE evaluations per image."""
+    pipe = ContinuousUNetPipeline(unet=unet.eval(), scheduler=DDIMScheduler.from_config(noise_config))
+    pipe.set_progress_bar_config(disable=True)
+    start = time.perf_counter()
+    out = pipe(
+        batch_size=count, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="pt"
+    )
+    seconds = (time.perf_counter() - start) / count
+    return out.images.cpu(), seconds, out.ode_evaluations  # every image passes through every evaluation
+
+
+def evaluate(unet, noise_config, real, feature_net, recognizer, settings: Settings) -> dict[str, float]:
+    images, seconds, evaluations = sample(unet, noise_config, settings.samples, settings.sampling_steps, settings.seed)
+    scores = frechet_and_kid(real, images, feature_net)
+    scores["recognisable"] = recognizer.confident_share(images)
+    scores["sampling_s_per_image"] = seconds
+    scores["ode_evaluations_per_image"] = evaluations
+    return scores
+
+
+def load_ema(checkpoint: Path, model_type: str):
+    cls = ContinuousUNet2DModel if model_type == "cunet" else UNet2DModel
+    return cls.from_pretrained(checkpoint / "unet_ema")
+
+
+def denoise_scores(unet, noise_config, clean: torch.Tensor, settings: Settings) -> list[dict[str, float]]:
+    """PSNR/SSIM of denoising `clean` images (in [0, 1]) after adding noise; the paper's two settings and a sweep."""
+    scheduler = DPMSolverMultistepScheduler.from_config(noise_config)
+    pipe = ContinuousUNetDenoisePipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    target = clean * 2 - 1
+    rows = []
+    cases = [(0.04, 4), (0.15, 20), (0.02, 4), (0.08, 4), (0.3, 20), (0.5, 20)]
+    for noise_std, steps in cases:
+        noisy = target + noise_std * torch.randn(target.shape, generator=torch.Generator().manual_seed(settings.seed))
+        noisy_psnr, noisy_ssim = image_quality(((noisy + 1) / 2).clamp(0, 1), clean)
+        try:
+            start = time.perf_counter()
+            out = pipe(noisy, noise_std=noise_std, num_inference_steps=steps, clean_images=target,
+                       generator=torch.Generator().manual_seed(settings.seed))  # fmt: skip
+            seconds = (time.perf_counter() - start) / len(clean)
+        except ValueError as error:  # a step count the schedule cannot fit below this noise level
+            rows.append({"noise_std": noise_std, "steps": steps, "error": str(error)})
+            continue
+        rows.append({"noise_std": noise_std, "steps": steps, "psnr": out.psnr, "ssim": out.ssim,
+                     "noisy_psnr": noisy_psnr, "noisy_ssim": noisy_ssim, "s_per_image": seconds})  # fmt: skip
+    return rows
+
+
+def photo_patches(count: int, size: int, seed: int) -> torch.Tensor:
+    """Grey patches of scikit-learn's two sample photos, in [0, 1]: natural images the digit models never saw."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    rng = np.random.default_rng(seed)
+    patches = []
+    for k in range(count):
+        photo = load_sample_images().images[k % 2]
+        top, left = rng.integers(0, photo.shape[0] - 4 * size), rng.integers(0, photo.shape[1] - 4 * size)
+        crop = Image.fromarray(photo[top : top + 4 * size, left : left + 4 * size]).convert("L").resize((size, size))
+        patches.append(np.asarray(crop, dtype=np.float32) / 255.0)
+    return torch.from_numpy(np.stack(patches))[:, None]
+
+
+def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
+    settings = MODES[mode]
+    train = load_train_module()
+    images, labels = digits_tensors(settings.resolution)
+    train_images, real = images[:-HELD_OUT], images[-HELD_OUT:]
+    feature_net = train_digit_feature_net(train_images, labels[:-HELD_OUT], seed=settings.seed)
+    recognizer = DigitRecognizer(seed=settings.seed)
+    reference = frechet_and_kid(real, train_images[: settings.samples], feature_net)
+    reference["recognisable"] = recognizer.confident_share(real)
+    interval = max(1, settings.steps // settings.curve_points)
+    rows = []
+    for variant in variants(mode):
+        output = output_root / variant.name
+        argv = [
+            "--output_dir", str(output), "--dataset_name", "digits", "--resolution", str(settings.resolution),
+            "--max_train_samples", str(len(train_images)), "--train_batch_size", str(settings.batch_size),
+            "--max_train_steps", str(settings.steps), "--learning_rate", str(settings.learning_rate),
+            "--lr_warmup_steps", str(max(1, settings.steps // 20)), "--checkpointing_steps", str(interval),
+            "--checkpoints_total_limit", "100", "--validation_steps", "0", "--num_validation_images", "16",
+            "--validation_inference_steps", str(settings.sampling_steps), "--report_to", "none",
+            "--seed", str(settings.seed), "--logging_steps", "10", *variant.train_args(),
+        ]  # fmt: skip
+        print(f"\n=== training {variant.name} ({settings.steps} steps) ===", flush=True)
+        result = train.main(argv)
+        unet = result["unet"].eval()
+        noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
+        metrics = result["metrics"]
+        train_seconds = metrics["training wall time (s)"]
+        curve = []
+        for checkpoint in list_checkpoints(output):
+            step = checkpoint_step(checkpoint)
+            model = load_ema(checkpoint, variant.model_type)
+            scores = evaluate(model, noise_config, real, feature_net, recognizer, settings)
+            curve.append({"step": step, "train_seconds": train_seconds * step / settings.steps, **scores})
+        flops_per_call = count_forward_flops(unet)
+        denoise = variant.name.endswith("-x1")
+        photos = photo_patches(64, settings.resolution, settings.seed)
+        final = curve[-1] if curve else evaluate(unet, noise_config, real, feature_net, recognizer, settings)
+        rows.append({
+            **asdict(variant),
+            "params": count_parameters(unet),
+            "gflops_per_call": flops_per_call / 1e9,
+            "gflops_per_sample": flops_per_call * settings.sampling_steps / 1e9,
+            "train_seconds": train_seconds,
+            "train_images_per_s": metrics["training throughput (images/s)"],
+            "final_loss": metrics["final_loss (mean of last 10% of batches)"],
+            "final": final,
+            "curve": curve,
+            "denoise_digits": denoise_scores(unet, noise_config, real[:64], settings) if denoise else None,
+            "denoise_photos": denoise_scores(unet, noise_config, photos, settings) if denoise else None,
+        })  # fmt: skip
+        print(f"{variant.name}: {json.dumps(final)}", flush=True)
+    result = {
+        "mode": mode,
+        "settings": asdict(settings),
+        "reference_real_vs_real": reference,
+        "runs": rows,
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(result, indent=2))
+    return result

@@ -1,0 +1,192 @@
+"""Write BENCHMARKS.md and the PNG plots from the JSON results of `benchmarks.cost` and `benchmarks.quality`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COST_KEYS = [
+    ("params", "parameters", "{:,.0f}"),
+    ("gflops_per_call", "GFLOPs per call (batch 1)", "{:.3f}"),
+    ("forward_b1_s", "forward latency, batch 1 (s)", "{:.4f}"),
+    ("forward_b16_s", "forward latency, batch 16 (s)", "{:.4f}"),
+    ("ddim50_b16_s", "DDIM-50 sampling call, batch 16 (s)", "{:.2f}"),
+    ("train_images_per_s", "training throughput (images/s, fwd+bwd, batch 16)", "{:.1f}"),
+    ("activation_memory_b16_mb", "activation memory of a training step, batch 16 (MB)", "{:.1f}"),
+]
+
+
+def _value(entry: Any) -> float:
+    return entry["median"] if isinstance(entry, dict) else entry
+
+
+def _spread(entry: Any) -> str:
+    return f" ± {entry['stdev']:.2g}" if isinstance(entry, dict) and entry.get("stdev") else ""
+
+
+def cost_section(cost: dict[str, Any]) -> list[str]:
+    lines = [f"\n## Cost\n\nMachine: {cost['machine']}, torch {cost['torch']}, {cost['date']}. Medians (± stdev) of "
+             "repeated runs; ratio = cUNet / UNet2DModel (below 1: the cUNet is cheaper or faster, except for "
+             "throughput, where above 1 is better).\n"]  # fmt: skip
+    for size, rows in cost["sizes"].items():
+        baseline = (
+            "`google/ddpm-cifar10-32` architecture" if size == "cifar10-32" else "same widths, 2 res blocks/level"
+        )
+        lines.append(f"\n### {size}: preset `{size}` vs UNet2DModel ({baseline})\n")
+        lines.append("| | cUNet | UNet2DModel | ratio |\n|---|---:|---:|---:|")
+        for key, label, fmt in COST_KEYS:
+            if key not in rows["cunet"]:
+                continue
+            a, b = rows["cunet"][key], rows["unet2d"][key]
+            lines.append(f"| {label} | {fmt.format(_value(a))}{_spread(a)} | {fmt.format(_value(b))}{_spread(b)} "
+                         f"| **{rows['ratio'][key]:.3f}** |")  # fmt: skip
+    if "solver_sweep" in cost:
+        lines.append("\n### cUNet (cifar10-32) cost against its solver\n")
+        lines.append(
+            "| solver | ODE evaluations per call | GFLOPs per call | forward, batch 16 (s) |\n|---|---:|---:|---:|"
+        )
+        for row in cost["solver_sweep"]:
+            lines.append(f"| {row['method']} x{row['steps']} | {row['evaluations_per_call']} | "
+                         f"{row['gflops_per_call']:.2f} | {row['forward_b16_s']['median']:.3f} |")  # fmt: skip
+        lines.append("\n![cost against solver steps](benchmarks/results/solver_cost.png)\n")
+    return lines
+
+
+def quality_section(quality: dict[str, Any]) -> list[str]:
+    s = quality["settings"]
+    ref = quality["reference_real_vs_real"]
+    lines = [
+        f"\n## Quality at equal training (digits, {quality['mode']} mode)\n",
+        f"Every model trained by `training/train.py` with one recipe: {s['steps']} steps, batch {s['batch_size']}, "
+        f"AdamW lr {s['learning_rate']}, cosine schedule, EMA, seed {s['seed']}, on the first 1,497 digits at "
+        f"{s['resolution']}x{s['resolution']}. Scored on {s['samples']} samples (DDIM {s['sampling_steps']} steps, "
+        f"EMA weights) against the 300 held-out digits, in the feature space of a digit classifier trained here. "
+        f"Real-vs-real floor (training digits vs held-out): FD {ref['frechet_distance']:.1f}, KID "
+        f"{ref['kid_mean']:.1f}; {ref['recognisable']:.0%} of held-out digits recognised. "
+        f"{quality['date']}, torch {quality['torch']}, {quality['threads']} threads.\n",
+        "| model | params | GFLOPs/call | train time (s) | train img/s | final loss | FD ↓ | KID ↓ | recognised ↑ "
+        "| sampling s/image | ODE evals/image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in quality["runs"]:
+        f = r["final"]
+        lines.append(
+            f"| {r['name']} | {r['params']:,} | {r['gflops_per_call']:.3f} | {r['train_seconds']:.0f} | "
+            f"{r['train_images_per_s']:.0f} | {r['final_loss']:.4f} | {f['frechet_distance']:.1f} | "
+            f"{f['kid_mean']:.1f} | {f['recognisable']:.2f} | {f['sampling_s_per_image'] * 1000:.1f} ms | "
+            f"{f['ode_evaluations_per_image'] or '-'} |"
+        )
+    lines += [
+        "\n![quality against training steps](benchmarks/results/quality_curves.png)",
+        "\n![Pareto frontiers](benchmarks/results/frontier.png)\n",
+    ]
+    for key, title in (("denoise_digits", "held-out digits"), ("denoise_photos", "grey patches of real photos")):
+        runs = [r for r in quality["runs"] if r.get(key)]
+        if not runs:
+            continue
+        lines.append(f"\n### Denoising {title} (DPM-Solver++, PSNR dB / SSIM)\n")
+        lines.append("| noise std | steps | noisy input | " + " | ".join(r["name"] for r in runs) + " |")
+        lines.append("|---:|---:|---:|" + "---:|" * len(runs))
+        for i, case in enumerate(runs[0][key]):
+            if "psnr" not in case:
+                continue
+            cells = []
+            for r in runs:
+                c = r[key][i]
+                cells.append(
+                    f"{c['psnr']:.2f} / {c['ssim']:.3f} ({c['s_per_image'] * 1000:.1f} ms)" if "psnr" in c else "-"
+                )
+            lines.append(f"| {case['noise_std']} | {case['steps']} | {case['noisy_psnr']:.2f} / "
+                         f"{case['noisy_ssim']:.3f} | " + " | ".join(cells) + " |")  # fmt: skip
+    return lines
+
+
+def plot_solver_cost(cost: dict[str, Any], path: Path) -> None:
+    rows = [r for r in cost.get("solver_sweep", []) if r["method"] == "euler"]
+    if not rows:
+        return
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    steps = [r["steps"] for r in rows]
+    ax[0].plot(steps, [r["gflops_per_call"] for r in rows], "o-", label="cUNet (euler)")
+    ax[1].plot(steps, [r["forward_b16_s"]["median"] for r in rows], "o-", label="cUNet (euler)")
+    unet = cost["sizes"]["cifar10-32"]["unet2d"]
+    ax[0].axhline(unet["gflops_per_call"], color="k", ls="--", label="UNet2DModel")
+    ax[1].axhline(unet["forward_b16_s"]["median"], color="k", ls="--", label="UNet2DModel")
+    ax[0].set(xlabel="solver steps per ODE block", ylabel="GFLOPs per call", xscale="log")
+    ax[1].set(xlabel="solver steps per ODE block", ylabel="forward batch 16 (s)", xscale="log")
+    ax[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_quality(quality: dict[str, Any], curves_path: Path, frontier_path: Path) -> None:
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    for r in quality["runs"]:
+        style = "o-" if r["model_type"] == "cunet" else "s--"
+        ax[0].plot(
+            [c["step"] for c in r["curve"]], [c["frechet_distance"] for c in r["curve"]], style, label=r["name"]
+        )
+        ax[1].plot([c["train_seconds"] for c in r["curve"]], [c["frechet_distance"] for c in r["curve"]], style)
+    ax[0].set(xlabel="training steps", ylabel="Fréchet distance (lower is better)", yscale="log")
+    ax[1].set(xlabel="training wall time (s)", ylabel="Fréchet distance", yscale="log")
+    ax[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(curves_path, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(1, 3, figsize=(13, 4))
+    axes = [("train_seconds", "training wall time (s)"), ("gflops_per_sample", "GFLOPs per sample"),
+            ("sampling", "sampling latency per image (ms)")]  # fmt: skip
+    for axis, (key, label) in zip(ax, axes):
+        for model_type, marker in (("cunet", "o"), ("unet2d", "s")):
+            runs = [r for r in quality["runs"] if r["model_type"] == model_type]
+            xs = [r["final"]["sampling_s_per_image"] * 1000 if key == "sampling" else r[key] for r in runs]
+            ys = [r["final"]["frechet_distance"] for r in runs]
+            axis.scatter(xs, ys, marker=marker, label="cUNet" if model_type == "cunet" else "UNet2DModel")
+            for x, y, r in zip(xs, ys, runs):
+                axis.annotate(r["name"].split("-", 1)[1], (x, y), fontsize=7)
+        axis.set(xlabel=label, ylabel="Fréchet distance (lower is better)", xscale="log", yscale="log")
+    ax[0].legend()
+    fig.tight_layout()
+    fig.savefig(frontier_path, dpi=110)
+    plt.close(fig)
+
+
+def pareto(runs: list[dict[str, Any]], cost_key) -> list[str]:
+    """Names of the runs no other run beats on both cost and Fréchet distance."""
+    front = []
+    for r in runs:
+        c, q = cost_key(r), r["final"]["frechet_distance"]
+        if not any(cost_key(o) <= c and o["final"]["frechet_distance"] < q and o is not r for o in runs):
+            front.append(r["name"])
+    return front
+
+
+def write(results: Path, output: Path, command: str, notes: list[str] | None = None) -> Path:
+    cost = json.loads((results / "cost.json").read_text()) if (results / "cost.json").exists() else None
+    quality = json.loads((results / "quality.json").read_text()) if (results / "quality.json").exists() else None
+    lines = ["# Benchmarks: continuous U-Net vs diffusers' UNet2DModel\n",
+             f"Produced by `{command}` (see `benchmarks/`); raw numbers in `benchmarks/results/*.json`.\n"]  # fmt: skip
+    if cost:
+        lines += cost_section(cost)
+        plot_solver_cost(cost, results / "solver_cost.png")
+    if quality:
+        lines += quality_section(quality)
+        plot_quality(quality, results / "quality_curves.png", results / "frontier.png")
+        runs = quality["runs"]
+        lines.append("\n### Pareto frontier (Fréchet distance against cost)\n")
+        for label, key in (("training wall time", lambda r: r["train_seconds"]),
+                           ("GFLOPs per sample", lambda r: r["gflops_per_sample"]),
+                           ("sampling latency", lambda r: r["final"]["sampling_s_per_image"])):  # fmt: skip
+            lines.append(f"- {label}: " + ", ".join(pareto(runs, key)))
+    if notes:
+        lines += ["\n## Where the cUNet loses, and other notes\n", *notes]
+    output.write_text("\n".join(lines) + "\n")
+    return output
