@@ -83,7 +83,7 @@ def measure(model, device, repeats: int, sampling_batch: int, sampling_steps: in
     with torch.no_grad():
         for batch in (1, 16):
             sample, t = random_batch(model, batch, device)
-            row[f"forward_b{batch}_s"] = summary(timed(lambda: model(sample, t), repeats, device))
+            row[f"forward_b{batch}_s"] = summary(timed(lambda s=sample, t=t: model(s, t), repeats, device))
         pipe = ContinuousUNetPipeline(unet=model, scheduler=DDIMScheduler.from_config(make_noise_scheduler().config))
         pipe.set_progress_bar_config(disable=True)
         run = lambda: pipe(batch_size=sampling_batch, num_inference_steps=sampling_steps, output_type="pt")
@@ -112,9 +112,16 @@ def solver_sweep(device, repeats: int) -> list[dict[str, Any]]:
         model.set_solver(method=method, steps=steps)
         sample, t = random_batch(model, 16, device)
         with torch.no_grad():
-            times = timed(lambda: model(sample, t), repeats, device)
-        rows.append({"method": method, "steps": steps, "evaluations_per_call": model.evaluations_per_call(),
-                     "gflops_per_call": count_forward_flops(model) / 1e9, "forward_b16_s": summary(times)})  # fmt: skip
+            times = timed(lambda s=sample, t=t: model(s, t), repeats, device)
+        rows.append(
+            {
+                "method": method,
+                "steps": steps,
+                "evaluations_per_call": model.evaluations_per_call(),
+                "gflops_per_call": count_forward_flops(model) / 1e9,
+                "forward_b16_s": summary(times),
+            }
+        )
     return rows
 
 

@@ -172,8 +172,10 @@ def pareto(runs: list[dict[str, Any]], cost_key) -> list[str]:
 def write(results: Path, output: Path, command: str, notes: list[str] | None = None) -> Path:
     cost = json.loads((results / "cost.json").read_text()) if (results / "cost.json").exists() else None
     quality = json.loads((results / "quality.json").read_text()) if (results / "quality.json").exists() else None
-    lines = ["# Benchmarks: continuous U-Net vs diffusers' UNet2DModel\n",
-             f"Produced by `{command}` (see `benchmarks/`); raw numbers in `benchmarks/results/*.json`.\n"]  # fmt: skip
+    lines = [
+        "# Benchmarks: continuous U-Net vs diffusers' UNet2DModel\n",
+        f"Produced by `{command}` (see `benchmarks/`); raw numbers in `benchmarks/results/*.json`.\n",
+    ]
     if cost:
         lines += cost_section(cost)
         plot_solver_cost(cost, results / "solver_cost.png")
