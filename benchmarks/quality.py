@@ -24,7 +24,7 @@ from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_qua
 from diffusers_cunet import ContinuousUNet2DModel
 from diffusers_cunet.checkpointing import checkpoint_step, list_checkpoints
 from diffusers_cunet.flops import count_forward_flops, count_parameters
-from diffusers_cunet.image_data import ImageTransform, digits_dataset, prepare_dataset
+from diffusers_cunet.image_data import digits_images
 from diffusers_cunet.metrics import DigitRecognizer, frechet_and_kid, train_digit_feature_net
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,13 +86,6 @@ def load_train_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def digits_tensors(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All digits as images in [0, 1] at `resolution`, and their labels."""
-    data = prepare_dataset(digits_dataset(), ImageTransform(resolution, 1, "image"))
-    images = torch.stack([data[i]["pixel_values"] for i in range(len(data))])
-    return (images + 1) / 2, torch.tensor(digits_dataset()["label"])
 
 
 @torch.no_grad()
@@ -164,7 +157,7 @@ def photo_patches(count: int, size: int, seed: int) -> torch.Tensor:
 def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
     settings = MODES[mode]
     train = load_train_module()
-    images, labels = digits_tensors(settings.resolution)
+    images, labels = digits_images(settings.resolution)
     train_images, real = images[:-HELD_OUT], images[-HELD_OUT:]
     feature_net = train_digit_feature_net(train_images, labels[:-HELD_OUT], seed=settings.seed)
     recognizer = DigitRecognizer(seed=settings.seed)

@@ -188,7 +188,12 @@ def write(results: Path, output: Path, command: str, notes: list[str] | None = N
                            ("GFLOPs per sample", lambda r: r["gflops_per_sample"]),
                            ("sampling latency", lambda r: r["final"]["sampling_s_per_image"])):  # fmt: skip
             lines.append(f"- {label}: " + ", ".join(pareto(runs, key)))
-    if notes:
-        lines += ["\n## Where the cUNet loses, and other notes\n", *notes]
+    notes_file = results / "notes.md"  # hand-written reading of a run, dated; kept when the tables are rewritten
+    if notes or notes_file.exists():
+        lines += [
+            "\n## Where the cUNet loses, and other notes\n",
+            *(notes or []),
+            notes_file.read_text() if notes_file.exists() else "",
+        ]
     output.write_text("\n".join(lines) + "\n")
     return output

@@ -208,3 +208,11 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return self.length
+
+
+def digits_images(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All 1,797 digits as a tensor of images in [0, 1] at `resolution`, and their labels (for metrics)."""
+    dataset = digits_dataset()
+    data = prepare_dataset(dataset, ImageTransform(resolution, 1, "image"))
+    images = torch.stack([data[i]["pixel_values"] for i in range(len(data))])
+    return (images + 1) / 2, torch.tensor(dataset["label"])

@@ -16,6 +16,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .pipeline_utils import (
     SolverSchedule,
     class_labels_for,
+    load_solver_schedule,
     evaluation_count,
     reset_evaluation_count,
     run_model,
@@ -51,6 +52,20 @@ class ContinuousUNetPipeline(DiffusionPipeline):
     def __init__(self, unet, scheduler):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self.solver_schedule: SolverSchedule | None = None  # used when a call gives none
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """As `DiffusionPipeline.from_pretrained`; a `solver_schedule.json` in a local folder is loaded with it."""
+        pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        pipeline.solver_schedule = load_solver_schedule(pretrained_model_name_or_path)
+        return pipeline
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """As `DiffusionPipeline.save_pretrained`, plus the attached `SolverStepSchedule`, if any."""
+        super().save_pretrained(save_directory, **kwargs)
+        if hasattr(self.solver_schedule, "save_pretrained"):
+            self.solver_schedule.save_pretrained(save_directory)
 
     @torch.no_grad()
     def __call__(
@@ -74,7 +89,8 @@ class ContinuousUNetPipeline(DiffusionPipeline):
                 models.
             solver_schedule (`callable`, *optional*): `solver_schedule(step_index, timestep)` returns the ODE-solver
                 settings (e.g. `{"method": "euler", "steps": 1}`) for that denoising step, or `None` for the
-                model's own settings.
+                model's own settings; a `diffusers_cunet.step_schedule.SolverStepSchedule` is one. Defaults to
+                `self.solver_schedule` (loaded from `solver_schedule.json` beside the pipeline, if there is one).
 
         Returns:
             `ContinuousUNetPipelineOutput` with the images and the ODE function evaluations spent (also kept in
@@ -85,6 +101,7 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
         check_scheduler(self.scheduler)
+        solver_schedule = solver_schedule if solver_schedule is not None else self.solver_schedule
         config = self.unet.config
         size = config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)

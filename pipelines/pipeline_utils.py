@@ -53,3 +53,14 @@ def class_labels_for(unet, class_labels, batch_size: int, device) -> torch.Tenso
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"class_labels must lie in [0, {num_classes - 1}], got {labels.tolist()}.")
     return labels
+
+
+def load_solver_schedule(folder):
+    """The `SolverStepSchedule` saved in a local pipeline folder, or `None` if there is none."""
+    from pathlib import Path
+
+    from diffusers_cunet.step_schedule import SCHEDULE_FILE, SolverStepSchedule
+
+    if not (Path(str(folder)) / SCHEDULE_FILE).is_file():
+        return None
+    return SolverStepSchedule.from_pretrained(folder)

@@ -94,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--ode_order", choices=["first", "second"], default=None)
     model.add_argument("--solver_method", default=None)
     model.add_argument("--solver_steps", type=int, default=None)
+    model.add_argument(
+        "--solver_steps_choices",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Step-aware training: each batch runs the ODE blocks with a step count drawn from these, so the "
+        "model works at every effort a solver schedule may pick (cUNet only).",
+    )
     diffusion = p.add_argument_group("diffusion")
     diffusion.add_argument("--num_train_timesteps", type=int, default=1000)
     diffusion.add_argument("--beta_schedule", choices=BETA_SCHEDULES, default="squaredcos_cap_v2")
@@ -175,8 +183,12 @@ def model_arguments(args: argparse.Namespace, n_classes: int | None) -> dict[str
         "solver_steps": args.solver_steps,
     }
     given = [f"--{k}" for k, v in solver_options.items() if v is not None]
+    if args.solver_steps_choices:
+        given.append("--solver_steps_choices")
     if given and not cunet:
         raise ValueError(f"{', '.join(given)} only apply to --model_type cunet.")
+    if cunet and args.solver_steps_choices:  # the saved model runs at full effort unless a schedule says otherwise
+        solver_options["solver_steps"] = max(args.solver_steps_choices)
     overrides = {**(solver_options if cunet else {}), "num_class_embeds": n_classes}
     config.update({k: v for k, v in overrides.items() if v is not None})
     if args.block_out_channels:
@@ -413,7 +425,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     target = noise_scheduler.get_velocity(clean, noise, timesteps)
                 else:
                     target = clean
-                prediction = unet(noisy, timesteps, class_labels=batch.get("class_labels")).sample
+                model_kwargs = {"class_labels": batch.get("class_labels")}
+                if args.solver_steps_choices:
+                    pick = int(torch.randint(len(args.solver_steps_choices), (1,), generator=generator))
+                    model_kwargs["solver"] = {"steps": args.solver_steps_choices[pick]}
+                prediction = unet(noisy, timesteps, **model_kwargs).sample
                 loss = F.mse_loss(prediction.float(), target.float())
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:

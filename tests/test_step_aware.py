@@ -1,0 +1,90 @@
+"""Step-aware compute: the schedule object, its use by the pipeline, step-count training and the search."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_tiny
+from diffusers import DDIMScheduler
+from training_helpers import train
+
+from diffusers_cunet.noise_schedule import make_noise_scheduler
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from diffusers_cunet.step_schedule import SCHEDULE_FILE, SolverStepSchedule
+from diffusers_cunet.step_search import ScheduleEvaluator, greedy_search
+
+
+def test_schedule_maps_timesteps_to_bins():
+    schedule = SolverStepSchedule.from_steps([1, 2, 4, 8])
+    assert [schedule(0, t)["steps"] for t in (0, 249, 250, 500, 999, 1500, -3)] == [1, 1, 2, 4, 8, 8, 1]
+    assert schedule.evaluations_per_call(999, num_ode_blocks=7) == 56
+
+
+def test_schedule_round_trips_and_validates(tmp_path):
+    schedule = SolverStepSchedule((({"method": "rk4", "steps": 1}), {"method": "euler", "steps": 3}), 500)
+    path = schedule.save_pretrained(tmp_path)
+    assert path.name == SCHEDULE_FILE and not list(tmp_path.glob("*.tmp"))
+    assert SolverStepSchedule.from_pretrained(tmp_path) == schedule
+    with pytest.raises(ValueError, match="Unknown ODE solver method 'rk5'"):
+        SolverStepSchedule.from_steps([1, 2], method="rk5")
+    (tmp_path / SCHEDULE_FILE).write_text(json.dumps({"settings": [{"steps": 0}], "num_train_timesteps": 10}))
+    with pytest.raises(ValueError, match=f"{SCHEDULE_FILE} is not a valid solver schedule"):
+        SolverStepSchedule.from_pretrained(tmp_path)
+
+
+def test_pipeline_runs_the_schedule_and_loads_it_with_the_folder(tmp_path):
+    pipe = ContinuousUNetPipeline(unet=make_tiny(), scheduler=DDIMScheduler.from_config(make_noise_scheduler().config))
+    pipe.set_progress_bar_config(disable=True)
+    schedule = SolverStepSchedule.from_steps([1, 4])  # 1 step below t=500, 4 above
+    out = pipe(batch_size=1, num_inference_steps=10, solver_schedule=schedule, output_type="np")
+    blocks = pipe.unet.num_ode_blocks
+    expected = sum(blocks * (4 if int(t) >= 500 else 1) for t in pipe.scheduler.timesteps)
+    assert out.ode_evaluations == expected  # counted, not computed: the settings really ran
+
+    pipe.solver_schedule = schedule
+    pipe.save_pretrained(tmp_path)
+    loaded = ContinuousUNetPipeline.from_pretrained(tmp_path)
+    assert loaded.solver_schedule == schedule
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded(batch_size=1, num_inference_steps=10, output_type="np").ode_evaluations == expected
+
+
+def test_training_over_step_counts(tmp_path):
+    train(tmp_path, "--max_train_steps", "4", "--solver_steps_choices", "1", "3")
+    config = json.loads((tmp_path / "unet" / "config.json").read_text())
+    assert config["solver_steps"] == 3  # the saved model defaults to full effort
+
+
+def test_greedy_search_meets_the_bound_with_fewer_evaluations():
+    """On a synthetic quality function: cheap effort hurts only at high timesteps (bin 1)."""
+    blocks = 3
+
+    class Fake:
+        def __call__(self, schedule):
+            from diffusers_cunet.step_search import Trial
+
+            steps = [s["steps"] for s in schedule.settings]
+            fd = 10.0 + (4 - steps[1]) * 2.0 + (4 - steps[0]) * 0.05
+            evaluations = sum(steps) * blocks
+            return Trial(schedule, fd, evaluations, float(evaluations), 0.0)
+
+    full, best, trials = greedy_search(Fake(), bins=2, levels=[1, 2, 4], tolerance=0.05, log=lambda *_: None)
+    assert [s["steps"] for s in best.schedule.settings] == [1, 4]
+    assert best.frechet_distance <= full.frechet_distance * 1.05
+    assert best.evaluations_per_sample < full.evaluations_per_sample
+    assert len(trials) > 5 and trials[0] is full and best.accepted  # full, 4 sensitivity trials, accumulation
+
+
+def test_evaluator_scores_a_real_pipeline():
+    from diffusers_cunet.metrics import DigitFeatureNet
+
+    unet = make_tiny(in_channels=1, out_channels=1)
+    pipe = ContinuousUNetPipeline(unet=unet, scheduler=DDIMScheduler.from_config(make_noise_scheduler().config))
+    pipe.set_progress_bar_config(disable=True)
+    real = torch.rand(16, 1, 8, 8)
+    evaluate = ScheduleEvaluator(pipe, real, DigitFeatureNet(size=8).eval(), num_samples=8, num_inference_steps=4)
+    cheap, full = evaluate(SolverStepSchedule.from_steps([1])), evaluate(SolverStepSchedule.from_steps([2]))
+    assert cheap.evaluations_per_sample * 2 == full.evaluations_per_sample
+    assert 0 < cheap.gflops_per_sample < full.gflops_per_sample and cheap.frechet_distance > 0
