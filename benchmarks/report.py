@@ -107,6 +107,26 @@ def quality_section(quality: dict[str, Any]) -> list[str]:
     return lines
 
 
+def step_search_section(search: dict[str, Any]) -> list[str]:
+    full, best = search["full"], search["best"]
+    return [
+        "\n## Step-aware compute: searched solver schedule vs uniform full effort\n",
+        "The digits cUNet trained with `--solver_steps_choices 1 2 4` (`outputs/digits-steps`, 1,500 steps, the "
+        "first 1,497 digits), then `python -m diffusers_cunet.step_search --pipeline outputs/digits-steps "
+        f"--levels 1 2 4 --bins 5 --samples 200` ({search['scheduler']}, {search['num_inference_steps']} steps, "
+        f"bound: FD at most {search['tolerance']:.0%} above full effort; {len(search['trials'])} schedules scored "
+        f"in {search['search_seconds']:.0f} s). Same noise for every schedule.\n",
+        "| schedule (Euler steps per bin, low t to high t) | ODE evals/sample | GFLOPs/sample | s/sample | FD |",
+        "|---|---:|---:|---:|---:|",
+        f"| uniform full {full['steps_per_bin']} | {full['evaluations_per_sample']} | {full['gflops_per_sample']:.2f} "
+        f"| {full['seconds_per_sample']:.3f} | {full['frechet_distance']:.1f} |",
+        f"| searched {best['steps_per_bin']} | {best['evaluations_per_sample']} | {best['gflops_per_sample']:.2f} "
+        f"| {best['seconds_per_sample']:.3f} | {best['frechet_distance']:.1f} |",
+        f"\n{search['evaluation_saving']:.0%} fewer ODE evaluations, Fréchet distance {search['fd_change']:+.1%}.\n",
+        "![every schedule tried](benchmarks/results/step_search.png)\n",
+    ]
+
+
 def plot_solver_cost(cost: dict[str, Any], path: Path) -> None:
     rows = [r for r in cost.get("solver_sweep", []) if r["method"] == "euler"]
     if not rows:
@@ -188,6 +208,9 @@ def write(results: Path, output: Path, command: str, notes: list[str] | None = N
                            ("GFLOPs per sample", lambda r: r["gflops_per_sample"]),
                            ("sampling latency", lambda r: r["final"]["sampling_s_per_image"])):  # fmt: skip
             lines.append(f"- {label}: " + ", ".join(pareto(runs, key)))
+    search_file = results / "step_search.json"
+    if search_file.exists():
+        lines += step_search_section(json.loads(search_file.read_text()))
     notes_file = results / "notes.md"  # hand-written reading of a run, dated; kept when the tables are rewritten
     if notes or notes_file.exists():
         lines += [

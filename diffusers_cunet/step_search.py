@@ -5,10 +5,10 @@ bound of the full-effort setting, for one scheduler and step count.
 
 Greedy, in two passes, because an evolutionary search (DDSM's) needs hundreds of sample-and-score rounds and
 this must finish in minutes on 2 CPU cores: (1) sensitivity: lower one bin at a time to each cheaper level,
-everything else at full effort, and score; (2) accumulate the reductions from the least to the most harmful,
-keeping each one only if the whole schedule still meets the bound. Every evaluation uses the same noise
-(common random numbers), so differences between schedules are not sampling noise. About bins x (levels - 1)
-+ bins evaluations in all.
+everything else at full effort, and score; (2) accumulate the reductions from the least to the most harmful
+per evaluation saved, keeping each one only if the whole schedule still meets the bound (a bin cut once may be
+cut deeper later). Every evaluation uses the same noise (common random numbers), so differences between
+schedules are not sampling noise. At most 1 + 2 x bins x (levels - 1) evaluations.
 """
 
 from __future__ import annotations
@@ -106,22 +106,44 @@ def greedy_search(
             trials.append(trial)
             saved = full.evaluations_per_sample - trial.evaluations_per_sample
             harm = trial.frechet_distance - full.frechet_distance
-            candidates.append((harm / max(saved, 1), index, level))
+            candidates.append((harm / max(saved, 1), level, index))  # ties: the deeper cut first
             log(f"bin {index} at {level} step(s): FD {trial.frechet_distance:.2f}")
-    # 2. accumulate from the least harmful; deeper cuts of a bin come before shallower ones when they rank higher
+    # 2. accumulate from the least harmful (per evaluation saved); a bin already cut may still be cut deeper
     best = full
-    decided: set[int] = set()
-    for _, index, level in sorted(candidates):
-        if index in decided:
+    for _, level, index in sorted(candidates):
+        if level >= best.schedule.settings[index]["steps"]:
             continue
         trial = evaluate(best.schedule.with_bin(index, {"method": method, "steps": level}))
         trials.append(trial)
         if trial.frechet_distance <= bound:
             trial.accepted = True
             best = trial
-            decided.add(index)
             log(f"keep bin {index} at {level}: FD {trial.frechet_distance:.2f}, {trial.evaluations_per_sample} evals")
     return full, best, trials
+
+
+def plot_trials(result: dict[str, Any], path: Path) -> None:
+    """Fréchet distance against ODE evaluations per sample for every schedule tried."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    trials = result["trials"]
+    ax.scatter([t["evaluations_per_sample"] for t in trials], [t["frechet_distance"] for t in trials],
+               c="lightgray", label="tried")  # fmt: skip
+    kept = [t for t in trials if t["accepted"]]
+    ax.plot([t["evaluations_per_sample"] for t in kept], [t["frechet_distance"] for t in kept], "o-", label="kept")
+    full, best = result["full"], result["best"]
+    ax.scatter([full["evaluations_per_sample"]], [full["frechet_distance"]], marker="s", s=80, label="uniform full")
+    ax.scatter([best["evaluations_per_sample"]], [best["frechet_distance"]], marker="*", s=160, label="searched")
+    ax.axhline(full["frechet_distance"] * (1 + result["tolerance"]), ls="--", c="k", lw=0.8, label="bound")
+    ax.set(xlabel="ODE function evaluations per sample", ylabel="Fréchet distance (lower is better)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -141,7 +163,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--held_out", type=int, default=300, help="the last N digits, never trained on")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=Path, default=None, help="results JSON (default: <pipeline>/step_search.json)")
+    parser.add_argument(
+        "--output", type=Path, default=None, help="results JSON (default: <pipeline>/step_search.json)"
+    )
     args = parser.parse_args(argv)
 
     pipe = ContinuousUNetPipeline.from_pretrained(args.pipeline)
@@ -167,6 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     output = args.output or Path(args.pipeline) / "step_search.json"
     output.write_text(json.dumps(result, indent=2))
+    plot_trials(result, output.with_suffix(".png"))
     print(
         f"searched schedule {result['best']['steps_per_bin']}: {best.evaluations_per_sample} vs "
         f"{full.evaluations_per_sample} evaluations per sample ({result['evaluation_saving']:.0%} fewer), FD "

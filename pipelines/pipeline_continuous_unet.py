@@ -16,8 +16,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from .pipeline_utils import (
     SolverSchedule,
     class_labels_for,
-    load_solver_schedule,
     evaluation_count,
+    load_solver_schedule,
     reset_evaluation_count,
     run_model,
     to_output_type,

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import make_tiny
 from diffusers import DDIMScheduler
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from training_helpers import train
 
 from diffusers_cunet.noise_schedule import make_noise_scheduler
-from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.step_schedule import SCHEDULE_FILE, SolverStepSchedule
 from diffusers_cunet.step_search import ScheduleEvaluator, greedy_search
 
