@@ -93,8 +93,8 @@ class ContinuousUNetPipeline(DiffusionPipeline):
                 `self.solver_schedule` (loaded from `solver_schedule.json` beside the pipeline, if there is one).
 
         Returns:
-            `ContinuousUNetPipelineOutput` with the images and the ODE function evaluations spent (also kept in
-            `self.last_ode_evaluations`), or a tuple `(images,)`.
+            `ContinuousUNetPipelineOutput` with the images and the ODE function evaluations spent per image, or a
+            tuple `(images,)`.
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -126,7 +126,6 @@ class ContinuousUNetPipeline(DiffusionPipeline):
 
         # 3. post-process
         evaluations = evaluation_count(self.unet)
-        self.last_ode_evaluations = evaluations
         images = to_output_type((sample / 2 + 0.5).clamp(0, 1), output_type)
         if not return_dict:
             return (images,)
