@@ -7,6 +7,7 @@ loads a pipeline, which is why it is imported here at module level.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -345,9 +346,38 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ loading
     @classmethod
+    def _check_local_config(cls, path: str | os.PathLike, subfolder: str | None) -> None:
+        """Validate a local config.json before any weights are read, so its errors name the config, not them."""
+        config_path = _config_file(path, subfolder)
+        if not os.path.isfile(config_path):
+            return  # a Hub id, or no config: diffusers resolves or reports it
+        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+        config = {**defaults, **cls.extract_init_dict(cls.load_config(os.path.dirname(config_path)))[0]}
+        try:
+            cls._validate_architecture(
+                tuple(config["block_out_channels"]),
+                config["mid_channels"] or config["block_out_channels"][-1],
+                tuple(config["attention_levels"]),
+                config["attention_head_dim"],
+                config["norm_type"],
+                config["norm_num_groups"],
+                config["ode_order"],
+            )
+            SolverConfig(
+                config["solver_method"],
+                config["solver_steps"],
+                config["solver_rtol"],
+                config["solver_atol"],
+                config["solver_adjoint"],
+            )
+        except (ValueError, TypeError) as error:
+            raise ValueError(f"Invalid ContinuousUNet2DModel config {config_path}: {error}") from error
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
-        """As `ModelMixin.from_pretrained`, but a corrupted or mismatched weights file raises a `ValueError`
-        that names the file. See `ModelMixin.from_pretrained` for the arguments."""
+        """As `ModelMixin.from_pretrained`, but an invalid config or a corrupted or mismatched weights file
+        raises a `ValueError` that names the file. See `ModelMixin.from_pretrained` for the arguments."""
+        cls._check_local_config(pretrained_model_name_or_path, kwargs.get("subfolder"))
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except Exception as error:
@@ -357,6 +387,10 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
             if unreadable or isinstance(error, (RuntimeError, ValueError, KeyError)):
                 raise ValueError(_weights_error(pretrained_model_name_or_path, kwargs, error)) from error
             raise
+
+
+def _config_file(path, subfolder: str | None) -> str:
+    return os.path.join(str(path), subfolder or "", "config.json")
 
 
 def _weights_error(path: str | os.PathLike, kwargs: Mapping[str, Any], error: Exception) -> str:

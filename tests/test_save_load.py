@@ -86,3 +86,12 @@ def test_mismatched_weights_file_names_the_file(tmp_path):
 def test_missing_folder_keeps_diffusers_error(tmp_path):
     with pytest.raises(OSError):
         ContinuousUNet2DModel.from_pretrained(tmp_path / "nothing-here")
+
+
+def test_invalid_config_names_the_config_file(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["solver_method"] = "rk45"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"Invalid ContinuousUNet2DModel config .*config.json: Unknown ODE solver"):
+        ContinuousUNet2DModel.from_pretrained(tmp_path)
