@@ -281,6 +281,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     resolution = model_config["sample_size"]
     check_resolution(resolution, model_config)
     model_class = MODEL_CLASSES[args.model_type]
+    set_seed(args.seed)  # before the model: identical initial weights in every run and every process
     unet = model_class(**model_config)  # validates the architecture and the solver settings
     checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
     if checkpoint is not None:
@@ -293,8 +294,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
     )
-    set_seed(args.seed)
-    unet = model_class(**model_config)  # rebuilt after seeding: identical initial weights every run
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     noise_scheduler = make_noise_scheduler(args.num_train_timesteps, args.beta_schedule, args.prediction_type)
