@@ -105,19 +105,10 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         num_class_embeds: int | None = None,
     ):
         super().__init__()
+        self._solver = self._validate_arguments(locals())  # locals(): every constructor argument, by name
         block_out_channels = tuple(block_out_channels)
         attention_levels = tuple(attention_levels)
         mid_channels = mid_channels or block_out_channels[-1]
-        self._validate_architecture(
-            block_out_channels,
-            mid_channels,
-            attention_levels,
-            attention_head_dim,
-            norm_type,
-            norm_num_groups,
-            ode_order,
-        )
-        self._solver = SolverConfig(solver_method, solver_steps, solver_rtol, solver_atol, solver_adjoint)
 
         # time (and class) embedding
         base = block_out_channels[0]
@@ -179,6 +170,27 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
 
         self.conv_norm_out = make_norm("group" if norm_type == "none" else norm_type, base, norm_num_groups, norm_eps)
         self.conv_out = nn.Conv2d(base, out_channels, kernel_size=3, padding=1)
+
+    @classmethod
+    def _validate_arguments(cls, arguments: Mapping[str, Any]) -> SolverConfig:
+        """Check constructor arguments (as passed, or as read from a config) and return their solver settings."""
+        channels = tuple(arguments["block_out_channels"])
+        cls._validate_architecture(
+            channels,
+            arguments["mid_channels"] or channels[-1],
+            tuple(arguments["attention_levels"]),
+            arguments["attention_head_dim"],
+            arguments["norm_type"],
+            arguments["norm_num_groups"],
+            arguments["ode_order"],
+        )
+        return SolverConfig(
+            arguments["solver_method"],
+            arguments["solver_steps"],
+            arguments["solver_rtol"],
+            arguments["solver_atol"],
+            arguments["solver_adjoint"],
+        )
 
     @staticmethod
     def _validate_architecture(
@@ -354,22 +366,7 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
         config = {**defaults, **cls.extract_init_dict(cls.load_config(os.path.dirname(config_path)))[0]}
         try:
-            cls._validate_architecture(
-                tuple(config["block_out_channels"]),
-                config["mid_channels"] or config["block_out_channels"][-1],
-                tuple(config["attention_levels"]),
-                config["attention_head_dim"],
-                config["norm_type"],
-                config["norm_num_groups"],
-                config["ode_order"],
-            )
-            SolverConfig(
-                config["solver_method"],
-                config["solver_steps"],
-                config["solver_rtol"],
-                config["solver_atol"],
-                config["solver_adjoint"],
-            )
+            cls._validate_arguments(config)
         except (ValueError, TypeError) as error:
             raise ValueError(f"Invalid ContinuousUNet2DModel config {config_path}: {error}") from error
 

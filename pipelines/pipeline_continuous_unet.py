@@ -16,13 +16,11 @@ from diffusers.utils.torch_utils import randn_tensor
 from .pipeline_utils import (
     SolverSchedule,
     class_labels_for,
-    evaluation_count,
     load_solver_schedule,
-    reset_evaluation_count,
-    run_model,
+    reverse_process,
     to_output_type,
 )
-from .scheduler_support import check_scheduler, check_timesteps, seed_noise_sampler, step_kwargs
+from .scheduler_support import check_scheduler, check_timesteps
 
 
 @dataclass
@@ -114,18 +112,13 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         check_timesteps(self.scheduler)
         sample = sample * self.scheduler.init_noise_sigma
-        extra = step_kwargs(self.scheduler, generator)
-        seed_noise_sampler(self.scheduler, generator)
-        reset_evaluation_count(self.unet)
 
-        # 2. denoising loop: the scheduler decides how its input is scaled and how a step is taken
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = self.scheduler.scale_model_input(sample, t)
-            prediction = run_model(self.unet, model_input, t, labels, solver_schedule, i)
-            sample = self.scheduler.step(prediction, t, sample, **extra).prev_sample
+        # 2. denoising loop
+        sample, evaluations = reverse_process(
+            self, sample, self.scheduler.timesteps, labels, solver_schedule, generator
+        )
 
         # 3. post-process
-        evaluations = evaluation_count(self.unet)
         images = to_output_type((sample / 2 + 0.5).clamp(0, 1), output_type)
         if not return_dict:
             return (images,)

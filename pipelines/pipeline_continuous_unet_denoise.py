@@ -17,12 +17,10 @@ from diffusers.utils.torch_utils import randn_tensor
 from .pipeline_utils import (
     SolverSchedule,
     class_labels_for,
-    evaluation_count,
-    reset_evaluation_count,
-    run_model,
+    reverse_process,
     to_output_type,
 )
-from .scheduler_support import check_scheduler, check_timesteps, seed_noise_sampler, step_kwargs
+from .scheduler_support import check_scheduler, check_timesteps
 
 
 @dataclass
@@ -155,14 +153,7 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
         sample = self.scheduler.add_noise(observed, torch.zeros_like(observed), timesteps[:1])
 
         # 3. reverse process
-        extra = step_kwargs(self.scheduler, generator)
-        seed_noise_sampler(self.scheduler, generator)
-        reset_evaluation_count(self.unet)
-        for i, t in enumerate(self.progress_bar(timesteps)):
-            model_input = self.scheduler.scale_model_input(sample, t)
-            prediction = run_model(self.unet, model_input, t, labels, solver_schedule, i)
-            sample = self.scheduler.step(prediction, t, sample, **extra).prev_sample
-        evaluations = evaluation_count(self.unet)
+        sample, evaluations = reverse_process(self, sample, timesteps, labels, solver_schedule, generator)
 
         images = (sample / 2 + 0.5).clamp(0, 1)
         psnr = ssim = None

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
+from .scheduler_support import seed_noise_sampler, step_kwargs
+
 # `solver_schedule(step_index, timestep)` -> ODE-solver settings for that denoising step, or None.
 SolverSchedule = Callable[[int, int], Mapping[str, Any] | None]
 
@@ -64,3 +66,17 @@ def load_solver_schedule(folder):
     if not (Path(str(folder)) / SCHEDULE_FILE).is_file():
         return None
     return SolverStepSchedule.from_pretrained(folder)
+
+
+def reverse_process(pipeline, sample, timesteps, labels, solver_schedule, generator):
+    """Run `pipeline.unet` and `pipeline.scheduler` over `timesteps` from `sample`; returns the final sample and
+    the ODE function evaluations per image. The scheduler decides how its input is scaled and how a step is taken."""
+    scheduler, unet = pipeline.scheduler, pipeline.unet
+    extra = step_kwargs(scheduler, generator)
+    seed_noise_sampler(scheduler, generator)
+    reset_evaluation_count(unet)
+    for i, t in enumerate(pipeline.progress_bar(timesteps)):
+        model_input = scheduler.scale_model_input(sample, t)
+        prediction = run_model(unet, model_input, t, labels, solver_schedule, i)
+        sample = scheduler.step(prediction, t, sample, **extra).prev_sample
+    return sample, evaluation_count(unet)
