@@ -25,6 +25,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .ode_blocks import NORM_TYPES, ODE_ORDERS, ODEBlock, make_norm
+from .preconditioning import EDMPreconditioning, preconditioning_from_config
 from .solvers import SolverConfig
 
 __all__ = ["ContinuousUNet2DModel", "ContinuousUNet2DOutput", "ModelMixin"]
@@ -72,6 +73,10 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         time_embedding_dim (`int`, *optional*): width of the time embedding; `4 * block_out_channels[0]` if `None`.
         flip_sin_to_cos (`bool`), freq_shift (`int`): sinusoidal timestep features, as in `UNet2DModel`.
         num_class_embeds (`int`, *optional*): number of classes for class-conditional generation.
+        preconditioning (`dict`, *optional*): the EDM-style preconditioning the weights were trained with, e.g.
+            `{"type": "edm-fdm", "sigma_data": 0.5, "momentum": 1.0}` (see `diffusers_cunet.preconditioning`);
+            `None` for a DDPM-style model that predicts noise / velocity / the clean sample at integer timesteps.
+            It does not change `forward`, which stays the raw network F; samplers and the training loss read it.
     """
 
     _supports_gradient_checkpointing = True
@@ -103,9 +108,12 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         flip_sin_to_cos: bool = True,
         freq_shift: int = 0,
         num_class_embeds: int | None = None,
+        preconditioning: dict[str, Any] | None = None,
     ):
         super().__init__()
         self._solver = self._validate_arguments(locals())  # locals(): every constructor argument, by name
+        if preconditioning is not None:  # record every setting, defaults included: the saved config is explicit
+            self.register_to_config(preconditioning=preconditioning_from_config(preconditioning).to_config())
         block_out_channels = tuple(block_out_channels)
         attention_levels = tuple(attention_levels)
         mid_channels = mid_channels or block_out_channels[-1]
@@ -174,6 +182,7 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
     @classmethod
     def _validate_arguments(cls, arguments: Mapping[str, Any]) -> SolverConfig:
         """Check constructor arguments (as passed, or as read from a config) and return their solver settings."""
+        preconditioning_from_config(arguments.get("preconditioning"))
         channels = tuple(arguments["block_out_channels"])
         cls._validate_architecture(
             channels,
@@ -216,6 +225,11 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         bad = [c for c in attended if c % attention_head_dim]
         if bad:
             raise ValueError(f"Channel counts {bad} are not divisible by attention_head_dim={attention_head_dim}.")
+
+    @property
+    def preconditioning(self) -> EDMPreconditioning | None:
+        """The EDM / EDM-FDM preconditioning recorded in the config, or `None` for a DDPM-style model."""
+        return preconditioning_from_config(self.config.get("preconditioning"))
 
     # ------------------------------------------------------------------ solver settings
     @property

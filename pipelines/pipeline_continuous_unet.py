@@ -20,7 +20,7 @@ from .pipeline_utils import (
     reverse_process,
     to_output_type,
 )
-from .scheduler_support import check_scheduler, check_timesteps
+from .scheduler_support import check_scheduler, check_timesteps, is_edm_scheduler
 
 
 @dataclass
@@ -42,7 +42,8 @@ class ContinuousUNetPipeline(DiffusionPipeline):
 
     Args:
         unet: the denoising model.
-        scheduler: any diffusers scheduler that serves a discrete-time epsilon / v / sample model.
+        scheduler: any diffusers scheduler that serves a discrete-time epsilon / v / sample model, or, for a model
+            trained with EDM / EDM-FDM preconditioning, `EDMEulerScheduler` or `EDMDPMSolverMultistepScheduler`.
     """
 
     model_cpu_offload_seq = "unet"
@@ -98,8 +99,13 @@ class ContinuousUNetPipeline(DiffusionPipeline):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
-        check_scheduler(self.scheduler)
+        check_scheduler(self.scheduler, self.unet)
         solver_schedule = solver_schedule if solver_schedule is not None else self.solver_schedule
+        if is_edm_scheduler(self.scheduler) and hasattr(solver_schedule, "num_train_timesteps"):
+            raise ValueError(
+                "A SolverStepSchedule bins the integer timesteps of a discrete schedule; with an EDM scheduler the "
+                "model's timestep is c_noise = log(sigma) / 4. Pass a callable (step_index, c_noise) -> settings."
+            )
         config = self.unet.config
         size = config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)

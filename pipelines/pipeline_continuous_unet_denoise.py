@@ -20,7 +20,7 @@ from .pipeline_utils import (
     reverse_process,
     to_output_type,
 )
-from .scheduler_support import check_scheduler, check_timesteps
+from .scheduler_support import check_scheduler, check_timesteps, is_edm_scheduler
 
 
 @dataclass
@@ -125,7 +125,13 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
             raise ValueError(f"noise_std must be positive, got {noise_std!r}.")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
-        check_scheduler(self.scheduler)
+        if is_edm_scheduler(self.scheduler) or getattr(self.unet, "preconditioning", None) is not None:
+            raise ValueError(
+                "ContinuousUNetDenoisePipeline starts the reverse process part-way along a discrete VP schedule; "
+                "EDM / EDM-FDM preconditioned models and EDM schedulers are not supported by it (generate with "
+                "ContinuousUNetPipeline instead)."
+            )
+        check_scheduler(self.scheduler, self.unet)
         device = self._execution_device
         channels = self.unet.config.in_channels
         noisy = to_model_range(noisy_images, channels).to(device, self.unet.dtype)

@@ -8,16 +8,17 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
-from .scheduler_support import seed_noise_sampler, step_kwargs
+from .scheduler_support import is_edm_scheduler, seed_noise_sampler, step_kwargs
 
 # `solver_schedule(step_index, timestep)` -> ODE-solver settings for that denoising step, or None.
 SolverSchedule = Callable[[int, int], Mapping[str, Any] | None]
 
 
-def run_model(unet, sample, t, labels, solver_schedule, step_index: int) -> torch.Tensor:
-    """One network call, with the class labels and the solver settings of this denoising step."""
+def run_model(unet, sample, t, labels, solver_schedule, step_index: int, edm: bool = False) -> torch.Tensor:
+    """One network call, with the class labels and the solver settings of this denoising step. A schedule is
+    given the integer timestep of discrete schedulers, or c_noise = log(sigma) / 4 with an EDM scheduler (`edm`)."""
     kwargs: dict[str, Any] = {} if labels is None else {"class_labels": labels}
-    settings = solver_schedule(step_index, int(t)) if solver_schedule is not None else None
+    settings = solver_schedule(step_index, float(t) if edm else int(t)) if solver_schedule is not None else None
     if settings is not None:
         kwargs["solver"] = settings
     return unet(sample, t, **kwargs).sample
@@ -75,8 +76,13 @@ def reverse_process(pipeline, sample, timesteps, labels, solver_schedule, genera
     extra = step_kwargs(scheduler, generator)
     seed_noise_sampler(scheduler, generator)
     reset_evaluation_count(unet)
+    edm = is_edm_scheduler(scheduler)
+    preconditioning = getattr(unet, "preconditioning", None) if edm else None
     for i, t in enumerate(pipeline.progress_bar(timesteps)):
-        model_input = scheduler.scale_model_input(sample, t)
-        prediction = run_model(unet, model_input, t, labels, solver_schedule, i)
+        model_input = scheduler.scale_model_input(sample, t)  # also advances the scheduler's step index
+        if preconditioning is not None:  # the model's own c_in: EDM's (the same as above) or FDM's momentum one
+            sigma = scheduler.sigmas[scheduler.step_index].to(sample.device)
+            model_input = (preconditioning.c_in(sigma) * sample).to(sample.dtype)
+        prediction = run_model(unet, model_input, t, labels, solver_schedule, i, edm)
         sample = scheduler.step(prediction, t, sample, **extra).prev_sample
     return sample, evaluation_count(unet)

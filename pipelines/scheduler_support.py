@@ -41,8 +41,6 @@ UNSUPPORTED_REASONS: dict[str, str] = {
     "LCMScheduler": "it is made for consistency-distilled models",
     "TCDScheduler": "it is made for consistency-distilled models",
     "CMStochasticIterativeScheduler": "it is made for consistency models",
-    "EDMEulerScheduler": "it needs a network with EDM preconditioning (c_in, c_skip, c_out, c_noise)",
-    "EDMDPMSolverMultistepScheduler": "it needs a network with EDM preconditioning (c_in, c_skip, c_out, c_noise)",
     "FlowMatchEulerDiscreteScheduler": "it is made for flow-matching (velocity field) models",
     "FlowMatchHeunDiscreteScheduler": "it is made for flow-matching (velocity field) models",
     "DDIMInverseScheduler": "it inverts images to noise, it does not generate",
@@ -50,9 +48,30 @@ UNSUPPORTED_REASONS: dict[str, str] = {
 }
 
 
-def check_scheduler(scheduler) -> str:
-    """Return the scheduler's prediction type, or raise `ValueError` if the pipeline cannot drive it correctly."""
+# Schedulers for models trained with EDM / EDM-FDM preconditioning (the model config's `preconditioning`): they
+# apply c_skip and c_out to the raw network output ("epsilon" in their naming) and pass c_noise as the timestep;
+# the pipeline gives the network the model's own c_in (EDM's, or FDM's momentum scaling).
+EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
+
+
+def is_edm_scheduler(scheduler) -> bool:
+    return type(scheduler).__name__ in EDM_SCHEDULERS
+
+
+def check_scheduler(scheduler, unet=None) -> str:
+    """Return the scheduler's prediction type, or raise `ValueError` if the pipeline cannot drive it correctly
+    (for `unet`, when given: an EDM-preconditioned model needs an EDM scheduler with its sigma_data, and a
+    DDPM-style model cannot be driven by one)."""
     name = type(scheduler).__name__
+    preconditioning = getattr(unet, "preconditioning", None)
+    if name in EDM_SCHEDULERS:
+        return _check_edm_pair(scheduler, preconditioning)
+    if preconditioning is not None:
+        raise ValueError(
+            f"The model was trained with {preconditioning.type!r} preconditioning, so it needs an EDM scheduler "
+            f"({' or '.join(EDM_SCHEDULERS)}), not {name}; `diffusers_cunet.preconditioning.edm_scheduler(model)` "
+            "builds one that matches it."
+        )
     if name not in SUPPORTED_SCHEDULERS:
         reason = UNSUPPORTED_REASONS.get(name, "it has not been checked against this pipeline")
         raise ValueError(
@@ -64,6 +83,29 @@ def check_scheduler(scheduler) -> str:
         raise ValueError(
             f"{name} does not support prediction_type={prediction_type!r}; it supports "
             f"{sorted(SUPPORTED_SCHEDULERS[name])}."
+        )
+    return prediction_type
+
+
+def _check_edm_pair(scheduler, preconditioning) -> str:
+    name = type(scheduler).__name__
+    if preconditioning is None:
+        raise ValueError(
+            f"{name} needs a model trained with EDM preconditioning (c_in, c_skip, c_out, c_noise; a config with "
+            "`preconditioning`, as `training/train.py --preconditioning edm` or `edm-fdm` writes); this model is a "
+            f"DDPM-style one. Use one of: {', '.join(sorted(SUPPORTED_SCHEDULERS))}."
+        )
+    prediction_type = scheduler.config.get("prediction_type", "epsilon")
+    if prediction_type != "epsilon":
+        raise ValueError(
+            f"{name} with prediction_type={prediction_type!r} flips the sign of c_out; our EDM models are trained "
+            "for prediction_type='epsilon' (D = c_skip * x + c_out * F)."
+        )
+    sigma_data = scheduler.config.get("sigma_data")
+    if abs(sigma_data - preconditioning.sigma_data) > 1e-9:
+        raise ValueError(
+            f"{name} has sigma_data={sigma_data} but the model was trained with "
+            f"sigma_data={preconditioning.sigma_data}: c_skip and c_out would be wrong."
         )
     return prediction_type
 

@@ -58,3 +58,34 @@ class GaussianOracle(ModelMixin, ConfigMixin):
         prediction = {"epsilon": eps, "sample": x0, "v_prediction": a * eps - sigma * x0}[self.config.prediction_type]
         prediction = prediction.to(sample.dtype)
         return BaseOutput(sample=prediction) if return_dict else (prediction,)
+
+
+class EDMGaussianOracle(ModelMixin, ConfigMixin):
+    """The exact raw network F of EDM / EDM-FDM preconditioning for N(mu, s^2) data.
+
+    With x = x0 + sigma * n, E[x0 | x] = mu + s^2 / (s^2 + sigma^2) * (x - mu). The model is called with
+    c_in(sigma) * x and c_noise(sigma) = log(sigma) / 4, so it recovers sigma and x from its inputs (using the
+    preconditioning in its config) and returns F = (E[x0 | x] - c_skip x) / c_out. A pipeline that scales the
+    input with the wrong c_in, or a scheduler that forms D with other c_skip / c_out, gives the wrong samples."""
+
+    @register_to_config
+    def __init__(self, mu: float = 0.2, s: float = 0.25, preconditioning: dict | None = None, sample_size: int = 8,
+                 in_channels: int = 1, out_channels: int = 1):  # fmt: skip
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    @property
+    def preconditioning(self):
+        from diffusers_cunet.preconditioning import preconditioning_from_config
+
+        return preconditioning_from_config(self.config.preconditioning)
+
+    def forward(self, sample, timestep, class_labels=None, return_dict=True, **kwargs):
+        pre = self.preconditioning
+        c_noise = torch.as_tensor(timestep).double().reshape(-1).expand(sample.shape[0])[:, None, None, None]
+        sigma = (4 * c_noise).exp().to(sample.device)
+        x = sample.double() / pre.c_in(sigma)
+        mu, s2 = self.config.mu, self.config.s**2
+        x0 = mu + s2 / (s2 + sigma**2) * (x - mu)
+        raw = ((x0 - pre.c_skip(sigma) * x) / pre.c_out(sigma)).to(sample.dtype)
+        return BaseOutput(sample=raw) if return_dict else (raw,)
