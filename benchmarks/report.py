@@ -211,6 +211,14 @@ def write(results: Path, output: Path, command: str, notes: list[str] | None = N
     search_file = results / "step_search.json"
     if search_file.exists():
         lines += step_search_section(json.loads(search_file.read_text()))
+    momentum_file = results / "momentum.json"
+    if momentum_file.exists():
+        from .momentum import plot as plot_momentum
+        from .momentum import section as momentum_section
+
+        momentum_result = json.loads(momentum_file.read_text())
+        lines += momentum_section(momentum_result)
+        plot_momentum(momentum_result, results / "momentum.png")
     notes_file = results / "notes.md"  # hand-written reading of a run, dated; kept when the tables are rewritten
     if notes or notes_file.exists():
         lines += [

@@ -53,6 +53,7 @@ def render_model_card(
         grid_path=grid_path,
         grid_caption=grid_caption,
         class_conditional=bool(config.get("num_class_embeds")),
+        preconditioning=(config.get("preconditioning") or {}).get("type"),
         num_classes=config.get("num_class_embeds"),
         parameters=f"{count_parameters(unet):,}",
         block_out_channels=", ".join(str(c) for c in config.block_out_channels),

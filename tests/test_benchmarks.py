@@ -22,3 +22,24 @@ def test_tiny_benchmark_writes_results_report_and_plots(tmp_path):
     assert "| parameters |" in text and "Fréchet" in text and "Pareto frontier" in text
     for png in ("quality_curves.png", "frontier.png"):
         assert (results / png).stat().st_size > 1000
+
+
+def test_tiny_momentum_benchmark_writes_curves_summary_and_plot(tmp_path):
+    from benchmarks import momentum, report
+
+    results = tmp_path / "results"
+    result = momentum.main(["--mode", "tiny", "--results", str(results), "--runs", str(tmp_path / "runs")])
+    assert set(result["runs"]) == {"ddpm", "edm", "edm-fdm"}
+    for row in result["runs"].values():
+        assert [p["step"] for p in row["curve"]] == [2, 4]
+        assert all(p["frechet_distance"] > 0 for p in row["curve"])
+        assert all(len(sweep) == 2 for sweep in row["sweeps"].values())
+    assert set(result["runs"]["edm-fdm"]["sweeps"]) == {"EDM DPM-Solver++", "EDM Euler"}
+    summary = result["summary"]
+    assert (
+        summary["ddim_calls"] == 3
+        and summary["edm_final_fd"] == result["runs"]["edm"]["curve"][-1]["frechet_distance"]
+    )
+    assert (results / "momentum.png").stat().st_size > 1000
+    text = report.write(results, tmp_path / "BENCHMARKS.md", "test").read_text()
+    assert "Momentum preconditioning (EDM-FDM)" in text and "| step |" in text

@@ -6,8 +6,9 @@
 
 Options come from the command line, on top of an optional YAML `--config` (the command line wins). The run
 writes checkpoints (`checkpoint-N/`, atomically), sample grids (`samples/`), tensorboard logs (`logs/`) and,
-at the end, a diffusers `DDPMPipeline` with the EMA weights, a `samples.png` grid, `metrics.json` and a model
-card `README.md` into `--output_dir`.
+at the end, a diffusers `DDPMPipeline` with the EMA weights (a `ContinuousUNetPipeline` with an EDM scheduler
+for `--preconditioning edm|edm-fdm`), a `samples.png` grid, `metrics.json` and a model card `README.md` into
+`--output_dir`.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from diffusers_cunet.image_data import (
 )
 from diffusers_cunet.model_card import render_model_card
 from diffusers_cunet.noise_schedule import BETA_SCHEDULES, PREDICTION_TYPES, make_noise_scheduler
+from diffusers_cunet.preconditioning import PRECONDITIONING_TYPES, edm_scheduler, loss_weight_cap
 from diffusers_cunet.presets import PRESETS, preset_config
 
 logger = logging.getLogger("diffusers_cunet.train")
@@ -106,6 +108,26 @@ def build_parser() -> argparse.ArgumentParser:
     diffusion.add_argument("--num_train_timesteps", type=int, default=1000)
     diffusion.add_argument("--beta_schedule", choices=BETA_SCHEDULES, default="squaredcos_cap_v2")
     diffusion.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon")
+    diffusion.add_argument(
+        "--preconditioning",
+        choices=["none", *PRECONDITIONING_TYPES],
+        default="none",
+        help="none: DDPM-style training on the discrete schedule above; edm: EDM preconditioning and loss "
+        "(Karras et al. 2022); edm-fdm: EDM with FDM's momentum input scaling and loss-weight warm-up.",
+    )
+    diffusion.add_argument("--sigma_data", type=float, default=0.5, help="EDM: data standard deviation.")
+    diffusion.add_argument("--edm_p_mean", type=float, default=-1.2, help="EDM: mean of log(sigma) in training.")
+    diffusion.add_argument("--edm_p_std", type=float, default=1.2, help="EDM: std of log(sigma) in training.")
+    diffusion.add_argument("--fdm_momentum", type=float, default=1.0, help="EDM-FDM: momentum multiplier m.")
+    diffusion.add_argument("--fdm_beta_min", type=float, default=0.1, help="EDM-FDM: beta(t) slope at t = 0.")
+    diffusion.add_argument("--fdm_beta_d", type=float, default=19.9, help="EDM-FDM: beta(t) curvature.")
+    diffusion.add_argument(
+        "--loss_weight_warmup_steps",
+        type=int,
+        default=None,
+        help="EDM losses: clip the loss weight at a cap growing from 5 to 500 over this many steps (FDM's warm-up). "
+        "Default: 200 for edm-fdm, 0 (off) for edm.",
+    )
     optim = p.add_argument_group("optimisation")
     optim.add_argument("--train_batch_size", type=int, default=64, help="Per process.")
     optim.add_argument("--max_train_steps", type=int, default=2000, help="Optimizer steps.")
@@ -166,6 +188,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}.")
+    if args.preconditioning == "none":
+        edm_only = [name for name in ("loss_weight_warmup_steps",) if getattr(args, name) is not None]
+        if edm_only:
+            parser.error(f"--{edm_only[0]} applies to --preconditioning edm or edm-fdm only.")
+    else:
+        if args.prediction_type != "epsilon":
+            parser.error("--prediction_type applies to DDPM-style training (--preconditioning none) only.")
+        if args.model_type != "cunet":
+            parser.error("--preconditioning edm|edm-fdm is recorded in the ContinuousUNet2DModel config: cunet only.")
+        if args.loss_weight_warmup_steps is None:
+            args.loss_weight_warmup_steps = 200 if args.preconditioning == "edm-fdm" else 0
+        if args.loss_weight_warmup_steps < 0:
+            parser.error(f"--loss_weight_warmup_steps must be >= 0, got {args.loss_weight_warmup_steps}.")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (e.g. org/cunet-digits).")
     return args
@@ -203,7 +238,24 @@ def model_arguments(args: argparse.Namespace, n_classes: int | None) -> dict[str
             )  # fmt: skip
     if args.resolution is not None:
         config["sample_size"] = args.resolution
+    if args.preconditioning != "none":
+        config["preconditioning"] = preconditioning_config(args)
     return config
+
+
+def preconditioning_config(args: argparse.Namespace) -> dict[str, Any]:
+    config = {"type": args.preconditioning, "sigma_data": args.sigma_data}
+    if args.preconditioning == "edm-fdm":
+        config.update(momentum=args.fdm_momentum, beta_min=args.fdm_beta_min, beta_d=args.fdm_beta_d)
+    return config
+
+
+def sampling_scheduler(model, noise_scheduler):
+    """The fast sampler for grids and the saved pipeline: DDIM on the training schedule, or DPM-Solver++ (2M)
+    on EDM's sigmas for a preconditioned model."""
+    if getattr(model, "preconditioning", None) is not None:
+        return edm_scheduler(model, "dpmsolver++")
+    return DDIMScheduler.from_config(noise_scheduler.config)
 
 
 def check_resolution(resolution: int, config: dict[str, Any]) -> None:
@@ -230,8 +282,8 @@ def check_checkpoint_matches(checkpoint: Path, model_config: dict[str, Any]) -> 
 
 
 def sample_grid(unet, noise_scheduler, args, n_classes: int | None, device) -> tuple[torch.Tensor, Any]:
-    """Draw `num_validation_images` with DDIM (fast) and return them in [0, 1] with their image grid."""
-    pipeline = ContinuousUNetPipeline(unet=unet, scheduler=DDIMScheduler.from_config(noise_scheduler.config))
+    """Draw `num_validation_images` with a fast sampler and return them in [0, 1] with their image grid."""
+    pipeline = ContinuousUNetPipeline(unet=unet, scheduler=sampling_scheduler(unet, noise_scheduler))
     pipeline.set_progress_bar_config(disable=True)
     labels = torch.arange(args.num_validation_images) % n_classes if n_classes else None
     images = pipeline(
@@ -257,6 +309,29 @@ def step_generator(seed: int, micro_step: int, process_index: int, device) -> to
     generator = torch.Generator(device=device)
     generator.manual_seed((seed * 1_000_003 + micro_step) * 131 + process_index)
     return generator
+
+
+# ----------------------------------------------------------------------------- the two losses
+def ddpm_loss(unet, noise_scheduler, clean, noise, timesteps, prediction_type: str, model_kwargs) -> torch.Tensor:
+    """MSE of the network's prediction (noise, velocity or clean image) at discrete `timesteps`."""
+    noisy = noise_scheduler.add_noise(clean, noise, timesteps)
+    if prediction_type == "epsilon":
+        target = noise
+    elif prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(clean, noise, timesteps)
+    else:
+        target = clean
+    prediction = unet(noisy, timesteps, **model_kwargs).sample
+    return F.mse_loss(prediction.float(), target.float())
+
+
+def edm_loss(unet, preconditioning, clean, noise, sigma, weight_cap: float, model_kwargs) -> torch.Tensor:
+    """EDM's loss lambda(sigma) |D(clean + sigma n; sigma) - clean|^2 at noise levels `sigma` (one per image; drawn
+    log-normally by the caller); lambda = 1 / c_out^2 is clipped at `weight_cap` during FDM's warm-up."""
+    noisy = clean + sigma[:, None, None, None] * noise
+    denoised = preconditioning.denoise(unet, noisy, sigma, **model_kwargs)
+    weight = preconditioning.loss_weight(sigma).clamp(max=weight_cap)[:, None, None, None]
+    return (weight * (denoised.float() - clean.float()) ** 2).mean()
 
 
 # ----------------------------------------------------------------------------- training
@@ -297,6 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
     noise_scheduler = make_noise_scheduler(args.num_train_timesteps, args.beta_schedule, args.prediction_type)
+    preconditioning = getattr(unet, "preconditioning", None)
     transform = ImageTransform(
         resolution,
         model_config["in_channels"],
@@ -414,22 +490,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 clean = batch["pixel_values"]
                 generator = step_generator(args.seed, micro_step, accelerator.process_index, "cpu")
                 noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
-                timesteps = torch.randint(
-                    0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator
-                ).to(clean.device)
-                noisy = noise_scheduler.add_noise(clean, noise, timesteps)
-                if args.prediction_type == "epsilon":
-                    target = noise
-                elif args.prediction_type == "v_prediction":
-                    target = noise_scheduler.get_velocity(clean, noise, timesteps)
+                if preconditioning is not None:
+                    log_sigma = args.edm_p_mean + args.edm_p_std * torch.randn(clean.shape[0], generator=generator)
+                    level = log_sigma.exp().to(clean.device)
                 else:
-                    target = clean
+                    level = torch.randint(
+                        0, noise_scheduler.config.num_train_timesteps, (clean.shape[0],), generator=generator
+                    ).to(clean.device)
                 model_kwargs = {"class_labels": batch.get("class_labels")}
                 if args.solver_steps_choices:
                     pick = int(torch.randint(len(args.solver_steps_choices), (1,), generator=generator))
                     model_kwargs["solver"] = {"steps": args.solver_steps_choices[pick]}
-                prediction = unet(noisy, timesteps, **model_kwargs).sample
-                loss = F.mse_loss(prediction.float(), target.float())
+                if preconditioning is not None:
+                    cap = loss_weight_cap(global_step, args.loss_weight_warmup_steps)
+                    loss = edm_loss(unet, preconditioning, clean, noise, level, cap, model_kwargs)
+                else:
+                    loss = ddpm_loss(unet, noise_scheduler, clean, noise, level, args.prediction_type, model_kwargs)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(unet.parameters(), args.max_grad_norm)
@@ -550,7 +626,11 @@ def finish(
     model.eval()
     if args.gradient_checkpointing:
         model.disable_gradient_checkpointing()
-    pipeline = DDPMPipeline(unet=model, scheduler=noise_scheduler)
+    preconditioned = getattr(model, "preconditioning", None) is not None  # None for UNet2DModel
+    if preconditioned:  # DDPMPipeline would neither scale the input nor use EDM's sigmas
+        pipeline = ContinuousUNetPipeline(unet=model, scheduler=sampling_scheduler(model, noise_scheduler))
+    else:
+        pipeline = DDPMPipeline(unet=model, scheduler=noise_scheduler)
     pipeline.save_pretrained(str(output_dir), safe_serialization=True)
 
     images, grid = sample_grid(model, noise_scheduler, args, n_classes, accelerator.device)
@@ -580,24 +660,26 @@ def finish(
         "optimizer": (
             f"AdamW, lr {args.learning_rate}, {args.lr_scheduler} schedule, {args.lr_warmup_steps} warm-up steps"
         ),
-        "noise schedule": f"{args.beta_schedule}, {args.num_train_timesteps} steps, {args.prediction_type} prediction",
+        "noise schedule": noise_schedule_text(args),
         "EMA": f"max decay {args.ema_max_decay}" if args.use_ema else "off",
         "mixed precision": args.mixed_precision,
         "seed": args.seed,
     }
+    sampler_name = "EDM DPM-Solver++" if preconditioned else "DDIM"
     card = render_model_card(
         model,
         repo_id=args.hub_model_id or f"your-name/{output_dir.name}",
         dataset_name=args.train_data_dir or args.dataset_name,
         training_settings=settings,
         metrics=metrics,
-        grid_caption=f"{len(images)} samples, DDIM {args.validation_inference_steps} steps, EMA weights.",
+        grid_caption=f"{len(images)} samples, {sampler_name} {args.validation_inference_steps} steps, EMA weights.",
         machine=f"{accelerator.num_processes} x {accelerator.device.type}",
     )
     card.save(str(output_dir / "README.md"))
+    loader = "diffusers_cunet.pipelines.ContinuousUNetPipeline" if preconditioned else "DDPMPipeline"
     print(
         f"\nSaved the pipeline to {output_dir}/ (load it with `import diffusers_cunet` then "
-        f"`DDPMPipeline.from_pretrained({str(output_dir)!r})`)."
+        f"`{loader}.from_pretrained({str(output_dir)!r})`)."
     )
     print(f"Sample grid: {grid_path}")
     print("Metrics: " + ", ".join(f"{k} = {v}" for k, v in metrics.items()))
@@ -605,6 +687,20 @@ def finish(
         url = push_to_hub(output_dir, args.hub_model_id, args.hub_token, args.hub_private)
         print(f"Uploaded to {url}")
     return {"metrics": metrics, "grid": str(grid_path)}
+
+
+def noise_schedule_text(args: argparse.Namespace) -> str:
+    if args.preconditioning == "none":
+        return f"{args.beta_schedule}, {args.num_train_timesteps} steps, {args.prediction_type} prediction"
+    text = (
+        f"{args.preconditioning} preconditioning, sigma_data {args.sigma_data}, "
+        f"log sigma ~ N({args.edm_p_mean}, {args.edm_p_std}^2)"
+    )
+    if args.preconditioning == "edm-fdm":
+        text += f", momentum {args.fdm_momentum}"
+    if args.loss_weight_warmup_steps:
+        text += f", loss-weight warm-up {args.loss_weight_warmup_steps} steps"
+    return text
 
 
 def push_to_hub(output_dir: Path, repo_id: str, token: str | None, private: bool) -> str:

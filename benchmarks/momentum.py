@@ -1,0 +1,254 @@
+"""DDPM-style vs EDM vs EDM-FDM training of the same cUNet on the embedded digits (issue: FDM, arXiv 2306.06991).
+
+    python -m benchmarks.momentum                # quick: the demo's recipe (1,500 steps), about 35 min on 2 cores
+    python -m benchmarks.momentum --mode tiny    # seconds: the smoke test
+
+All three runs use `training/configs/digits.yaml` (batch, learning rate, EMA, seed) and differ only in
+`--preconditioning`. Quality is the Fréchet distance to the 300 held-out digits in a digit classifier's feature
+space (no download), with common random numbers: (1) against training steps, from the EMA weights of every
+checkpoint, each method with its own sampler at the same number of network calls; (2) against sampling steps
+(network calls) for the final models. Results: `benchmarks/results/momentum.json`, `momentum.png`, and a section
+of BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
+
+from diffusers_cunet.checkpointing import checkpoint_step, list_checkpoints
+from diffusers_cunet.image_data import digits_images
+from diffusers_cunet.metrics import frechet_and_kid, train_digit_feature_net
+from diffusers_cunet.preconditioning import edm_scheduler
+
+from .quality import HELD_OUT, load_ema, load_train_module
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = {"ddpm": [], "edm": ["--preconditioning", "edm"], "edm-fdm": ["--preconditioning", "edm-fdm"]}
+LABELS = {"ddpm": "DDPM (eps, cosine)", "edm": "EDM", "edm-fdm": "EDM-FDM (m = 1)"}
+
+
+@dataclass
+class Settings:
+    steps: int
+    checkpoint_every: int
+    samples: int
+    curve_calls: int  # network calls per sample when scoring checkpoints
+    sweep_calls: tuple[int, ...]
+    batch_size: int = 64
+    resolution: int = 16
+    block_out_channels: tuple[int, ...] | None = None  # None: the digits-16 preset
+    seed: int = 0
+
+
+MODES = {
+    "tiny": Settings(steps=4, checkpoint_every=2, samples=16, curve_calls=3, sweep_calls=(2, 3), batch_size=16,
+                     resolution=8, block_out_channels=(16, 32)),
+    "quick": Settings(steps=1500, checkpoint_every=150, samples=250, curve_calls=25,
+                      sweep_calls=(3, 5, 8, 12, 16, 25, 50, 100)),
+}  # fmt: skip
+
+
+def samplers(method: str, unet, ddpm_config: dict[str, Any] | None) -> dict[str, Any]:
+    """The samplers each kind of model is scored with: its usual one first (used for the training curve)."""
+    if method == "ddpm":
+        return {"DDIM": DDIMScheduler.from_config(ddpm_config),
+                "DPM-Solver++": DPMSolverMultistepScheduler.from_config(ddpm_config)}  # fmt: skip
+    return {"EDM DPM-Solver++": edm_scheduler(unet, "dpmsolver++"), "EDM Euler": edm_scheduler(unet, "euler")}
+
+
+@torch.no_grad()
+def score(unet, scheduler, calls: int, real, feature_net, settings: Settings) -> dict[str, float]:
+    """Fréchet distance of `settings.samples` images drawn with `calls` network calls each."""
+    pipe = ContinuousUNetPipeline(unet=unet.eval(), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    start = time.perf_counter()
+    out = pipe(batch_size=settings.samples, num_inference_steps=calls, output_type="pt",
+               generator=torch.Generator().manual_seed(settings.seed))  # fmt: skip
+    seconds = time.perf_counter() - start
+    scores = frechet_and_kid(real, out.images.cpu(), feature_net)
+    return {"calls": calls, "frechet_distance": scores["frechet_distance"], "kid_mean": scores["kid_mean"],
+            "s_per_image": seconds / settings.samples}  # fmt: skip
+
+
+def first_step_reaching(curve: list[dict[str, Any]], target: float) -> int | None:
+    """The first training step whose Fréchet distance is at or below `target` (None if never)."""
+    return next((point["step"] for point in curve if point["frechet_distance"] <= target), None)
+
+
+def fewest_calls_reaching(sweep: list[dict[str, Any]], target: float) -> int | None:
+    return min((p["calls"] for p in sweep if p["frechet_distance"] <= target), default=None)
+
+
+def run(mode: str, runs_root: Path, results_path: Path) -> dict[str, Any]:
+    settings = MODES[mode]
+    train = load_train_module()
+    images, labels = digits_images(settings.resolution)
+    train_images, real = images[:-HELD_OUT], images[-HELD_OUT:]
+    feature_net = train_digit_feature_net(train_images, labels[:-HELD_OUT], seed=settings.seed)
+    reference = frechet_and_kid(real, train_images[: settings.samples], feature_net)["frechet_distance"]
+    rows: dict[str, Any] = {}
+    for method, extra in METHODS.items():
+        output = runs_root / method
+        argv = [
+            "--config", str(ROOT / "training" / "configs" / "digits.yaml"), "--output_dir", str(output),
+            "--resolution", str(settings.resolution), "--max_train_samples", str(len(train_images)),
+            "--train_batch_size", str(settings.batch_size), "--max_train_steps", str(settings.steps),
+            "--checkpointing_steps", str(settings.checkpoint_every), "--checkpoints_total_limit", "1000",
+            "--validation_steps", "0", "--num_validation_images", "16", "--report_to", "none",
+            "--seed", str(settings.seed), *extra,
+        ]  # fmt: skip
+        if settings.block_out_channels:
+            argv += ["--block_out_channels", *map(str, settings.block_out_channels)]
+        print(f"\n=== training {method} ({settings.steps} steps) ===", flush=True)
+        result = train.main(argv)
+        ddpm_config = None
+        if method == "ddpm":
+            ddpm_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
+        history = json.loads((output / "metrics.json").read_text())["loss_history"]
+        curve = []
+        for checkpoint in list_checkpoints(output):
+            model = load_ema(checkpoint, "cunet")
+            scheduler = next(iter(samplers(method, model, ddpm_config).values()))
+            point = score(model, scheduler, settings.curve_calls, real, feature_net, settings)
+            curve.append({"step": checkpoint_step(checkpoint), **point})
+            print(f"{method} step {curve[-1]['step']}: FD {point['frechet_distance']:.1f}", flush=True)
+        unet = result["unet"].eval()
+        sweeps = {}
+        for name, scheduler in samplers(method, unet, ddpm_config).items():
+            sweeps[name] = [score(unet, scheduler, n, real, feature_net, settings) for n in settings.sweep_calls]
+            print(f"{method} {name}: " + ", ".join(f"{p['calls']}: {p['frechet_distance']:.1f}" for p in sweeps[name]))
+        rows[method] = {
+            "label": LABELS[method],
+            "final_loss": result["metrics"]["final_loss (mean of last 10% of batches)"],
+            "train_seconds": result["metrics"]["training wall time (s)"],
+            "loss_history": [(h["step"], h["loss"]) for h in history],
+            "curve": curve,
+            "sweeps": sweeps,
+        }
+    result = {"mode": mode, "settings": asdict(settings), "real_vs_train_fd": reference, "runs": rows,
+              "summary": summarise(rows, settings), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+              "threads": torch.get_num_threads()}  # fmt: skip
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    results_path.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def summarise(rows: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The issue's two ratios: training steps for EDM-FDM to reach EDM's final quality, and network calls for
+    EDM-FDM to reach DDPM + DDIM-50 quality."""
+    edm_final = rows["edm"]["curve"][-1]["frechet_distance"]
+    fdm_step = first_step_reaching(rows["edm-fdm"]["curve"], edm_final)
+    ddim = {p["calls"]: p["frechet_distance"] for p in rows["ddpm"]["sweeps"]["DDIM"]}
+    ddim_calls = 50 if 50 in ddim else max(ddim)  # the issue's DDIM-50 (the largest count in tiny mode)
+    fdm_calls = fewest_calls_reaching(rows["edm-fdm"]["sweeps"]["EDM DPM-Solver++"], ddim[ddim_calls])
+    edm_calls = fewest_calls_reaching(rows["edm"]["sweeps"]["EDM DPM-Solver++"], ddim[ddim_calls])
+    return {
+        "edm_final_fd": edm_final,
+        "fdm_first_step_at_edm_final_fd": fdm_step,
+        "fdm_step_ratio": None if fdm_step is None else fdm_step / settings.steps,
+        "ddim_calls": ddim_calls,
+        "ddim_fd": ddim[ddim_calls],
+        "fdm_fewest_calls_at_ddim_fd": fdm_calls,
+        "fdm_call_ratio": None if fdm_calls is None else fdm_calls / ddim_calls,
+        "edm_fewest_calls_at_ddim_fd": edm_calls,
+    }
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
+    for row in result["runs"].values():
+        steps, losses = zip(*row["loss_history"])
+        ax[0].plot(steps, losses, label=row["label"], lw=0.8)
+        ax[1].plot([p["step"] for p in row["curve"]], [p["frechet_distance"] for p in row["curve"]], "o-",
+                   label=row["label"])  # fmt: skip
+        for name, sweep in row["sweeps"].items():
+            style = "-" if "Euler" not in name and name != "DDIM" else "--"
+            ax[2].plot([p["calls"] for p in sweep], [p["frechet_distance"] for p in sweep], style, marker=".",
+                       label=f"{row['label']}, {name}")  # fmt: skip
+    ax[0].set(xlabel="training step", ylabel="training loss (own units)", yscale="log", title="loss")
+    calls = result["settings"]["curve_calls"]
+    ax[1].set(xlabel="training step", ylabel="Fréchet distance", yscale="log",
+              title=f"quality vs training ({calls} network calls)")  # fmt: skip
+    ax[2].set(xlabel="network calls per sample", ylabel="Fréchet distance", xscale="log", yscale="log",
+              title="quality vs sampling steps (final EMA weights)")  # fmt: skip
+    for axis in ax:
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def section(result: dict[str, Any]) -> list[str]:
+    """The BENCHMARKS.md section."""
+    s, summary = result["settings"], result["summary"]
+    command = "python -m benchmarks.momentum" + ("" if result["mode"] == "quick" else f" --mode {result['mode']}")
+    lines = [
+        "\n## Momentum preconditioning (EDM-FDM) vs EDM vs DDPM-style training\n",
+        f"`{command}` ({result['date']}, torch {result['torch']}, {result['threads']} threads): the digits-16 cUNet, "
+        f"`training/configs/digits.yaml` ({s['steps']} steps, batch {s['batch_size']}), only `--preconditioning` "
+        f"differs. Fréchet distance of {s['samples']} samples to the 300 held-out digits in a digit classifier's "
+        f"feature space (training digits vs held-out: {result['real_vs_train_fd']:.1f}).\n",
+        f"Quality against training steps (EMA weights of each checkpoint; DDIM for DDPM, EDM DPM-Solver++ for "
+        f"EDM and EDM-FDM; {s['curve_calls']} network calls):\n",
+    ]
+    methods = list(result["runs"])
+    steps = [p["step"] for p in result["runs"][methods[0]]["curve"]]
+    lines.append("| step | " + " | ".join(result["runs"][m]["label"] for m in methods) + " |")
+    lines.append("|---:|" + "---:|" * len(methods))
+    for i, step in enumerate(steps):
+        values = [result["runs"][m]["curve"][i]["frechet_distance"] for m in methods]
+        lines.append(f"| {step} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    lines.append("\nQuality against network calls per sample (final EMA weights):\n")
+    columns = [(m, name) for m in methods for name in result["runs"][m]["sweeps"]]
+    lines.append("| calls | " + " | ".join(f"{result['runs'][m]['label']}, {n}" for m, n in columns) + " |")
+    lines.append("|---:|" + "---:|" * len(columns))
+    for i, calls in enumerate(s["sweep_calls"]):
+        values = [result["runs"][m]["sweeps"][n][i]["frechet_distance"] for m, n in columns]
+        lines.append(f"| {calls} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+
+    def ratio(value, total, unit):
+        return "never, within the run" if value is None else f"{value} {unit} = {value / total:.2f}x"
+
+    lines += [
+        "",
+        f"- EDM's final FD: {summary['edm_final_fd']:.1f}; EDM-FDM first at or below it at step "
+        f"{ratio(summary['fdm_first_step_at_edm_final_fd'], s['steps'], 'steps')} (target <= 0.60x).",
+        f"- DDPM + DDIM-{summary['ddim_calls']} FD: {summary['ddim_fd']:.1f}; EDM-FDM + EDM DPM-Solver++ reaches "
+        f"it with {ratio(summary['fdm_fewest_calls_at_ddim_fd'], summary['ddim_calls'], 'calls')} (target <= "
+        f"0.33x); EDM with {ratio(summary['edm_fewest_calls_at_ddim_fd'], summary['ddim_calls'], 'calls')}.",
+        "",
+        "![loss, quality vs training, quality vs calls](benchmarks/results/momentum.png)\n",
+    ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=sorted(MODES), default="quick")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--runs", type=Path, default=None, help="where the training runs go")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    result = run(args.mode, args.runs or ROOT / "outputs" / "momentum" / args.mode, args.results / "momentum.json")
+    plot(result, args.results / "momentum.png")
+    print("\n".join(section(result)))
+    print(f"\nThe momentum benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s.")
+    return result
+
+
+if __name__ == "__main__":
+    main()
