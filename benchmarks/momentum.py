@@ -34,6 +34,12 @@ from .quality import HELD_OUT, load_ema, load_train_module
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"ddpm": [], "edm": ["--preconditioning", "edm"], "edm-fdm": ["--preconditioning", "edm-fdm"]}
 LABELS = {"ddpm": "DDPM (eps, cosine)", "edm": "EDM", "edm-fdm": "EDM-FDM (m = 1)"}
+# Which part of EDM-FDM does what: its input scaling without the warm-up, and the warm-up on plain EDM.
+ABLATIONS = {
+    "edm-fdm-no-warmup": ["--preconditioning", "edm-fdm", "--loss_weight_warmup_steps", "0"],
+    "edm-warmup": ["--preconditioning", "edm", "--loss_weight_warmup_steps", "200"],
+}
+ABLATION_LABELS = {"edm-fdm-no-warmup": "EDM-FDM input scaling, no warm-up", "edm-warmup": "EDM + FDM warm-up 200"}
 
 
 @dataclass
@@ -79,16 +85,20 @@ def score(unet, scheduler, calls: int, real, feature_net, settings: Settings) ->
             "s_per_image": seconds / settings.samples}  # fmt: skip
 
 
-def first_step_reaching(curve: list[dict[str, Any]], target: float) -> int | None:
-    """The first training step whose Fréchet distance is at or below `target` (None if never)."""
-    return next((point["step"] for point in curve if point["frechet_distance"] <= target), None)
+def reaching(points: list[dict[str, Any]], key: str, target: float) -> tuple[int | None, int | None]:
+    """For points ordered by `key` (training step or network calls): the first at or below `target` Fréchet
+    distance, and the first from which every later point stays at or below it (None if none)."""
+    first = next((p[key] for p in points if p["frechet_distance"] <= target), None)
+    stays = None
+    for p in reversed(points):
+        if p["frechet_distance"] > target:
+            break
+        stays = p[key]
+    return first, stays
 
 
-def fewest_calls_reaching(sweep: list[dict[str, Any]], target: float) -> int | None:
-    return min((p["calls"] for p in sweep if p["frechet_distance"] <= target), default=None)
-
-
-def run(mode: str, runs_root: Path, results_path: Path) -> dict[str, Any]:
+def run(mode: str, runs_root: Path, results_path: Path, ablation: bool = False) -> dict[str, Any]:
+    """Train and score the three methods (or, with `ablation`, the two ablations: curves only)."""
     settings = MODES[mode]
     train = load_train_module()
     images, labels = digits_images(settings.resolution)
@@ -96,7 +106,7 @@ def run(mode: str, runs_root: Path, results_path: Path) -> dict[str, Any]:
     feature_net = train_digit_feature_net(train_images, labels[:-HELD_OUT], seed=settings.seed)
     reference = frechet_and_kid(real, train_images[: settings.samples], feature_net)["frechet_distance"]
     rows: dict[str, Any] = {}
-    for method, extra in METHODS.items():
+    for method, extra in (ABLATIONS if ablation else METHODS).items():
         output = runs_root / method
         argv = [
             "--config", str(ROOT / "training" / "configs" / "digits.yaml"), "--output_dir", str(output),
@@ -123,11 +133,11 @@ def run(mode: str, runs_root: Path, results_path: Path) -> dict[str, Any]:
             print(f"{method} step {curve[-1]['step']}: FD {point['frechet_distance']:.1f}", flush=True)
         unet = result["unet"].eval()
         sweeps = {}
-        for name, scheduler in samplers(method, unet, ddpm_config).items():
+        for name, scheduler in samplers(method, unet, ddpm_config).items() if not ablation else ():
             sweeps[name] = [score(unet, scheduler, n, real, feature_net, settings) for n in settings.sweep_calls]
             print(f"{method} {name}: " + ", ".join(f"{p['calls']}: {p['frechet_distance']:.1f}" for p in sweeps[name]))
         rows[method] = {
-            "label": LABELS[method],
+            "label": (ABLATION_LABELS if ablation else LABELS)[method],
             "final_loss": result["metrics"]["final_loss (mean of last 10% of batches)"],
             "train_seconds": result["metrics"]["training wall time (s)"],
             "loss_history": [(h["step"], h["loss"]) for h in history],
@@ -135,31 +145,34 @@ def run(mode: str, runs_root: Path, results_path: Path) -> dict[str, Any]:
             "sweeps": sweeps,
         }
     result = {"mode": mode, "settings": asdict(settings), "real_vs_train_fd": reference, "runs": rows,
-              "summary": summarise(rows, settings), "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
               "threads": torch.get_num_threads()}  # fmt: skip
+    if not ablation:
+        result["summary"] = summarise(rows, settings.steps)
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(result, indent=2))
     return result
 
 
-def summarise(rows: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """The issue's two ratios: training steps for EDM-FDM to reach EDM's final quality, and network calls for
-    EDM-FDM to reach DDPM + DDIM-50 quality."""
+def summarise(rows: dict[str, Any], steps: int) -> dict[str, Any]:
+    """The issue's two ratios (training steps for EDM-FDM to reach EDM's final quality; network calls for EDM-FDM
+    to reach DDPM + DDIM-50 quality), the same for EDM, and the steps each method needs for DDPM's final quality.
+    Each as (first point at or below the target, first point from which all later ones stay there)."""
     edm_final = rows["edm"]["curve"][-1]["frechet_distance"]
-    fdm_step = first_step_reaching(rows["edm-fdm"]["curve"], edm_final)
+    ddpm_final = rows["ddpm"]["curve"][-1]["frechet_distance"]
     ddim = {p["calls"]: p["frechet_distance"] for p in rows["ddpm"]["sweeps"]["DDIM"]}
     ddim_calls = 50 if 50 in ddim else max(ddim)  # the issue's DDIM-50 (the largest count in tiny mode)
-    fdm_calls = fewest_calls_reaching(rows["edm-fdm"]["sweeps"]["EDM DPM-Solver++"], ddim[ddim_calls])
-    edm_calls = fewest_calls_reaching(rows["edm"]["sweeps"]["EDM DPM-Solver++"], ddim[ddim_calls])
     return {
+        "steps": steps,
         "edm_final_fd": edm_final,
-        "fdm_first_step_at_edm_final_fd": fdm_step,
-        "fdm_step_ratio": None if fdm_step is None else fdm_step / settings.steps,
+        "fdm_steps_to_edm_final": reaching(rows["edm-fdm"]["curve"], "step", edm_final),
+        "ddpm_final_fd": ddpm_final,
+        "steps_to_ddpm_final": {m: reaching(rows[m]["curve"], "step", ddpm_final) for m in ("edm", "edm-fdm")},
         "ddim_calls": ddim_calls,
         "ddim_fd": ddim[ddim_calls],
-        "fdm_fewest_calls_at_ddim_fd": fdm_calls,
-        "fdm_call_ratio": None if fdm_calls is None else fdm_calls / ddim_calls,
-        "edm_fewest_calls_at_ddim_fd": edm_calls,
+        "calls_to_ddim_fd": {
+            m: reaching(rows[m]["sweeps"]["EDM DPM-Solver++"], "calls", ddim[ddim_calls]) for m in ("edm", "edm-fdm")
+        },
     }
 
 
@@ -192,8 +205,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def section(result: dict[str, Any]) -> list[str]:
-    """The BENCHMARKS.md section."""
+def section(result: dict[str, Any], ablation: dict[str, Any] | None = None) -> list[str]:
+    """The BENCHMARKS.md section (with the ablation's table when it was run)."""
     s, summary = result["settings"], result["summary"]
     command = "python -m benchmarks.momentum" + ("" if result["mode"] == "quick" else f" --mode {result['mode']}")
     lines = [
@@ -220,19 +233,43 @@ def section(result: dict[str, Any]) -> list[str]:
         values = [result["runs"][m]["sweeps"][n][i]["frechet_distance"] for m, n in columns]
         lines.append(f"| {calls} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
 
-    def ratio(value, total, unit):
-        return "never, within the run" if value is None else f"{value} {unit} = {value / total:.2f}x"
+    summary = summarise(result["runs"], s["steps"])
 
+    def ratio(pair, total, unit):
+        first, stays = pair
+        if first is None:
+            return "never within the run"
+        text = f"first at {first} {unit} ({first / total:.2f}x)"
+        return text + (f", for good from {stays} ({stays / total:.2f}x)" if stays is not None else ", not for good")
+
+    steps_to_ddpm = summary["steps_to_ddpm_final"]
+    calls = summary["calls_to_ddim_fd"]
     lines += [
         "",
-        f"- EDM's final FD: {summary['edm_final_fd']:.1f}; EDM-FDM first at or below it at step "
-        f"{ratio(summary['fdm_first_step_at_edm_final_fd'], s['steps'], 'steps')} (target <= 0.60x).",
-        f"- DDPM + DDIM-{summary['ddim_calls']} FD: {summary['ddim_fd']:.1f}; EDM-FDM + EDM DPM-Solver++ reaches "
-        f"it with {ratio(summary['fdm_fewest_calls_at_ddim_fd'], summary['ddim_calls'], 'calls')} (target <= "
-        f"0.33x); EDM with {ratio(summary['edm_fewest_calls_at_ddim_fd'], summary['ddim_calls'], 'calls')}.",
+        f"- EDM's final FD {summary['edm_final_fd']:.1f}: EDM-FDM reaches it "
+        f"{ratio(summary['fdm_steps_to_edm_final'], s['steps'], 'steps')} (target <= 0.60x).",
+        f"- DDPM's final FD {summary['ddpm_final_fd']:.1f}: EDM reaches it "
+        f"{ratio(steps_to_ddpm['edm'], s['steps'], 'steps')}; "
+        f"EDM-FDM {ratio(steps_to_ddpm['edm-fdm'], s['steps'], 'steps')}.",
+        f"- DDPM + DDIM-{summary['ddim_calls']} FD {summary['ddim_fd']:.1f}: EDM-FDM + EDM DPM-Solver++ reaches it "
+        f"{ratio(calls['edm-fdm'], summary['ddim_calls'], 'calls')} (target <= 0.33x); EDM "
+        f"{ratio(calls['edm'], summary['ddim_calls'], 'calls')}.",
         "",
         "![loss, quality vs training, quality vs calls](benchmarks/results/momentum.png)\n",
     ]
+    if ablation:
+        runs = {**{m: result["runs"][m] for m in ("edm", "edm-fdm")}, **ablation["runs"]}
+        lines += [
+            "Ablation (`python -m benchmarks.momentum --ablation`): which part of EDM-FDM does what. Same recipe "
+            "and sampler; Fréchet distance against training steps:\n",
+            "| step | " + " | ".join(r["label"] for r in runs.values()) + " |",
+            "|---:|" + "---:|" * len(runs),
+        ]
+        for i, step in enumerate(steps):
+            lines.append(
+                f"| {step} | " + " | ".join(f"{r['curve'][i]['frechet_distance']:.1f}" for r in runs.values()) + " |"
+            )
+        lines.append("")
     return lines
 
 
@@ -241,11 +278,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--runs", type=Path, default=None, help="where the training runs go")
+    parser.add_argument("--ablation", action="store_true", help="train the two ablations (needs momentum.json)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    result = run(args.mode, args.runs or ROOT / "outputs" / "momentum" / args.mode, args.results / "momentum.json")
-    plot(result, args.results / "momentum.png")
-    print("\n".join(section(result)))
+    runs = args.runs or ROOT / "outputs" / "momentum" / args.mode
+    if args.ablation:
+        result = run(args.mode, runs, args.results / "momentum_ablation.json", ablation=True)
+        main_result = json.loads((args.results / "momentum.json").read_text())
+        print("\n".join(section(main_result, result)))
+    else:
+        result = run(args.mode, runs, args.results / "momentum.json")
+        plot(result, args.results / "momentum.png")
+        print("\n".join(section(result)))
     print(f"\nThe momentum benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s.")
     return result
 

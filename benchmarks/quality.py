@@ -111,8 +111,17 @@ def evaluate(unet, noise_config, real, feature_net, recognizer, settings: Settin
 
 
 def load_ema(checkpoint: Path, model_type: str):
+    """The EMA weights of a training checkpoint (diffusers' EMAModel folder: its decay settings sit in the config,
+    which diffusers reports as unexpected keys; that warning is silenced here)."""
+    from diffusers.utils import logging as diffusers_logging
+
     cls = ContinuousUNet2DModel if model_type == "cunet" else UNet2DModel
-    return cls.from_pretrained(checkpoint / "unet_ema")
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        return cls.from_pretrained(checkpoint / "unet_ema")
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def denoise_scores(unet, noise_config, clean: torch.Tensor, settings: Settings) -> list[dict[str, float]]:

@@ -217,7 +217,9 @@ def write(results: Path, output: Path, command: str, notes: list[str] | None = N
         from .momentum import section as momentum_section
 
         momentum_result = json.loads(momentum_file.read_text())
-        lines += momentum_section(momentum_result)
+        ablation_file = results / "momentum_ablation.json"
+        ablation = json.loads(ablation_file.read_text()) if ablation_file.exists() else None
+        lines += momentum_section(momentum_result, ablation)
         plot_momentum(momentum_result, results / "momentum.png")
     notes_file = results / "notes.md"  # hand-written reading of a run, dated; kept when the tables are rewritten
     if notes or notes_file.exists():
