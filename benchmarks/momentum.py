@@ -198,8 +198,42 @@ def plot(result: dict[str, Any], path: Path) -> None:
               title=f"quality vs training ({calls} network calls)")  # fmt: skip
     ax[2].set(xlabel="network calls per sample", ylabel="Fréchet distance", xscale="log", yscale="log",
               title="quality vs sampling steps (final EMA weights)")  # fmt: skip
+    for axis in ax[1:]:  # what 250 real training digits score: differences below it are sampling noise
+        axis.axhline(result["real_vs_train_fd"], color="grey", ls=":", lw=1, label="250 real training digits")
     for axis in ax:
         axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def sample_grids(runs_root: Path, path: Path, calls: int = 12, count: int = 32, seed: int = 0) -> None:
+    """One row of samples per method from its saved final pipeline, same noise, `calls` network calls each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from diffusers import DDPMPipeline
+
+    fig, ax = plt.subplots(len(METHODS), 1, figsize=(count * 0.42, len(METHODS) * 0.75 + 0.3))
+    for axis, method in zip(ax, METHODS):
+        folder = runs_root / method
+        if method == "ddpm":
+            saved = DDPMPipeline.from_pretrained(folder)
+            pipe = ContinuousUNetPipeline(unet=saved.unet, scheduler=DDIMScheduler.from_config(saved.scheduler.config))
+            sampler = "DDIM"
+        else:
+            pipe = ContinuousUNetPipeline.from_pretrained(folder)
+            sampler = "EDM DPM-Solver++"
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe(batch_size=count, num_inference_steps=calls, output_type="pt",
+                      generator=torch.Generator().manual_seed(seed)).images  # fmt: skip
+        framed = torch.nn.functional.pad(images[:, 0], (1, 1, 1, 1), value=0.5)  # grey frames keep digits apart
+        row = torch.cat(list(framed), dim=1).numpy()
+        axis.imshow(row, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axis.set_axis_off()
+        axis.set_title(f"{LABELS[method]}, {sampler}, {calls} calls", fontsize=8, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -256,6 +290,7 @@ def section(result: dict[str, Any], ablation: dict[str, Any] | None = None) -> l
         f"{ratio(calls['edm'], summary['ddim_calls'], 'calls')}.",
         "",
         "![loss, quality vs training, quality vs calls](benchmarks/results/momentum.png)\n",
+        "![samples of the three final models, same noise](benchmarks/results/momentum_samples.png)\n",
     ]
     if ablation:
         runs = {**{m: result["runs"][m] for m in ("edm", "edm-fdm")}, **ablation["runs"]}
@@ -289,6 +324,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         result = run(args.mode, runs, args.results / "momentum.json")
         plot(result, args.results / "momentum.png")
+        sample_grids(runs, args.results / "momentum_samples.png")
         print("\n".join(section(result)))
     print(f"\nThe momentum benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s.")
     return result
