@@ -41,5 +41,6 @@ def test_tiny_momentum_benchmark_writes_curves_summary_and_plot(tmp_path):
         and summary["edm_final_fd"] == result["runs"]["edm"]["curve"][-1]["frechet_distance"]
     )
     assert (results / "momentum.png").stat().st_size > 1000
+    assert (results / "momentum_samples.png").stat().st_size > 1000
     text = report.write(results, tmp_path / "BENCHMARKS.md", "test").read_text()
     assert "Momentum preconditioning (EDM-FDM)" in text and "| step |" in text
