@@ -117,15 +117,22 @@ class FDMPreconditioning(EDMPreconditioning):
 
     where m is the momentum multiplier. The critically damped factor goes from 1 at sigma_min (t = 0) down to
     ~5e-4 at sigma_max with the defaults; as m * beta -> 0 it tends to 1 (no damping). c_skip, c_out and c_noise
-    are EDM's. Below sigma_min, t is clipped to 0 so the factor stays 1 rather than dipping under it."""
+    are EDM's. Below sigma_min, t is clipped to 0 so the factor stays 1 rather than dipping under it.
+
+    As in FDM's code, the factor *replaces* EDM's c_in, so the network sees x unnormalised (standard deviation
+    up to ~17 near sigma = 20). `normalize_input=True` (our variant, not the paper's) multiplies EDM's c_in by it
+    instead, keeping unit-variance inputs and damping them further at high noise."""
 
     momentum: float = 1.0
     beta_min: float = 0.1
     beta_d: float = 19.9
+    normalize_input: bool = False
     type: ClassVar[str] = "edm-fdm"
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if not isinstance(self.normalize_input, bool):
+            raise ValueError(f"preconditioning normalize_input must be true or false, got {self.normalize_input!r}.")
         for name in ("momentum", "beta_min", "beta_d"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
@@ -143,7 +150,8 @@ class FDMPreconditioning(EDMPreconditioning):
 
     def c_in(self, sigma: torch.Tensor | float) -> torch.Tensor:
         damping = self.momentum * self.fdm_beta(self.fdm_time(sigma))
-        return torch.exp(-damping) * (1 + damping)
+        factor = torch.exp(-damping) * (1 + damping)
+        return factor * super().c_in(sigma) if self.normalize_input else factor
 
 
 PRECONDITIONING_TYPES: dict[str, type[EDMPreconditioning]] = {

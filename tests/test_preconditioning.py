@@ -83,6 +83,15 @@ def test_fdm_scaling_limits():
     assert float(FDMPreconditioning(momentum=1e4).c_in(1.0)) < 1e-6
 
 
+def test_normalized_fdm_variant_multiplies_edm_c_in():
+    sigma = torch.logspace(-3, 2, 20, dtype=torch.float64)
+    edm, fdm = EDMPreconditioning(), FDMPreconditioning()
+    ours = FDMPreconditioning(normalize_input=True)
+    torch.testing.assert_close(ours.c_in(sigma), fdm.c_in(sigma) * edm.c_in(sigma))
+    # without momentum it is exactly EDM
+    torch.testing.assert_close(FDMPreconditioning(momentum=0.0, normalize_input=True).c_in(sigma), edm.c_in(sigma))
+
+
 def test_denoise_is_c_skip_x_plus_c_out_f():
     model = make_tiny(preconditioning={"type": "edm-fdm"})
     pre = model.preconditioning
@@ -114,6 +123,7 @@ def test_loss_weight_warmup_is_geometric_from_5_to_500():
         ({"type": "edm", "sigma_data": -1}, "sigma_data"),
         ({"type": "edm", "sigma_min": 5, "sigma_max": 1}, "below sigma_max"),
         ({"type": "edm-fdm", "momentum": float("nan")}, "momentum"),
+        ({"type": "edm-fdm", "normalize_input": "yes"}, "normalize_input"),
         ("edm", "must be a mapping"),
     ],
 )
@@ -127,7 +137,7 @@ def test_bad_preconditioning_is_refused(config, message):
 def test_config_records_every_setting_and_survives_save_load(tmp_path):
     model = make_tiny(preconditioning={"type": "edm-fdm", "momentum": 2.0})
     expected = {"sigma_data": 0.5, "sigma_min": 0.002, "sigma_max": 80.0, "momentum": 2.0, "beta_min": 0.1}
-    assert model.config.preconditioning == {"type": "edm-fdm", **expected, "beta_d": 19.9}
+    assert model.config.preconditioning == {"type": "edm-fdm", **expected, "beta_d": 19.9, "normalize_input": False}
     model.save_pretrained(tmp_path)
     loaded = ContinuousUNet2DModel.from_pretrained(tmp_path)
     assert loaded.preconditioning == FDMPreconditioning(momentum=2.0)

@@ -45,6 +45,7 @@ def test_fdm_run_saves_a_preconditioned_pipeline_that_reloads(fdm_run):
     assert index["scheduler"] == ["diffusers", "EDMDPMSolverMultistepScheduler"]
     config = json.loads((output / "unet" / "config.json").read_text())
     assert config["preconditioning"]["type"] == "edm-fdm" and config["preconditioning"]["momentum"] == 1.5
+    assert config["preconditioning"]["normalize_input"] is False
     pipe = ContinuousUNetPipeline.from_pretrained(output)
     assert isinstance(pipe.scheduler, EDMDPMSolverMultistepScheduler)
     assert pipe.scheduler.config.sigma_data == config["preconditioning"]["sigma_data"]
@@ -112,6 +113,8 @@ def test_a_checkpoint_of_another_preconditioning_is_refused(tmp_path, module):
         (["--preconditioning", "edm", "--prediction_type", "v_prediction"], "DDPM-style training"),
         (["--preconditioning", "edm-fdm", "--loss_weight_warmup_steps", "-1"], "must be >= 0"),
         (["--preconditioning", "vp"], "invalid choice"),
+        (["--fdm_normalize_input"], "applies to --preconditioning edm or edm-fdm only"),
+        (["--preconditioning", "edm", "--fdm_normalize_input"], "applies to --preconditioning edm-fdm only"),
     ],
 )
 def test_bad_preconditioning_options_are_refused(tmp_path, module, capsys, extra, message):

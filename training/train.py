@@ -122,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     diffusion.add_argument("--fdm_beta_min", type=float, default=0.1, help="EDM-FDM: beta(t) slope at t = 0.")
     diffusion.add_argument("--fdm_beta_d", type=float, default=19.9, help="EDM-FDM: beta(t) curvature.")
     diffusion.add_argument(
+        "--fdm_normalize_input",
+        action="store_true",
+        help="EDM-FDM, our variant: multiply EDM's c_in by FDM's factor instead of replacing it.",
+    )
+    diffusion.add_argument(
         "--loss_weight_warmup_steps",
         type=int,
         default=None,
@@ -190,6 +195,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be positive, got {getattr(args, name)}.")
     if args.preconditioning == "none":
         edm_only = [name for name in ("loss_weight_warmup_steps",) if getattr(args, name) is not None]
+        edm_only += ["fdm_normalize_input"] if args.fdm_normalize_input else []
         if edm_only:
             parser.error(f"--{edm_only[0]} applies to --preconditioning edm or edm-fdm only.")
     else:
@@ -197,6 +203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("--prediction_type applies to DDPM-style training (--preconditioning none) only.")
         if args.model_type != "cunet":
             parser.error("--preconditioning edm|edm-fdm is recorded in the ContinuousUNet2DModel config: cunet only.")
+        if args.fdm_normalize_input and args.preconditioning != "edm-fdm":
+            parser.error("--fdm_normalize_input applies to --preconditioning edm-fdm only.")
         if args.loss_weight_warmup_steps is None:
             args.loss_weight_warmup_steps = 200 if args.preconditioning == "edm-fdm" else 0
         if args.loss_weight_warmup_steps < 0:
@@ -247,6 +255,7 @@ def preconditioning_config(args: argparse.Namespace) -> dict[str, Any]:
     config = {"type": args.preconditioning, "sigma_data": args.sigma_data}
     if args.preconditioning == "edm-fdm":
         config.update(momentum=args.fdm_momentum, beta_min=args.fdm_beta_min, beta_d=args.fdm_beta_d)
+        config["normalize_input"] = args.fdm_normalize_input
     return config
 
 
