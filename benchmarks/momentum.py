@@ -39,11 +39,16 @@ ABLATIONS = {
     "edm-fdm-no-warmup": ["--preconditioning", "edm-fdm", "--loss_weight_warmup_steps", "0"],
     "edm-warmup": ["--preconditioning", "edm", "--loss_weight_warmup_steps", "200"],
     "edm-fdm-normalized": ["--preconditioning", "edm-fdm", "--fdm_normalize_input"],  # our variant
+    # a second training seed (same evaluation seed) for the two best, to see the run-to-run spread
+    "edm-seed1": ["--preconditioning", "edm", "--seed", "1"],
+    "edm-warmup-seed1": ["--preconditioning", "edm", "--loss_weight_warmup_steps", "200", "--seed", "1"],
 }
 ABLATION_LABELS = {
     "edm-fdm-no-warmup": "EDM-FDM input scaling, no warm-up",
     "edm-warmup": "EDM + FDM warm-up 200",
     "edm-fdm-normalized": "EDM c_in x FDM factor, warm-up 200 (ours)",
+    "edm-seed1": "EDM, training seed 1",
+    "edm-warmup-seed1": "EDM + FDM warm-up 200, training seed 1",
 }
 
 
