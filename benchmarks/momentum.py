@@ -320,6 +320,10 @@ def section(result: dict[str, Any], ablation: dict[str, Any] | None = None) -> l
             lines.append(
                 f"| {step} | " + " | ".join(f"{r['curve'][i]['frechet_distance']:.1f}" for r in runs.values()) + " |"
             )
+        lines.append(f"\nSteps to EDM's final FD ({summary['edm_final_fd']:.1f}):\n")
+        for row in runs.values():
+            reached = reaching(row["curve"], "step", summary["edm_final_fd"])
+            lines.append(f"- {row['label']}: {ratio(reached, s['steps'], 'steps')}")
         lines.append("")
     return lines
 
