@@ -12,9 +12,12 @@ def count_parameters(model: nn.Module) -> int:
 
 
 @torch.no_grad()
-def count_forward_flops(model: nn.Module, batch_size: int = 1, timestep: int = 500) -> int:
-    """FLOPs of one forward call on a random batch of the model's sample size (a multiply-add counts 2)."""
+def count_forward_flops(model: nn.Module, batch_size: int = 1, timestep: int | float | None = None) -> int:
+    """FLOPs of one forward call on a random batch of the model's sample size (a multiply-add counts 2); the
+    timestep defaults to 500, or c_noise(sigma = 1) = 0.0 for an EDM-preconditioned model."""
     config = model.config
+    if timestep is None:
+        timestep = 0.0 if getattr(model, "preconditioning", None) is not None else 500
     sample = torch.randn(batch_size, config.in_channels, config.sample_size, config.sample_size)
     kwargs = {}
     if getattr(config, "num_class_embeds", None):

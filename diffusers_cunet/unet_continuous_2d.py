@@ -8,6 +8,7 @@ loads a pipeline, which is why it is imported here at module level.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -361,6 +362,7 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         if not torch.compiler.is_compiling():
             if timestep.is_floating_point() and not torch.isfinite(timestep).all():
                 raise ValueError(f"timestep must be finite, got {timestep.tolist()}.")
+            self._check_edm_timestep(timestep)
             if not torch.isfinite(sample).all():
                 raise ValueError("sample contains NaN or infinite values.")
         if self.class_embedding is not None:
@@ -369,6 +371,22 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
             if class_labels.shape != (batch,):
                 raise ValueError(f"class_labels must have shape ({batch},), got {tuple(class_labels.shape)}.")
         return timestep.expand(batch)
+
+    def _check_edm_timestep(self, timestep: torch.Tensor) -> None:
+        """A preconditioned model's timestep is c_noise = log(sigma) / 4; the integer timesteps of a DDPM-style
+        sampler (e.g. `DDPMPipeline`, which never scales its inputs) would silently give wrong images."""
+        preconditioning = self.preconditioning
+        if preconditioning is None:
+            return
+        low = math.log(preconditioning.sigma_min / 100) / 4
+        high = math.log(preconditioning.sigma_max * 100) / 4
+        if timestep.min() < low or timestep.max() > high:
+            raise ValueError(
+                f"This model was trained with {preconditioning.type!r} preconditioning: its timestep is "
+                f"c_noise = log(sigma) / 4 (between {low:.2f} and {high:.2f}), got {timestep.tolist()[:4]}. Sample "
+                "it with diffusers_cunet.pipelines.ContinuousUNetPipeline and an EDM scheduler "
+                "(diffusers_cunet.preconditioning.edm_scheduler(model)), not DDPMPipeline."
+            )
 
     # ------------------------------------------------------------------ loading
     @classmethod

@@ -233,6 +233,21 @@ def test_mismatched_model_and_scheduler_are_refused():
         edm_scheduler(edm_model, "heun")
 
 
+def test_ddpm_pipeline_on_an_edm_model_fails_loudly_not_silently():
+    """With a discrete scheduler, DDPMPipeline passes integer timesteps (and never scales its input): the model
+    refuses at the first call instead of returning noise."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    model = make_tiny(preconditioning={"type": "edm-fdm"})
+    pipe = DDPMPipeline(unet=model, scheduler=DDPMScheduler())
+    with pytest.raises(ValueError, match="ContinuousUNetPipeline"):
+        pipe(batch_size=1, num_inference_steps=2)
+    with pytest.raises(ValueError, match="c_noise"):
+        model(torch.zeros(1, 3, 8, 8), 999)
+    model(torch.zeros(1, 3, 8, 8), 0.25)  # a real c_noise passes
+    make_tiny()(torch.zeros(1, 3, 8, 8), 999)  # and DDPM-style models keep integer timesteps
+
+
 def test_denoise_pipeline_refuses_edm_models():
     model = make_tiny(preconditioning={"type": "edm"})
     pipe = ContinuousUNetDenoisePipeline(unet=model, scheduler=edm_scheduler(model))
