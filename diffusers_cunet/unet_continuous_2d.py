@@ -113,8 +113,10 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         self._solver = self._validate_arguments(locals())  # locals(): every constructor argument, by name
-        if preconditioning is not None:  # record every setting, defaults included: the saved config is explicit
-            self.register_to_config(preconditioning=preconditioning_from_config(preconditioning).to_config())
+        # Built once (forward checks timesteps against it); every setting, defaults included, goes to the config.
+        self._preconditioning = preconditioning_from_config(preconditioning)
+        if self._preconditioning is not None:
+            self.register_to_config(preconditioning=self._preconditioning.to_config())
         block_out_channels = tuple(block_out_channels)
         attention_levels = tuple(attention_levels)
         mid_channels = mid_channels or block_out_channels[-1]
@@ -230,7 +232,7 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
     @property
     def preconditioning(self) -> EDMPreconditioning | None:
         """The EDM / EDM-FDM preconditioning recorded in the config, or `None` for a DDPM-style model."""
-        return preconditioning_from_config(self.config.get("preconditioning"))
+        return self._preconditioning
 
     # ------------------------------------------------------------------ solver settings
     @property
