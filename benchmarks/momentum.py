@@ -29,7 +29,7 @@ from diffusers_cunet.image_data import digits_images
 from diffusers_cunet.metrics import frechet_and_kid, train_digit_feature_net
 from diffusers_cunet.preconditioning import edm_scheduler
 
-from .quality import HELD_OUT, load_ema, load_train_module
+from .quality import HELD_OUT, load_ema, load_train_module, sample
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = {"ddpm": [], "edm": ["--preconditioning", "edm"], "edm-fdm": ["--preconditioning", "edm-fdm"]}
@@ -81,18 +81,12 @@ def samplers(method: str, unet, ddpm_config: dict[str, Any] | None) -> dict[str,
     return {"EDM DPM-Solver++": edm_scheduler(unet, "dpmsolver++"), "EDM Euler": edm_scheduler(unet, "euler")}
 
 
-@torch.no_grad()
 def score(unet, scheduler, calls: int, real, feature_net, settings: Settings) -> dict[str, float]:
     """Fréchet distance of `settings.samples` images drawn with `calls` network calls each."""
-    pipe = ContinuousUNetPipeline(unet=unet.eval(), scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    start = time.perf_counter()
-    out = pipe(batch_size=settings.samples, num_inference_steps=calls, output_type="pt",
-               generator=torch.Generator().manual_seed(settings.seed))  # fmt: skip
-    seconds = time.perf_counter() - start
-    scores = frechet_and_kid(real, out.images.cpu(), feature_net)
+    images, seconds, _ = sample(unet, scheduler, settings.samples, calls, settings.seed)
+    scores = frechet_and_kid(real, images, feature_net)
     return {"calls": calls, "frechet_distance": scores["frechet_distance"], "kid_mean": scores["kid_mean"],
-            "s_per_image": seconds / settings.samples}  # fmt: skip
+            "s_per_image": seconds}  # fmt: skip
 
 
 def reaching(points: list[dict[str, Any]], key: str, target: float) -> tuple[int | None, int | None]:

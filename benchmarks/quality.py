@@ -89,9 +89,9 @@ def load_train_module():
 
 
 @torch.no_grad()
-def sample(unet, noise_config, count: int, steps: int, seed: int) -> tuple[torch.Tensor, float, int | None]:
-    """`count` samples in [0, 1] with DDIM, the seconds per image, and ODE evaluations per image."""
-    pipe = ContinuousUNetPipeline(unet=unet.eval(), scheduler=DDIMScheduler.from_config(noise_config))
+def sample(unet, scheduler, count: int, steps: int, seed: int) -> tuple[torch.Tensor, float, int | None]:
+    """`count` samples in [0, 1] with `scheduler`, the seconds per image, and ODE evaluations per image."""
+    pipe = ContinuousUNetPipeline(unet=unet.eval(), scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     out = pipe(
@@ -102,7 +102,8 @@ def sample(unet, noise_config, count: int, steps: int, seed: int) -> tuple[torch
 
 
 def evaluate(unet, noise_config, real, feature_net, recognizer, settings: Settings) -> dict[str, float]:
-    images, seconds, evaluations = sample(unet, noise_config, settings.samples, settings.sampling_steps, settings.seed)
+    scheduler = DDIMScheduler.from_config(noise_config)
+    images, seconds, evaluations = sample(unet, scheduler, settings.samples, settings.sampling_steps, settings.seed)
     scores = frechet_and_kid(real, images, feature_net)
     scores["recognisable"] = recognizer.confident_share(images)
     scores["sampling_s_per_image"] = seconds
