@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from diffusers import DDPMPipeline
 from safetensors.torch import load_file
-from training_helpers import load_train_module, loss_history, train
+from training_helpers import assert_same_weights, load_train_module, loss_history, train
 
 import diffusers_cunet  # noqa: F401  (registers the model class for DDPMPipeline.from_pretrained)
 from diffusers_cunet.checkpointing import list_checkpoints
@@ -68,10 +69,6 @@ def test_model_card_has_the_real_numbers(trained):
     assert "recognisable samples" in card
 
 
-def _weights(folder):
-    return load_file(folder / "model.safetensors")
-
-
 def test_resume_is_exact(tmp_path):
     """A run resumed from step 4 ends with the same weights, EMA and all, as the uninterrupted run."""
     module = load_train_module()
@@ -90,13 +87,9 @@ def test_resume_is_exact(tmp_path):
 
     assert not (resumed / ".checkpoint-8.partial").exists()
     for name in ("checkpoint-8", "checkpoint-10"):
-        a, b = _weights(full / name), _weights(resumed / name)
-        for key in a:
-            torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=f"{name}: {key}")
-    a = load_file(full / "unet" / "diffusion_pytorch_model.safetensors")
-    b = load_file(resumed / "unet" / "diffusion_pytorch_model.safetensors")
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=f"EMA {key}")
+        assert_same_weights(full / name / "model.safetensors", resumed / name / "model.safetensors", f"{name}: ")
+    ema = Path("unet", "diffusion_pytorch_model.safetensors")
+    assert_same_weights(full / ema, resumed / ema, "EMA ")
     assert loss_history(resumed) == loss_history(full)[4:]
 
 

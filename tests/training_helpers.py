@@ -6,6 +6,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,3 +43,10 @@ def train(output_dir: Path, *extra: str, module=None) -> dict:
 
 def loss_history(output_dir: Path) -> list[float]:
     return [entry["loss"] for entry in json.loads((output_dir / "metrics.json").read_text())["loss_history"]]
+
+
+def assert_same_weights(expected: Path, actual: Path, label: str = "") -> None:
+    """Every tensor of the safetensors file `expected` is bit-identical in `actual`."""
+    a, b = load_file(expected), load_file(actual)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=0, msg=f"{label}{key}")
