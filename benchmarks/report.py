@@ -1,4 +1,5 @@
-"""Write BENCHMARKS.md and the PNG plots from the JSON results of `benchmarks.cost` and `benchmarks.quality`."""
+"""Write BENCHMARKS.md and the PNG plots from the JSON results of `benchmarks.cost`, `benchmarks.gpu`,
+`benchmarks.quality` and the other benchmarks."""
 
 from __future__ import annotations
 
@@ -107,6 +108,93 @@ def quality_section(quality: dict[str, Any]) -> list[str]:
     return lines
 
 
+def gpu_forward_rows(gpu: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every forward-latency row of a `benchmarks.gpu` result: eager, graphed and each compiled mode."""
+    rows = list(gpu.get("forward", []))
+    for key, value in gpu.items():
+        if key.startswith("compiled_"):
+            rows += value
+    return rows
+
+
+def best_forward(gpu: dict[str, Any], batch: int) -> dict[str, Any] | None:
+    """Each model's fastest bf16 forward at `batch` (any execution, autocast or bf16 weights) and their ratio."""
+    rows = [r for r in gpu_forward_rows(gpu) if r["batch"] == batch and r["precision"].startswith("bf16")]
+    if not rows:
+        return None
+    best = {name: min(rows, key=lambda r, n=name: r[f"{n}_ms"]) for name in ("cunet", "unet2d")}
+    return {
+        **{f"{n}_ms": r[f"{n}_ms"] for n, r in best.items()},
+        **{f"{n}_how": f"{r['execution']}, {r['precision']}" for n, r in best.items()},
+        "ratio": best["cunet"]["cunet_ms"] / best["unet2d"]["unet2d_ms"],
+    }
+
+
+def gpu_section(gpu: dict[str, Any]) -> list[str]:
+    counts = gpu["counts"]
+    lines = [
+        f"\n## GPU cost: {gpu['device']}\n",
+        f"`python -m benchmarks.gpu` ({gpu['date']}, torch {gpu['torch']}, one process, both models with random "
+        "weights, TF32 allowed, cudnn.benchmark on; medians). cUNet = preset `cifar10-32` (Euler x2, "
+        f"{counts['cunet']['params']:,} parameters, {counts['cunet']['gflops_per_call']:.2f} GFLOPs per call); "
+        f"UNet2DModel = `google/ddpm-cifar10-32`'s architecture ({counts['unet2d']['params']:,} parameters, "
+        f"{counts['unet2d']['gflops_per_call']:.2f} GFLOPs). *graphed* = `diffusers_cunet.acceleration."
+        "CUDAGraphedModel`; *compiled (reduce-overhead)* = `torch.compile(mode='reduce-overhead')`, the cUNet with "
+        "`fullgraph=True`; *bf16* = autocast, *bf16-weights* = the model cast to bfloat16. Ratio = cUNet / "
+        "UNet2DModel.\n",
+        "| forward | batch | execution | cUNet (ms) | UNet2DModel (ms) | ratio |\n|---|---:|---|---:|---:|---:|",
+    ]
+    for r in gpu_forward_rows(gpu):
+        lines.append(f"| {r['precision']} | {r['batch']} | {r['execution']} | {r['cunet_ms']:.2f} | "
+                     f"{r['unet2d_ms']:.2f} | **{r['ratio']:.3f}** |")  # fmt: skip
+    best = best_forward(gpu, max(r["batch"] for r in gpu_forward_rows(gpu)))
+    if best:
+        cunet = f"cUNet {best['cunet_ms']:.2f} ms ({best['cunet_how']})"
+        unet2d = f"UNet2DModel {best['unet2d_ms']:.2f} ms ({best['unet2d_how']})"
+        lines.append(f"\nFastest bf16 forward of each model: {cunet}, {unet2d}: **{best['ratio']:.3f}**.")
+    if gpu.get("sampling"):
+        lines.append(
+            "\n| DDIM sampling (ContinuousUNetPipeline) | batch | steps | cUNet (s) | UNet2DModel (s) | ratio |"
+        )
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        for r in gpu["sampling"]:
+            lines.append(f"| {r['execution']}, {r['precision']} | {r['batch']} | {r['steps']} | {r['cunet_s']:.3f} | "
+                         f"{r['unet2d_s']:.3f} | **{r['ratio']:.3f}** |")  # fmt: skip
+    training_rows = gpu.get("training", []) + gpu.get("training_compiled", [])
+    if training_rows:
+        lines.append(
+            "\n| training step (AdamW, MSE) | batch | cUNet images/s | UNet2DModel images/s | cUNet / UNet2DModel "
+            "| peak memory cUNet / UNet2DModel (GiB) |\n|---|---:|---:|---:|---:|---|"
+        )
+        for r in training_rows:
+            memory = f"{r['cunet_peak_gib']:.2f} / {r['unet2d_peak_gib']:.2f}" if "cunet_peak_gib" in r else "-"
+            speed = f"{r['cunet_images_per_s']:,.0f} | {r['unet2d_images_per_s']:,.0f}"
+            lines.append(f"| {r['execution']}, {r['precision']} | {r['batch']} | {speed} | "
+                         f"**{r['throughput_ratio']:.2f}x** | {memory} |")  # fmt: skip
+    if gpu.get("solver_sweep"):
+        executions = [k[: -len("_ms")] for k in gpu["solver_sweep"][0] if k.endswith("_ms")]
+        first = gpu["solver_sweep"][0]
+        header = " | ".join(f"{e} (ms)" for e in executions)
+        lines.append(
+            f"\n| cUNet solver (batch {first['batch']}, {first['precision']}) | evaluations per call | {header} |"
+        )
+        lines.append("|---|---:|" + "---:|" * len(executions))
+        for r in gpu["solver_sweep"]:
+            lines.append(f"| {r['method']} x{r['steps']} | {r['evaluations_per_call']} | "
+                         + " | ".join(f"{r[f'{e}_ms']:.2f}" for e in executions) + " |")  # fmt: skip
+    if gpu.get("graph_breaks"):
+        breaks = ", ".join(f"{n}: {v['graphs']} graph(s), {v['graph_breaks']} break(s)"
+                           for n, v in gpu["graph_breaks"].items())  # fmt: skip
+        lines.append(f"\n`torch._dynamo.explain`: {breaks}.")
+    if gpu.get("kernels"):
+        kernels = "; ".join(f"{n}: {v['kernels']} kernels, device busy {v['device_busy_ms']:.2f} ms"
+                            for n, v in gpu["kernels"].items())  # fmt: skip
+        lines.append(f"Kernels per eager bf16 forward (batch 128, torch.profiler): {kernels}.")
+    for section, error in gpu.get("errors", {}).items():
+        lines.append(f"\nSection `{section}` failed: {error}")
+    return lines
+
+
 def step_search_section(search: dict[str, Any]) -> list[str]:
     full, best = search["full"], search["best"]
     return [
@@ -199,6 +287,9 @@ def write(results: Path, output: Path, command: str, notes: list[str] | None = N
     if cost:
         lines += cost_section(cost)
         plot_solver_cost(cost, results / "solver_cost.png")
+    gpu_file = results / "gpu.json"
+    if gpu_file.exists():
+        lines += gpu_section(json.loads(gpu_file.read_text()))
     if quality:
         lines += quality_section(quality)
         plot_quality(quality, results / "quality_curves.png", results / "frontier.png")

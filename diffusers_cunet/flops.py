@@ -22,6 +22,11 @@ def count_forward_flops(model: nn.Module, batch_size: int = 1, timestep: int | f
     kwargs = {}
     if getattr(config, "num_class_embeds", None):
         kwargs["class_labels"] = torch.zeros(batch_size, dtype=torch.long)
+    # A compiled model (torch.compile or nn.Module.compile) cannot run under the counter's dispatch mode: count
+    # its plain forward, which computes the same.
+    call = getattr(model, "_orig_mod", model)
+    if getattr(call, "_compiled_call_impl", None) is not None:
+        call = call.forward
     with FlopCounterMode(display=False) as counter:
-        model(sample, timestep, **kwargs)
+        call(sample, timestep, **kwargs)
     return counter.get_total_flops()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchdiffeq import odeint, odeint_adjoint
 
+from .fixed_grid import integrate_fixed_grid
 from .solvers import SolverConfig
 
 NORM_TYPES = ("group", "instance", "none")
@@ -34,11 +35,13 @@ def make_norm(norm_type: str, channels: int, num_groups: int, eps: float) -> nn.
 
 
 class ODEDynamics(nn.Module):
-    """The right-hand side of a block's ODE, ``forward(s, state) -> d state / ds``.
+    """The right-hand side of a block's ODE, ``forward(state, conditioning) -> d state / ds``.
 
     The network is norm -> SiLU -> 3x3 conv -> norm -> time scale-shift -> SiLU -> dropout -> 3x3 conv. The last
     conv starts at zero, so a fresh block is the identity map and training starts from a plain U-Net skeleton.
-    Call :meth:`condition` with the time embedding before integrating.
+    It is a pure function of its arguments: the diffusion-time conditioning, computed once per solve by
+    :meth:`conditioning`, is passed in rather than stored on the module, so compiled or CUDA-graphed calls,
+    concurrent calls and the adjoint can never see another call's conditioning.
     """
 
     def __init__(
@@ -66,36 +69,35 @@ class ODEDynamics(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         nn.init.zeros_(self.conv2.weight)
         nn.init.zeros_(self.conv2.bias)
-        self.scale: torch.Tensor | None = None
-        self.shift: torch.Tensor | None = None
-        self.nfe = 0  # function evaluations since the last reset; read by the pipelines' compute reports
+        # Evaluations in eager calls since the last reset. Compiled and graph-replayed calls skip it (a Python
+        # counter would force recompiles); the pipelines count fixed-grid solves from the solver settings.
+        self.nfe = 0
 
-    def condition(self, temb: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """Fix the diffusion-time conditioning for the next solve; returns the tensors the adjoint must see."""
+    def conditioning(self, temb: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """The (scale, shift) pair of the time embedding for one solve, or `()` for an unconditioned field."""
         if self.time_emb_proj is None or temb is None:
-            self.scale = self.shift = None
             return ()
         scale, shift = self.time_emb_proj(F.silu(temb))[:, :, None, None].chunk(2, dim=1)
-        self.scale, self.shift = scale, shift
         return (scale, shift)
 
-    def field(self, state: torch.Tensor) -> torch.Tensor:
+    def field(self, state: torch.Tensor, conditioning: tuple[torch.Tensor, ...]) -> torch.Tensor:
         hidden = self.conv1(F.silu(self.norm1(state)))
         hidden = self.norm2(hidden)
-        if self.scale is not None:
-            hidden = hidden * (1 + self.scale) + self.shift
+        if conditioning:
+            scale, shift = conditioning
+            hidden = torch.addcmul(shift, hidden, 1 + scale)
         hidden = self.conv2(self.dropout(F.silu(hidden)))
         if self.residual:  # the released code's `out + x`: kept as an option, see the README's measurement
             hidden = hidden + state[:, : hidden.shape[1]]
         return hidden
 
-    def forward(self, s: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        if not torch.compiler.is_compiling():  # a Python counter inside a compiled graph forces recompiles
+    def forward(self, state: torch.Tensor, conditioning: tuple[torch.Tensor, ...] = ()) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
             self.nfe += 1
         if self.order == "first":
-            return self.field(state)
+            return self.field(state, conditioning)
         velocity = state[:, state.shape[1] // 2 :]
-        return torch.cat([velocity, self.field(state)], dim=1)
+        return torch.cat([velocity, self.field(state, conditioning)], dim=1)
 
 
 class InitialVelocity(nn.Module):
@@ -153,18 +155,30 @@ class ODEBlock(nn.Module):
         return self._solve(x, temb, solver)
 
     def _solve(self, x: torch.Tensor, temb: torch.Tensor | None, solver: SolverConfig) -> torch.Tensor:
-        conditioning = self.dynamics.condition(temb)
+        conditioning = self.dynamics.conditioning(temb)
         state = x if self.initial_velocity is None else torch.cat([x, self.initial_velocity(x)], dim=1)
-        span = torch.tensor([0.0, 1.0], dtype=x.dtype, device=x.device)
-        kwargs = solver.torchdiffeq_kwargs(x.dtype, x.device)
-        if solver.adjoint:
-            # The adjoint differentiates the vector field with respect to `adjoint_params` only. The time
-            # projection acts through the conditioning tensors, so those are named instead of its weights
-            # (naming both would count that gradient twice).
-            projection = set(self.dynamics.time_emb_proj.parameters()) if self.dynamics.time_emb_proj else set()
-            params = tuple(p for p in self.dynamics.parameters() if p.requires_grad and p not in projection)
-            params += conditioning
-            trajectory = odeint_adjoint(self.dynamics, state, span, adjoint_params=params, **kwargs)
-        else:
-            trajectory = odeint(self.dynamics, state, span, **kwargs)
-        return trajectory[-1][:, : x.shape[1]]
+        if solver.uses_torchdiffeq:
+            final = self._solve_with_torchdiffeq(state, conditioning, solver)
+        else:  # the sync-free path: an unrolled loop that torch.compile and CUDA graphs take whole
+            final = integrate_fixed_grid(lambda y: self.dynamics(y, conditioning), state, solver.method, solver.steps)
+        return final[:, : x.shape[1]]
+
+    def _solve_with_torchdiffeq(
+        self, state: torch.Tensor, conditioning: tuple[torch.Tensor, ...], solver: SolverConfig
+    ) -> torch.Tensor:
+        """Adaptive methods and the adjoint: torchdiffeq, with the conditioning bound into the vector field."""
+
+        def field(s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return self.dynamics(y, conditioning)
+
+        span = torch.tensor([0.0, 1.0], dtype=state.dtype, device=state.device)
+        kwargs = solver.torchdiffeq_kwargs()
+        if not solver.adjoint:
+            return odeint(field, state, span, **kwargs)[-1]
+        # The adjoint differentiates the vector field with respect to `adjoint_params` only. The time projection
+        # acts through the conditioning tensors, so those are named instead of its weights (naming both would
+        # count that gradient twice).
+        projection = set(self.dynamics.time_emb_proj.parameters()) if self.dynamics.time_emb_proj else set()
+        params = tuple(p for p in self.dynamics.parameters() if p.requires_grad and p not in projection)
+        params += conditioning
+        return odeint_adjoint(field, state, span, adjoint_params=params, **kwargs)[-1]

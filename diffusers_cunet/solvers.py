@@ -13,14 +13,16 @@ from typing import Any
 
 import torch
 
-# Fixed-grid methods and the number of function evaluations each spends per step. A fixed grid makes a
-# sample's output independent of the batch it was computed in, so these are the defaults.
-FIXED_STEP_METHODS: dict[str, int] = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
+from .fixed_grid import TABLEAUS
+
+# Fixed-grid methods and the function evaluations (Runge-Kutta stages) each spends per step. A fixed grid makes
+# a sample's output independent of the batch it was computed in, so these are the defaults.
+EVALUATIONS_PER_STEP: dict[str, int] = {name: tableau.stages for name, tableau in TABLEAUS.items()}
 # Order of accuracy of each fixed-grid method (the tests check the observed convergence against it).
 FIXED_STEP_ORDERS: dict[str, int] = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
 # Adaptive methods choose their own steps from rtol/atol; their cost depends on the data.
 ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-SOLVER_METHODS: tuple[str, ...] = tuple(FIXED_STEP_METHODS) + ADAPTIVE_METHODS
+SOLVER_METHODS: tuple[str, ...] = tuple(EVALUATIONS_PER_STEP) + ADAPTIVE_METHODS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +71,12 @@ class SolverConfig:
             return options
         if not isinstance(options, Mapping):
             raise ValueError(f"Solver options must be a mapping or a SolverConfig, got {type(options).__name__}.")
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
+        unknown = sorted(name for name in options if name not in SOLVER_OPTIONS)
         if unknown:
-            raise ValueError(f"Unknown ODE solver option(s) {unknown}; expected some of {sorted(known)}.")
-        return dataclasses.replace(base, **dict(options))
+            raise ValueError(f"Unknown ODE solver option(s) {unknown}; expected some of {sorted(SOLVER_OPTIONS)}.")
+        # Written out rather than dataclasses.replace, which torch.compile cannot trace (a per-call override
+        # inside a compiled forward must not break the graph).
+        return cls(**{name: options[name] if name in options else getattr(base, name) for name in SOLVER_OPTIONS})
 
     @property
     def is_adaptive(self) -> bool:
@@ -84,16 +87,27 @@ class SolverConfig:
         """Function evaluations one block spends per solve; `None` for adaptive methods (data dependent)."""
         if self.is_adaptive:
             return None
-        return FIXED_STEP_METHODS[self.method] * self.steps
+        return EVALUATIONS_PER_STEP[self.method] * self.steps
 
-    def torchdiffeq_kwargs(self, dtype: torch.dtype, device: torch.device) -> dict[str, Any]:
+    @property
+    def uses_torchdiffeq(self) -> bool:
+        """Adaptive methods and the adjoint run through torchdiffeq; plain fixed-grid solves take the sync-free
+        unrolled loop of `diffusers_cunet.fixed_grid` (same tableaus, same result to float rounding)."""
+        return self.is_adaptive or self.adjoint
+
+    def torchdiffeq_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `torchdiffeq.odeint` integrating over [0, 1]."""
         if self.is_adaptive:
             return {"method": self.method, "rtol": self.rtol, "atol": self.atol}
         steps = self.steps
 
         def grid(func, y0, t):
-            # An explicit grid: `step_size=1/steps` rounds up to an extra step for some step counts.
-            return torch.linspace(float(t[0]), float(t[-1]), steps + 1, dtype=t.dtype, device=t.device)
+            # An explicit grid (`step_size=1/steps` rounds up to an extra step for some counts) on the span, which
+            # the adjoint runs backwards. lerp hits both ends exactly, and no value is read back from the device.
+            weights = torch.linspace(0.0, 1.0, steps + 1, dtype=t.dtype, device=t.device)
+            return torch.lerp(t[0], t[-1], weights)
 
         return {"method": self.method, "options": {"grid_constructor": grid}}
+
+
+SOLVER_OPTIONS: tuple[str, ...] = tuple(field.name for field in dataclasses.fields(SolverConfig))

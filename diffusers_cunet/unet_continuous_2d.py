@@ -351,22 +351,26 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         if not torch.is_tensor(timestep):
             if isinstance(timestep, bool) or not isinstance(timestep, (int, float)):
                 raise ValueError(f"timestep must be a number or a tensor, got {type(timestep).__name__}.")
+            if not math.isfinite(timestep):
+                raise ValueError(f"timestep must be finite, got {timestep}.")
             dtype = torch.float32 if isinstance(timestep, float) else torch.int64
-            timestep = torch.tensor([timestep], dtype=dtype, device=sample.device)
-        elif timestep.ndim == 0:
-            timestep = timestep[None].to(sample.device)
-        elif timestep.ndim == 1 and timestep.shape[0] in (1, batch):
-            timestep = timestep.to(sample.device)
-        else:
+            timestep = torch.tensor([timestep], dtype=dtype)
+        if timestep.ndim > 1 or (timestep.ndim == 1 and timestep.shape[0] not in (1, batch)):
             raise ValueError(
                 f"timestep must be a scalar or have shape ({batch},) to match the batch, got {tuple(timestep.shape)}."
             )
+        timestep = timestep.reshape(-1)
+        # Value checks read tensor values on the host: they run for tensors already on the CPU (the scheduler's
+        # timesteps in diffusers' pipelines, CPU samples), never for accelerator tensors, where each would stall
+        # the device once per call, nor inside compiled code.
         if not torch.compiler.is_compiling():
-            if timestep.is_floating_point() and not torch.isfinite(timestep).all():
-                raise ValueError(f"timestep must be finite, got {timestep.tolist()}.")
-            self._check_edm_timestep(timestep)
-            if not torch.isfinite(sample).all():
+            if timestep.device.type == "cpu":
+                if timestep.is_floating_point() and not torch.isfinite(timestep).all():
+                    raise ValueError(f"timestep must be finite, got {timestep.tolist()}.")
+                self._check_edm_timestep(timestep)
+            if sample.device.type == "cpu" and not torch.isfinite(sample).all():
                 raise ValueError("sample contains NaN or infinite values.")
+        timestep = timestep.to(sample.device)
         if self.class_embedding is not None:
             if class_labels is None:
                 raise ValueError("class_labels are required: the model was built with num_class_embeds.")

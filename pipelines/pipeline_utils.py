@@ -14,23 +14,45 @@ from .scheduler_support import is_edm_scheduler, seed_noise_sampler, step_kwargs
 SolverSchedule = Callable[[int, int], Mapping[str, Any] | None]
 
 
-def run_model(unet, sample, t, labels, solver_schedule, step_index: int, edm: bool = False) -> torch.Tensor:
-    """One network call, with the class labels and the solver settings of this denoising step. A schedule is
-    given the integer timestep of discrete schedulers, or c_noise = log(sigma) / 4 with an EDM scheduler (`edm`)."""
+def run_model(unet, sample, t, labels, settings: Mapping[str, Any] | None) -> torch.Tensor:
+    """One network call, with the class labels and this denoising step's solver settings (if any)."""
     kwargs: dict[str, Any] = {} if labels is None else {"class_labels": labels}
-    settings = solver_schedule(step_index, float(t) if edm else int(t)) if solver_schedule is not None else None
     if settings is not None:
         kwargs["solver"] = settings
     return unet(sample, t, **kwargs).sample
 
 
-def reset_evaluation_count(unet) -> None:
-    if hasattr(unet, "ode_function_evaluations"):
-        unet.ode_function_evaluations(reset=True)
+class EvaluationTally:
+    """ODE function evaluations per image over one pipeline call.
 
+    A fixed-grid solve costs what its settings say (`unet.evaluations_per_call(settings)`), so those calls are
+    counted from the settings: right for eager, `torch.compile`d and CUDA-graph-replayed models alike. Adaptive
+    solves have data-dependent costs; then the model's own (eager) counter is read instead. `None` for a network
+    without ODE blocks (e.g. `UNet2DModel`).
+    """
 
-def evaluation_count(unet) -> int | None:
-    return unet.ode_function_evaluations() if hasattr(unet, "ode_function_evaluations") else None
+    def __init__(self, unet):
+        self.per_call = getattr(unet, "evaluations_per_call", None)
+        self.unet = unet
+        self.fixed = 0
+        self.adaptive = False
+        if self.per_call is not None:
+            unet.ode_function_evaluations(reset=True)
+
+    def add(self, settings: Mapping[str, Any] | None) -> None:
+        if self.per_call is None:
+            return
+        evaluations = self.per_call(settings)
+        if evaluations is None:
+            self.adaptive = True
+        else:
+            self.fixed += evaluations
+
+    @property
+    def total(self) -> int | None:
+        if self.per_call is None:
+            return None
+        return self.unet.ode_function_evaluations() if self.adaptive else self.fixed
 
 
 def to_output_type(images: torch.Tensor, output_type: str):
@@ -75,14 +97,21 @@ def reverse_process(pipeline, sample, timesteps, labels, solver_schedule, genera
     scheduler, unet = pipeline.scheduler, pipeline.unet
     extra = step_kwargs(scheduler, generator)
     seed_noise_sampler(scheduler, generator)
-    reset_evaluation_count(unet)
+    tally = EvaluationTally(unet)
     edm = is_edm_scheduler(scheduler)
     preconditioning = getattr(unet, "preconditioning", None) if edm else None
+    # A schedule is given the integer timestep of discrete schedulers, or c_noise = log(sigma) / 4 with an EDM
+    # scheduler. They are read to the host once here, not once per step (each read would stall a GPU).
+    host_timesteps = timesteps.tolist() if solver_schedule is not None else None
     for i, t in enumerate(pipeline.progress_bar(timesteps)):
         model_input = scheduler.scale_model_input(sample, t)  # also advances the scheduler's step index
         if preconditioning is not None:  # the model's own c_in: EDM's (the same as above) or FDM's momentum one
             sigma = scheduler.sigmas[scheduler.step_index].to(sample.device)
             model_input = (preconditioning.c_in(sigma) * sample).to(sample.dtype)
-        prediction = run_model(unet, model_input, t, labels, solver_schedule, i, edm)
+        settings = None
+        if solver_schedule is not None:
+            settings = solver_schedule(i, float(host_timesteps[i]) if edm else int(host_timesteps[i]))
+        prediction = run_model(unet, model_input, t, labels, settings)
+        tally.add(settings)
         sample = scheduler.step(prediction, t, sample, **extra).prev_sample
-    return sample, evaluation_count(unet)
+    return sample, tally.total

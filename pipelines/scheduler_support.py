@@ -120,7 +120,7 @@ def check_timesteps(scheduler) -> None:
     name = type(scheduler).__name__
     if name not in FIXED_GAP_SCHEDULERS:
         return
-    timesteps = [int(t) for t in scheduler.timesteps]
+    timesteps = [int(t) for t in scheduler.timesteps.tolist()]  # one read from the device, not one per step
     gap = scheduler.config.num_train_timesteps // scheduler.num_inference_steps
     unique = sorted(set(timesteps), reverse=True)
     gaps = {a - b for a, b in zip(unique, unique[1:])}

@@ -44,3 +44,19 @@ def test_tiny_momentum_benchmark_writes_curves_summary_and_plot(tmp_path):
     assert (results / "momentum_samples.png").stat().st_size > 1000
     text = report.write(results, tmp_path / "BENCHMARKS.md", "test").read_text()
     assert "Momentum preconditioning (EDM-FDM)" in text and "| step |" in text
+
+
+def test_gpu_benchmark_runs_on_cpu_with_small_sizes(tmp_path):
+    """`python -m benchmarks.gpu --mode tiny` on the CPU: every section measured, none failed, the cUNet one graph."""
+    from benchmarks import gpu, report
+
+    output = tmp_path / "gpu.json"
+    result = gpu.main(["--mode", "tiny", "--output", str(output), "--compile-modes"])
+    saved = json.loads(output.read_text())
+    assert "errors" not in saved and saved["graph_breaks"]["cunet"] == {"graphs": 1, "graph_breaks": 0}
+    assert {(r["precision"], r["batch"]) for r in result["forward"]} >= {("fp32", 1), ("fp32", 4), ("bf16", 4)}
+    assert all(r["ratio"] > 0 for r in result["forward"] + result["sampling"])
+    assert [(r["method"], r["steps"]) for r in result["solver_sweep"]] == list(gpu.SOLVER_SWEEP)
+    assert all(r["throughput_ratio"] > 0 for r in result["training"])
+    text = "\n".join(report.gpu_section(saved))
+    assert "| fp32 | 4 | eager |" in text and "Fastest bf16 forward" in text and "| euler x2 | 14 |" in text

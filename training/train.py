@@ -37,6 +37,7 @@ from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
 from diffusers_cunet import ContinuousUNet2DModel
+from diffusers_cunet.acceleration import check_capturable
 from diffusers_cunet.baselines import UNET2D_PRESETS, unet2d_config
 from diffusers_cunet.checkpointing import (
     checkpoint_step,
@@ -147,6 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--max_grad_norm", type=float, default=1.0)
     optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
     optim.add_argument("--gradient_checkpointing", action="store_true")
+    optim.add_argument(
+        "--torch_compile",
+        action="store_true",
+        help="Compile the model in place (nn.Module.compile, so checkpoints keep their keys); a cUNet must compile "
+        "as one graph, which needs a fixed-grid solver without the adjoint.",
+    )
+    optim.add_argument(
+        "--torch_compile_mode", choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"], default="default"
+    )
+    optim.add_argument("--torch_compile_backend", default="inductor", help="e.g. aot_eager to debug on a CPU.")
     optim.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
     optim.add_argument("--ema_max_decay", type=float, default=0.999)
     optim.add_argument("--ema_inv_gamma", type=float, default=1.0)
@@ -344,6 +355,16 @@ def edm_loss(unet, preconditioning, clean, noise, sigma, weight_cap: float, mode
 
 
 # ----------------------------------------------------------------------------- training
+def compile_in_place(unet, args) -> None:
+    """`--torch_compile`: compile the forward pass in place, so the module, its state dict and accelerate's
+    checkpoints are the same as without compiling. A cUNet must be one graph (each break would stall a GPU)."""
+    is_cunet = isinstance(unet, ContinuousUNet2DModel)
+    if is_cunet:
+        check_capturable(unet, "--torch_compile")
+    mode = None if args.torch_compile_mode == "default" else args.torch_compile_mode
+    unet.compile(fullgraph=is_cunet, mode=mode, backend=args.torch_compile_backend)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -367,6 +388,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model_class = MODEL_CLASSES[args.model_type]
     set_seed(args.seed)  # before the model: identical initial weights in every run and every process
     unet = model_class(**model_config)  # validates the architecture and the solver settings
+    if args.torch_compile:
+        compile_in_place(unet, args)
     checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
     if checkpoint is not None:
         check_checkpoint_matches(checkpoint, dict(unet.config))

@@ -1,0 +1,401 @@
+"""GPU cost of the cUNet against diffusers' `UNet2DModel`, side by side in one process.
+
+Forward latency (batch 1 and 128; fp32, bf16 autocast and bf16 weights; eager, CUDA-graphed and `torch.compile`d),
+DDIM-50 sampling at batch 256 (eager and CUDA-graphed, through `ContinuousUNetPipeline`), training images/s and
+peak memory at batch 128 (fp32 and bf16 autocast), the cUNet's solver sweep, graph breaks under `torch.compile`,
+and a kernel count per forward call. Results go to a JSON file after every section, so a run that is stopped
+early keeps what it measured. Sections run cheapest first; `--time-budget` skips the compiled ones when time is
+short.
+
+    python -m benchmarks.gpu                           # on a CUDA machine -> benchmarks/results/gpu.json
+    python -m benchmarks.gpu --mode tiny --output x.json   # the CPU smoke test: small models, few repeats
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+from diffusers.utils import logging as diffusers_logging
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
+
+from diffusers_cunet.acceleration import CUDAGraphedModel, compile_model
+from diffusers_cunet.baselines import UNET2D_PRESETS, ddpm_cifar10_unet
+from diffusers_cunet.flops import count_forward_flops, count_parameters
+from diffusers_cunet.noise_schedule import make_noise_scheduler
+from diffusers_cunet.presets import from_preset
+
+RESULTS = Path(__file__).parent / "results"
+MODES = {
+    # batch sizes, sampling batch and steps, repeats, training batch
+    "full": dict(batches=(1, 128), sampling_batch=256, sampling_steps=50, repeats=20, train_batch=128, train_steps=10),
+    "tiny": dict(batches=(1, 4), sampling_batch=4, sampling_steps=3, repeats=2, train_batch=4, train_steps=2),
+}
+SOLVER_SWEEP = (("euler", 1), ("euler", 2), ("euler", 4), ("rk4", 1))
+
+
+def build_models(mode: str) -> dict[str, torch.nn.Module]:
+    if mode == "tiny":
+        return {"cunet": from_preset("digits-16"), "unet2d": UNet2DModel(**UNET2D_PRESETS["digits-16"])}
+    return {"cunet": from_preset("cifar10-32"), "unet2d": ddpm_cifar10_unet()}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
+    """Median wall time of `fn()` over `repeats` calls after `warmup` calls, the device synchronised around each."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def precision_context(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def inputs(model, batch: int, device, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    c = model.config
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(batch, c.in_channels, c.sample_size, c.sample_size, generator=generator)
+    timestep = torch.randint(0, 1000, (batch,), generator=generator)
+    return sample.to(device, dtype), timestep.to(device)
+
+
+def runner(model, execution: str, device: torch.device):
+    """The callable to time for an execution mode: the model itself, or its CUDA-graphed wrapper."""
+    if execution == "graphed":
+        return CUDAGraphedModel(model)
+    return model
+
+
+def forward_latency(models, settings, device, executions) -> list[dict[str, Any]]:
+    rows = []
+    for precision in ("fp32", "bf16", "bf16-weights"):
+        for batch in settings["batches"]:
+            if precision == "bf16-weights" and batch == 1:
+                continue
+            for execution in executions:
+                row = {"precision": precision, "batch": batch, "execution": execution}
+                for name, model in models.items():
+                    dtype = torch.bfloat16 if precision == "bf16-weights" else torch.float32
+                    model.to(dtype)
+                    sample, t = inputs(model, batch, device, dtype)
+                    run = runner(model, execution, device)
+                    with torch.no_grad(), precision_context(precision, device):
+                        row[f"{name}_ms"] = 1e3 * median_seconds(
+                            lambda r=run, s=sample, t=t: r(s, t), device, settings["repeats"]
+                        )
+                    model.to(torch.float32)
+                row["ratio"] = row["cunet_ms"] / row["unet2d_ms"]
+                rows.append(row)
+                print(f"forward {precision:12} b{batch:<4} {execution:8} cUNet {row['cunet_ms']:8.2f} ms  "
+                      f"UNet2DModel {row['unet2d_ms']:8.2f} ms  ratio {row['ratio']:.3f}", flush=True)  # fmt: skip
+    return rows
+
+
+def sampling(models, settings, device, executions) -> list[dict[str, Any]]:
+    """DDIM sampling through `ContinuousUNetPipeline` (its timesteps live on the device), bf16 autocast."""
+    rows = []
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    for execution in executions:
+        row = {"precision": precision, "batch": settings["sampling_batch"], "steps": settings["sampling_steps"],
+               "execution": execution}  # fmt: skip
+        for name, model in models.items():
+            scheduler = DDIMScheduler.from_config(make_noise_scheduler().config)
+            pipe = ContinuousUNetPipeline(unet=model, scheduler=scheduler)
+            pipe.set_progress_bar_config(disable=True)
+            pipe.unet = runner(model, execution, device)
+
+            def run(p=pipe):
+                with precision_context(precision, device):
+                    p(batch_size=settings["sampling_batch"], num_inference_steps=settings["sampling_steps"],
+                      output_type="pt", generator=torch.Generator(device).manual_seed(0))  # fmt: skip
+
+            row[f"{name}_s"] = median_seconds(run, device, max(2, settings["repeats"] // 8), warmup=1)
+        row["ratio"] = row["cunet_s"] / row["unet2d_s"]
+        rows.append(row)
+        print(f"DDIM-{row['steps']} b{row['batch']} {execution:8} cUNet {row['cunet_s']:.3f} s  "
+              f"UNet2DModel {row['unet2d_s']:.3f} s  ratio {row['ratio']:.3f}", flush=True)  # fmt: skip
+    return rows
+
+
+def training(models, settings, device, compiled: bool = False, precisions=("fp32", "bf16")) -> list[dict[str, Any]]:
+    """Images/s of an AdamW step on an MSE loss, and the step's peak memory (CUDA only)."""
+    rows = []
+    batch = settings["train_batch"]
+    for precision in precisions:
+        row = {"precision": precision, "batch": batch, "execution": "compiled" if compiled else "eager"}
+        for name, model in models.items():
+            model.train()
+            net = model
+            if compiled:
+                torch._dynamo.reset()
+                net = torch.compile(model, **({} if device.type == "cuda" else {"backend": "aot_eager"}))
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+            sample, t = inputs(model, batch, device)
+            target = torch.randn_like(sample)
+
+            def step(net=net, optimizer=optimizer, sample=sample, t=t, target=target, precision=precision):
+                optimizer.zero_grad(set_to_none=True)
+                with precision_context(precision, device):
+                    prediction = net(sample, t).sample
+                torch.nn.functional.mse_loss(prediction.float(), target).backward()
+                optimizer.step()
+
+            if device.type == "cuda":
+                step()
+                torch.cuda.reset_peak_memory_stats()
+            seconds = median_seconds(step, device, settings["train_steps"], warmup=2)
+            row[f"{name}_images_per_s"] = batch / seconds
+            if device.type == "cuda":
+                row[f"{name}_peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            model.eval()
+            del optimizer
+        row["throughput_ratio"] = row["cunet_images_per_s"] / row["unet2d_images_per_s"]
+        rows.append(row)
+        cunet, unet2d = row["cunet_images_per_s"], row["unet2d_images_per_s"]
+        print(f"training {precision} b{batch} {row['execution']}: cUNet {cunet:.0f} img/s  "
+              f"UNet2DModel {unet2d:.0f} img/s  x{row['throughput_ratio']:.2f}", flush=True)  # fmt: skip
+    return rows
+
+
+def solver_sweep(model, settings, device, executions) -> list[dict[str, Any]]:
+    rows = []
+    batch = settings["batches"][-1]
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    sample, t = inputs(model, batch, device)
+    original = model.solver
+    for method, steps in SOLVER_SWEEP:
+        model.set_solver(method=method, steps=steps)
+        row = {"method": method, "steps": steps, "evaluations_per_call": model.evaluations_per_call(),
+               "precision": precision, "batch": batch}  # fmt: skip
+        for execution in executions:
+            run = runner(model, execution, device)
+            with torch.no_grad(), precision_context(precision, device):
+                row[f"{execution}_ms"] = 1e3 * median_seconds(
+                    lambda r=run, s=sample, t=t: r(s, t), device, settings["repeats"]
+                )
+        rows.append(row)
+        print(f"solver {method}-{steps}: " + ", ".join(f"{e} {row[f'{e}_ms']:.2f} ms" for e in executions), flush=True)
+    model.set_solver(**vars(original))
+    return rows
+
+
+def graph_breaks(models, device) -> dict[str, dict[str, int]]:
+    """Graphs and graph breaks `torch._dynamo.explain` finds in one batch-2 forward call of each model."""
+    out = {}
+    for name, model in models.items():
+        sample, t = inputs(model, 2, device)
+        torch._dynamo.reset()
+        explanation = torch._dynamo.explain(model)(sample, t)
+        out[name] = {"graphs": explanation.graph_count, "graph_breaks": explanation.graph_break_count}
+        print(f"{name}: {out[name]['graphs']} graph(s), {out[name]['graph_breaks']} break(s)", flush=True)
+    torch._dynamo.reset()
+    return out
+
+
+def kernel_counts(models, settings, device) -> dict[str, dict[str, float]]:
+    """Device kernels per forward call (batch 128, bf16 autocast, eager) and the share of the call the device
+    was busy: where eager time goes when the host, not the GPU, is the bottleneck."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    if device.type != "cuda":
+        return out
+    for name, model in models.items():
+        sample, t = inputs(model, settings["batches"][-1], device)
+        with torch.no_grad(), precision_context("bf16", device):
+            model(sample, t)
+            sync(device)
+            start = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                model(sample, t)
+                sync(device)
+            wall = time.perf_counter() - start
+        events = [e for e in prof.events() if e.device_type.name == "CUDA"]
+        busy = sum(e.device_time for e in events) / 1e6
+        out[name] = {"kernels": len(events), "device_busy_ms": busy * 1e3, "profiled_wall_ms": wall * 1e3}
+        print(f"{name}: {len(events)} kernels per forward, device busy {busy * 1e3:.2f} ms", flush=True)
+    return out
+
+
+def kernel_time_by_kind(fn, device) -> dict[str, Any]:
+    """Device time of one call of `fn` by kernel kind (convolution/matmul, normalisation, other) and its top
+    kernels, from torch.profiler: what is left once the host no longer stalls the device."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        sync(device)
+    kinds: dict[str, float] = {"conv_or_matmul": 0.0, "norm": 0.0, "other": 0.0}
+    by_name: dict[str, float] = {}
+    events = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    for event in events:
+        name = event.name.lower()
+        kind = "other"
+        if any(k in name for k in ("conv", "gemm", "sm90", "cutlass", "xmma", "wgrad", "dgrad", "implicit")):
+            kind = "conv_or_matmul"
+        elif "norm" in name or "welford" in name:
+            kind = "norm"
+        kinds[kind] += event.device_time / 1e3
+        by_name[event.name[:80]] = by_name.get(event.name[:80], 0.0) + event.device_time / 1e3
+    top = dict(sorted(by_name.items(), key=lambda item: -item[1])[:6])
+    return {"ms_by_kind": kinds, "kernels": len(events), "top_kernels_ms": top}
+
+
+def compiled_forward(
+    models, settings, device, mode: str, channels_last: bool = False, profile_kernels: bool = False
+) -> list[dict[str, Any]]:
+    """Forward latency of `torch.compile`d models (bf16 autocast on CUDA), compile time in its own column."""
+    batch = settings["batches"][-1]
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    execution = f"compiled ({mode})" + (", channels_last" if channels_last else "")
+    row: dict[str, Any] = {"precision": precision, "batch": batch, "execution": execution}
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for name, model in models.items():
+        torch._dynamo.reset()
+        model.to(memory_format=memory_format)
+        kwargs = {} if mode == "default" else {"mode": mode}
+        if device.type != "cuda":
+            kwargs = {"backend": "aot_eager"}
+        # The cUNet must compile as one graph; the UNet2DModel is allowed its breaks (fair to both).
+        net = compile_model(model, fullgraph=name == "cunet", **kwargs)
+        sample, t = inputs(model, batch, device)
+        sample = sample.contiguous(memory_format=memory_format)
+        call = lambda n=net, s=sample, t=t: n(s, t)
+        with torch.no_grad(), precision_context(precision, device):
+            start = time.perf_counter()
+            for _ in range(3):  # reduce-overhead records its CUDA graph on the third call
+                compiled = call().sample.float()
+            sync(device)
+            row[f"{name}_compile_s"] = time.perf_counter() - start
+            eager = model(sample, t).sample.float()
+            row[f"{name}_max_abs_diff_vs_eager"] = (compiled - eager).abs().max().item()
+            row[f"{name}_ms"] = 1e3 * median_seconds(call, device, settings["repeats"])
+            if device.type == "cuda" and profile_kernels:
+                row[f"{name}_profile"] = kernel_time_by_kind(call, device)
+        model.to(memory_format=torch.contiguous_format)
+    row["ratio"] = row["cunet_ms"] / row["unet2d_ms"]
+    print(f"forward {precision} b{batch} {execution}: cUNet {row['cunet_ms']:.2f} ms  "
+          f"UNet2DModel {row['unet2d_ms']:.2f} ms  ratio {row['ratio']:.3f} "
+          f"(compile {row['cunet_compile_s']:.0f} s / {row['unet2d_compile_s']:.0f} s)", flush=True)  # fmt: skip
+    torch._dynamo.reset()
+    return [row]
+
+
+EAGER_SECTIONS = ("graph_breaks", "forward", "kernels", "training", "sampling", "solver_sweep")
+
+
+def run(
+    mode: str,
+    output: Path,
+    time_budget: float,
+    compile_modes: tuple[str, ...],
+    compiled_training: tuple[str, ...] = (),
+    sections: tuple[str, ...] = EAGER_SECTIONS,
+    channels_last: bool = False,
+    profile_kernels: bool = False,
+):
+    began = time.perf_counter()
+    diffusers_logging.set_verbosity_error()  # the bf16-weights rows cast models back and forth on purpose
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    settings = MODES[mode]
+    models = build_models(mode)
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()})",
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "mode": mode,
+        "counts": {
+            n: {"params": count_parameters(m), "gflops_per_call": count_forward_flops(m) / 1e9}
+            for n, m in models.items()
+        },  # fmt: skip
+    }
+    for model in models.values():
+        model.to(device).eval()
+    executions = ("eager", "graphed") if device.type == "cuda" else ("eager",)
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    def save(section: str, measure, *args, **kwargs) -> None:
+        """Run one section and write everything so far; a failing section is recorded, and the next one runs."""
+        try:
+            result[section] = measure(*args, **kwargs)
+        except Exception as error:  # a benchmark reports what broke rather than losing the other sections
+            result.setdefault("errors", {})[section] = f"{type(error).__name__}: {error}"
+            print(f"section {section} failed: {type(error).__name__}: {error}", flush=True)
+            for model in models.values():
+                model.to(torch.float32).eval()
+        result["elapsed_s"] = time.perf_counter() - began
+        output.write_text(json.dumps(result, indent=2))
+
+    eager_sections = {
+        "graph_breaks": (graph_breaks, models, device),
+        "forward": (forward_latency, models, settings, device, executions),
+        "kernels": (kernel_counts, models, settings, device),
+        "training": (training, models, settings, device),
+        "sampling": (sampling, models, settings, device, executions),
+        "solver_sweep": (solver_sweep, models["cunet"], settings, device, executions),
+    }
+    for section in sections:
+        save(section, *eager_sections[section])
+    for compile_mode in compile_modes:
+        if time.perf_counter() - began > time_budget:
+            print(f"time budget spent: skipping compiled ({compile_mode})", flush=True)
+            continue
+        suffix = "_channels_last" if channels_last else ""
+        save(f"compiled_{compile_mode}{suffix}", compiled_forward, models, settings, device, compile_mode,
+             channels_last, profile_kernels)  # fmt: skip
+    if compiled_training and time.perf_counter() - began < time_budget:
+        # each compiled training precision costs a forward and a backward compile per model
+        save("training_compiled", training, models, settings, device, compiled=True, precisions=compiled_training)
+    print(f"results written to {output} ({time.perf_counter() - began:.0f} s)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=sorted(MODES), default="full")
+    parser.add_argument("--output", type=Path, default=None, help="JSON file (default benchmarks/results/gpu.json)")
+    parser.add_argument("--time-budget", type=float, default=float("inf"),
+                        help="seconds after which the compiled sections are skipped")  # fmt: skip
+    parser.add_argument("--compile-modes", nargs="*", default=["reduce-overhead", "default"],
+                        choices=["reduce-overhead", "default", "max-autotune-no-cudagraphs"])  # fmt: skip
+    parser.add_argument("--compiled-training", nargs="*", default=[], choices=["fp32", "bf16"],
+                        help="also time torch.compile'd training at these precisions")  # fmt: skip
+    parser.add_argument("--sections", nargs="*", default=list(EAGER_SECTIONS), choices=EAGER_SECTIONS)
+    parser.add_argument("--channels-last", action="store_true", help="compiled forward in channels_last")
+    parser.add_argument("--profile-kernels", action="store_true", help="kernel time by kind of the compiled calls")
+    args = parser.parse_args(argv)
+    output = args.output or RESULTS / ("gpu.json" if args.mode == "full" else f"gpu_{args.mode}.json")
+    return run(args.mode, output, args.time_budget, tuple(args.compile_modes), tuple(args.compiled_training),
+               tuple(args.sections), args.channels_last, args.profile_kernels)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
