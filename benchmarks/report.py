@@ -120,6 +120,7 @@ def gpu_forward_rows(gpu: dict[str, Any]) -> list[dict[str, Any]]:
 def best_forward(gpu: dict[str, Any], batch: int) -> dict[str, Any] | None:
     """Each model's fastest bf16 forward at `batch` (any execution, autocast or bf16 weights) and their ratio."""
     rows = [r for r in gpu_forward_rows(gpu) if r["batch"] == batch and r["precision"].startswith("bf16")]
+    rows = [r for r in rows if "second machine" not in r["execution"]]  # best of one machine against itself
     if not rows:
         return None
     best = {name: min(rows, key=lambda r, n=name: r[f"{n}_ms"]) for name in ("cunet", "unet2d")}
@@ -190,6 +191,15 @@ def gpu_section(gpu: dict[str, Any]) -> list[str]:
         kernels = "; ".join(f"{n}: {v['kernels']} kernels, device busy {v['device_busy_ms']:.2f} ms"
                             for n, v in gpu["kernels"].items())  # fmt: skip
         lines.append(f"Kernels per eager bf16 forward (batch 128, torch.profiler): {kernels}.")
+    for r in gpu_forward_rows(gpu):
+        for name in ("cunet", "unet2d"):
+            profile = r.get(f"{name}_profile")
+            if profile:
+                kinds = ", ".join(f"{k} {v:.2f} ms" for k, v in profile["ms_by_kind"].items())
+                lines.append(f"\nDevice time of one {r['execution']} call of the {name} (torch.profiler): "
+                             f"{profile['kernels']} kernels; {kinds}.")  # fmt: skip
+    if gpu.get("note"):
+        lines.append(f"\n{gpu['note']}")
     for section, error in gpu.get("errors", {}).items():
         lines.append(f"\nSection `{section}` failed: {error}")
     return lines
