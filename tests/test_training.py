@@ -134,3 +134,18 @@ def test_push_to_hub_uploads_the_pipeline_not_the_checkpoints(trained, monkeypat
         "README.md", "metrics.json", "model_index.json", "samples.png", "scheduler/scheduler_config.json",
         "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
     ])  # fmt: skip
+
+
+def test_resuming_a_finished_run_touches_nothing(tmp_path):
+    """Resuming at or past --max_train_steps must not train a step, write a checkpoint, prune the old ones or
+    overwrite the saved pipeline (it used to run one more step and delete checkpoint-2 under the limit)."""
+    output = tmp_path / "run"
+    train(output, "--max_train_steps", "4", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
+          "--num_validation_images", "2")  # fmt: skip
+    before = {p.relative_to(output): p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
+    result = train(output, "--max_train_steps", "4", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
+                   "--resume_from_checkpoint", "latest")  # fmt: skip
+    after = {p.relative_to(output): p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
+    assert result["already_done"] and result["global_step"] == 4
+    assert after == before
+    assert [p.name for p in list_checkpoints(output)] == ["checkpoint-2", "checkpoint-4"]

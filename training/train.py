@@ -391,8 +391,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.torch_compile:
         compile_in_place(unet, args)
     checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
+    if checkpoint is None and args.resume_from_checkpoint == "latest":
+        logger.warning("--resume_from_checkpoint latest: no checkpoint in %s yet, starting from step 0.", output_dir)
     if checkpoint is not None:
         check_checkpoint_matches(checkpoint, dict(unet.config))
+        done = checkpoint_step(checkpoint)
+        if done >= args.max_train_steps:
+            # Nothing is lost: a finished run is not trained further, and nothing in output_dir is rewritten.
+            message = (f"{checkpoint} is already at step {done} (--max_train_steps {args.max_train_steps}): nothing "
+                       f"to do, {output_dir} left as it is. Raise --max_train_steps to train further.")  # fmt: skip
+            logger.warning(message)
+            print(message)
+            return {"global_step": done, "output_dir": str(output_dir), "already_done": True}
 
     # 2. Accelerator, seeded model, data, optimisation.
     accelerator = Accelerator(
