@@ -87,6 +87,18 @@ def find_image_column(column_names: Sequence[str], requested: str | None = None)
     )
 
 
+GREYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def infer_channels(dataset, image_column: str, probe: int = 64) -> int:
+    """3 if any of the first `probe` images has colour (RGB, RGBA, a palette, CMYK, ...), else 1.
+
+    A palette image may hold grey colours only; it still counts as colour, so nothing is ever thrown away."""
+    count = min(probe, len(dataset))
+    modes = {dataset[i][image_column].mode for i in range(count)}
+    return 1 if modes and modes <= set(GREYSCALE_MODES) else 3
+
+
 def resize_short_side(image: Image.Image, size: int) -> Image.Image:
     width, height = image.size
     scale = size / min(width, height)

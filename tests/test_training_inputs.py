@@ -159,3 +159,18 @@ def test_unet2d_baseline_trains_with_the_same_recipe(tmp_path, module):
     assert "none (residual blocks)" in (output / "README.md").read_text()
     with pytest.raises(ValueError, match="--solver_steps only apply to --model_type cunet"):
         train(tmp_path / "x", "--model_type", "unet2d", "--solver_steps", "3", module=module)
+
+
+def test_colour_folder_trains_a_colour_model_unless_told_otherwise(tmp_path, module):
+    """A folder of RGB images used to become an in_channels=1 model silently; the channels now follow the data."""
+    folder = _image_folder(tmp_path / "rgb", modes=("RGB",), count=4)
+    for name, extra, expected in (("auto", (), 3), ("grey", ("--channels", "1"), 1)):
+        output = tmp_path / name
+        train(output, "--train_data_dir", str(folder), "--max_train_steps", "1", "--train_batch_size", "4",
+              "--num_validation_images", "2", *extra, module=module)  # fmt: skip
+        unet_config = json.loads((output / "unet" / "config.json").read_text())
+        assert (unet_config["in_channels"], unet_config["out_channels"]) == (expected, expected), name
+    grey = _image_folder(tmp_path / "grey-images", modes=("L",), count=4)
+    train(tmp_path / "g", "--train_data_dir", str(grey), "--max_train_steps", "1", "--train_batch_size", "4",
+          "--num_validation_images", "2", module=module)  # fmt: skip
+    assert json.loads((tmp_path / "g" / "unet" / "config.json").read_text())["in_channels"] == 1

@@ -51,6 +51,7 @@ from diffusers_cunet.image_data import (
     ImageTransform,
     collate,
     find_image_column,
+    infer_channels,
     load_image_dataset,
     num_classes,
     prepare_dataset,
@@ -92,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="cunet: ContinuousUNet2DModel; unet2d: diffusers' UNet2DModel, the baseline, with the same recipe.",
     )
     model.add_argument("--model_preset", default="digits-16", choices=sorted(PRESETS))
+    model.add_argument(
+        "--channels",
+        default="auto",
+        choices=["auto", "1", "3"],
+        help="Image channels of the model: auto follows the data (3 if any probed image has colour), unless "
+        "--model_config sets in_channels.",
+    )
     model.add_argument("--model_config", default=None, help="JSON file of model constructor arguments.")
     model.add_argument("--block_out_channels", type=int, nargs="+", default=None)
     model.add_argument("--ode_order", choices=["first", "second"], default=None)
@@ -226,11 +234,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------------------- building blocks
-def model_arguments(args: argparse.Namespace, n_classes: int | None) -> dict[str, Any]:
+def data_channels(args: argparse.Namespace, dataset, image_column: str) -> int:
+    """--channels, or (auto) the channels the data has: a colour folder never becomes a greyscale model."""
+    return int(args.channels) if args.channels != "auto" else infer_channels(dataset, image_column)
+
+
+def model_arguments(args: argparse.Namespace, n_classes: int | None, channels: int | None = None) -> dict[str, Any]:
     cunet = args.model_type == "cunet"
     config = preset_config(args.model_preset) if cunet else dict(UNET2D_PRESETS[args.model_preset])
-    if args.model_config is not None:
-        config.update(json.loads(Path(args.model_config).read_text()))
+    user_config = json.loads(Path(args.model_config).read_text()) if args.model_config is not None else {}
+    if channels is not None and "in_channels" not in user_config:
+        config.update(in_channels=channels, out_channels=channels)
+    config.update(user_config)
     solver_options = {
         "ode_order": args.ode_order,
         "solver_method": args.solver_method,
@@ -382,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_classes = num_classes(dataset, args.class_column) if args.class_column else None
     if args.max_train_samples is not None:
         dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
-    model_config = model_arguments(args, n_classes)
+    model_config = model_arguments(args, n_classes, data_channels(args, dataset, image_column))
     resolution = model_config["sample_size"]
     check_resolution(resolution, model_config)
     model_class = MODEL_CLASSES[args.model_type]
