@@ -174,3 +174,20 @@ def test_colour_folder_trains_a_colour_model_unless_told_otherwise(tmp_path, mod
     train(tmp_path / "g", "--train_data_dir", str(grey), "--max_train_steps", "1", "--train_batch_size", "4",
           "--num_validation_images", "2", module=module)  # fmt: skip
     assert json.loads((tmp_path / "g" / "unet" / "config.json").read_text())["in_channels"] == 1
+
+
+def test_accelerate_mixed_precision_is_respected_unless_the_flag_is_given(tmp_path, module, monkeypatch):
+    """`accelerate launch --mixed_precision bf16` (seen by the script as ACCELERATE_MIXED_PRECISION) used to be
+    overridden by the script's own default `no`."""
+    from accelerate.state import AcceleratorState
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    for name, extra, expected in (("env", (), "bf16"), ("flag", ("--mixed_precision", "no"), "no")):
+        output = tmp_path / name
+        AcceleratorState._reset_state(reset_partial_state=True)  # a launch is one process: no state from other tests
+        try:
+            train(output, "--max_train_steps", "1", "--num_validation_images", "2", *extra, module=module)
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+        lines = [line for line in (output / "README.md").read_text().splitlines() if "mixed precision" in line]
+        assert lines and expected in lines[0].split("mixed precision", 1)[1], (name, lines)

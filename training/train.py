@@ -154,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--adam_epsilon", type=float, default=1e-8)
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
     optim.add_argument("--max_grad_norm", type=float, default=1.0)
-    optim.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default="no")
+    optim.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="Default: accelerate's setting (`accelerate launch --mixed_precision`, `accelerate config`), else no.",
+    )
     optim.add_argument("--gradient_checkpointing", action="store_true")
     optim.add_argument(
         "--torch_compile",
@@ -719,7 +724,7 @@ def finish(
         ),
         "noise schedule": noise_schedule_text(args),
         "EMA": f"max decay {args.ema_max_decay}" if args.use_ema else "off",
-        "mixed precision": args.mixed_precision,
+        "mixed precision": str(accelerator.mixed_precision),
         "seed": args.seed,
     }
     sampler_name = "EDM DPM-Solver++" if preconditioned else "DDIM"
