@@ -81,7 +81,7 @@ def inputs(model, batch: int, device, dtype=torch.float32) -> tuple[torch.Tensor
     return sample.to(device, dtype), timestep.to(device)
 
 
-def runner(model, execution: str, device: torch.device):
+def runner(model, execution: str):
     """The callable to time for an execution mode: the model itself, or its CUDA-graphed wrapper."""
     if execution == "graphed":
         return CUDAGraphedModel(model)
@@ -100,7 +100,7 @@ def forward_latency(models, settings, device, executions) -> list[dict[str, Any]
                     dtype = torch.bfloat16 if precision == "bf16-weights" else torch.float32
                     model.to(dtype)
                     sample, t = inputs(model, batch, device, dtype)
-                    run = runner(model, execution, device)
+                    run = runner(model, execution)
                     with torch.no_grad(), precision_context(precision, device):
                         row[f"{name}_ms"] = 1e3 * median_seconds(
                             lambda r=run, s=sample, t=t: r(s, t), device, settings["repeats"]
@@ -124,7 +124,7 @@ def sampling(models, settings, device, executions) -> list[dict[str, Any]]:
             scheduler = DDIMScheduler.from_config(make_noise_scheduler().config)
             pipe = ContinuousUNetPipeline(unet=model, scheduler=scheduler)
             pipe.set_progress_bar_config(disable=True)
-            pipe.unet = runner(model, execution, device)
+            pipe.unet = runner(model, execution)
 
             def run(p=pipe):
                 with precision_context(precision, device):
@@ -190,7 +190,7 @@ def solver_sweep(model, settings, device, executions) -> list[dict[str, Any]]:
         row = {"method": method, "steps": steps, "evaluations_per_call": model.evaluations_per_call(),
                "precision": precision, "batch": batch}  # fmt: skip
         for execution in executions:
-            run = runner(model, execution, device)
+            run = runner(model, execution)
             with torch.no_grad(), precision_context(precision, device):
                 row[f"{execution}_ms"] = 1e3 * median_seconds(
                     lambda r=run, s=sample, t=t: r(s, t), device, settings["repeats"]
@@ -214,28 +214,19 @@ def graph_breaks(models, device) -> dict[str, dict[str, int]]:
     return out
 
 
-def kernel_counts(models, settings, device) -> dict[str, dict[str, float]]:
-    """Device kernels per forward call (batch 128, bf16 autocast, eager) and the share of the call the device
-    was busy: where eager time goes when the host, not the GPU, is the bottleneck."""
-    from torch.profiler import ProfilerActivity, profile
-
+def kernel_counts(models, settings, device) -> dict[str, dict[str, Any]]:
+    """Device kernels per eager forward call (batch 128, bf16 autocast) and how long the device was busy in it:
+    where eager time goes when the host, not the GPU, is the bottleneck."""
     out = {}
     if device.type != "cuda":
         return out
     for name, model in models.items():
         sample, t = inputs(model, settings["batches"][-1], device)
         with torch.no_grad(), precision_context("bf16", device):
-            model(sample, t)
-            sync(device)
-            start = time.perf_counter()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                model(sample, t)
-                sync(device)
-            wall = time.perf_counter() - start
-        events = [e for e in prof.events() if e.device_type.name == "CUDA"]
-        busy = sum(e.device_time for e in events) / 1e6
-        out[name] = {"kernels": len(events), "device_busy_ms": busy * 1e3, "profiled_wall_ms": wall * 1e3}
-        print(f"{name}: {len(events)} kernels per forward, device busy {busy * 1e3:.2f} ms", flush=True)
+            profile = kernel_time_by_kind(lambda m=model, s=sample, t=t: m(s, t), device)
+        busy = sum(profile["ms_by_kind"].values())
+        out[name] = {"kernels": profile["kernels"], "device_busy_ms": busy, **profile}
+        print(f"{name}: {profile['kernels']} kernels per forward, device busy {busy:.2f} ms", flush=True)
     return out
 
 

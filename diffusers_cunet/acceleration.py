@@ -21,11 +21,18 @@ from .solvers import SolverConfig
 from .unet_continuous_2d import ContinuousUNet2DOutput
 
 
-def check_capturable(model: nn.Module, what: str, solver: Mapping[str, Any] | SolverConfig | None = None) -> None:
-    """Raise a `ValueError` if `model`'s solver (or `solver`) cannot run inside one captured graph (`what`)."""
+def check_capturable(
+    model: nn.Module, what: str, solver: Mapping[str, Any] | SolverConfig | None = None
+) -> SolverConfig | None:
+    """The solver settings `model` runs with (its own, or `solver` on top of them); `None` for a model without
+    ODE blocks (e.g. diffusers' UNet2DModel), which has nothing to check.
+
+    Raises:
+        ValueError: if those settings cannot run inside one captured graph (`what`).
+    """
     base = getattr(model, "solver", None)
-    if base is None:  # not a cUNet (e.g. diffusers' UNet2DModel): nothing to check
-        return
+    if base is None:
+        return None
     settings = SolverConfig.from_options(solver, base=base)
     if settings.is_adaptive:
         raise ValueError(
@@ -38,6 +45,7 @@ def check_capturable(model: nn.Module, what: str, solver: Mapping[str, Any] | So
             f"{what} cannot trace torchdiffeq's adjoint method. Call model.set_solver(adjoint=False) first "
             "(use gradient checkpointing to save memory instead)."
         )
+    return settings
 
 
 def compile_model(model: nn.Module, *, fullgraph: bool = True, **compile_kwargs: Any) -> nn.Module:
@@ -112,8 +120,9 @@ class CUDAGraphedModel(nn.Module):
             inputs["class_labels"] = class_labels.to(sample.device)
         autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
         if solver is not None:
-            check_capturable(self.model, "CUDA-graph capture", solver)
-            solver = SolverConfig.from_options(solver, base=self.model.solver)
+            solver = check_capturable(self.model, "CUDA-graph capture", solver)
+            if solver is None:
+                raise ValueError(f"solver= applies to models with ODE blocks, not {type(self.model).__name__}.")
         key = (autocast, solver, *((n, tuple(v.shape), v.dtype) for n, v in inputs.items()))
         if key not in self._graphs:
             self._graphs[key] = self._capture(inputs, {} if solver is None else {"solver": solver})
