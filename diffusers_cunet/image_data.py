@@ -7,6 +7,7 @@ not from global random state, so a resumed run sees exactly the images an uninte
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "images", "pixel_values")
 INDEX_COLUMN = "_example_index"
@@ -85,6 +87,53 @@ def find_image_column(column_names: Sequence[str], requested: str | None = None)
         f"No image column found among {list(column_names)}; name it with --image_column "
         f"(looked for {list(IMAGE_COLUMN_CANDIDATES)})."
     )
+
+
+MAX_NAMED_FILES = 20
+
+
+def find_unreadable_images(dataset, image_column: str, progress: bool = True) -> list[tuple[int, str, str]]:
+    """Decode every image of `image_column` once and return `(index, file or example, error)` for each that fails.
+
+    Reads the undecoded column (file path or bytes), so one bad file does not stop the scan. A column that is not
+    a `datasets.Image` feature is left to the transform."""
+    import datasets
+
+    feature = dataset.features.get(image_column)
+    if not isinstance(feature, datasets.Image):
+        return []
+    raw = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
+    bad = []
+    rows = tqdm(raw, total=len(raw), desc="checking images", unit="img", disable=not progress or len(raw) < 2000)
+    for index, row in enumerate(rows):
+        item = row[image_column]
+        path, data = item.get("path"), item.get("bytes")
+        try:
+            with Image.open(io.BytesIO(data) if data is not None else path) as image:
+                image.load()  # decodes the pixels: a truncated file fails here, not in Image.open
+        except Exception as error:  # PIL raises OSError, UnidentifiedImageError, DecompressionBombError, ...
+            bad.append((index, path or f"example {index}", f"{type(error).__name__}: {error}"))
+    return bad
+
+
+def drop_unreadable_images(dataset, image_column: str, skip: bool, source: str, warn=None):
+    """`dataset` without its unreadable images if `skip`, else a `ValueError` naming every one of them."""
+    bad = find_unreadable_images(dataset, image_column)
+    if not bad:
+        return dataset
+    named = "\n".join(f"  {name}: {error}" for _, name, error in bad[:MAX_NAMED_FILES])
+    more = f"\n  ... and {len(bad) - MAX_NAMED_FILES} more" if len(bad) > MAX_NAMED_FILES else ""
+    if not skip:
+        raise ValueError(
+            f"{len(bad)} of {len(dataset)} images in {source} cannot be read:\n{named}{more}\n"
+            "Fix or remove them, or pass --skip_bad_images to train without them."
+        )
+    if len(bad) == len(dataset):
+        raise ValueError(f"None of the {len(dataset)} images in {source} can be read:\n{named}{more}")
+    if warn is not None:
+        warn(f"Leaving out {len(bad)} unreadable image(s) of {source} (--skip_bad_images):\n{named}{more}")
+    dropped = {index for index, _, _ in bad}
+    return dataset.select([i for i in range(len(dataset)) if i not in dropped])
 
 
 GREYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")

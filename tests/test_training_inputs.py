@@ -191,3 +191,31 @@ def test_accelerate_mixed_precision_is_respected_unless_the_flag_is_given(tmp_pa
             AcceleratorState._reset_state(reset_partial_state=True)
         lines = [line for line in (output / "README.md").read_text().splitlines() if "mixed precision" in line]
         assert lines and expected in lines[0].split("mixed precision", 1)[1], (name, lines)
+
+
+def _folder_with_bad_files(root):
+    folder = _image_folder(root, modes=("L",), count=6)
+    good = (folder / "img_0.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    (folder / "notes.png").write_text("not an image")
+    return folder
+
+
+def test_unreadable_images_are_all_named_before_anything_is_written(tmp_path, module):
+    folder = _folder_with_bad_files(tmp_path / "images")
+    output = tmp_path / "out"
+    with pytest.raises(ValueError, match="2 of 8 images") as error:
+        train(output, "--train_data_dir", str(folder), "--max_train_steps", "1", module=module)
+    message = str(error.value)
+    assert "truncated.png" in message and "notes.png" in message and "--skip_bad_images" in message
+    assert "img_0.png" not in message
+    assert not output.exists()
+
+
+def test_skip_bad_images_trains_on_the_readable_ones(tmp_path, module, caplog):
+    folder = _folder_with_bad_files(tmp_path / "images")
+    with caplog.at_level("WARNING"):
+        result = train(tmp_path / "out", "--train_data_dir", str(folder), "--skip_bad_images",
+                       "--max_train_steps", "1", "--train_batch_size", "4", module=module)  # fmt: skip
+    assert result["global_step"] == 1
+    assert "Leaving out 2 unreadable image(s)" in caplog.text and "truncated.png" in caplog.text

@@ -50,6 +50,7 @@ from diffusers_cunet.image_data import (
     EpochShuffleSampler,
     ImageTransform,
     collate,
+    drop_unreadable_images,
     find_image_column,
     infer_channels,
     load_image_dataset,
@@ -84,6 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True)
     data.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=False)
     data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument(
+        "--skip_bad_images",
+        action="store_true",
+        help="Leave out images that cannot be decoded (each named in a warning) instead of stopping before training.",
+    )
     data.add_argument("--dataloader_num_workers", type=int, default=0)
     model = p.add_argument_group("model")
     model.add_argument(
@@ -402,6 +408,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_classes = num_classes(dataset, args.class_column) if args.class_column else None
     if args.max_train_samples is not None:
         dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    source = args.train_data_dir or args.dataset_name
+    dataset = drop_unreadable_images(dataset, image_column, args.skip_bad_images, source, warn=logger.warning)
     model_config = model_arguments(args, n_classes, data_channels(args, dataset, image_column))
     resolution = model_config["sample_size"]
     check_resolution(resolution, model_config)
