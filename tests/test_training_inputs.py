@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -219,3 +220,49 @@ def test_skip_bad_images_trains_on_the_readable_ones(tmp_path, module, caplog):
                        "--max_train_steps", "1", "--train_batch_size", "4", module=module)  # fmt: skip
     assert result["global_step"] == 1
     assert "Leaving out 2 unreadable image(s)" in caplog.text and "truncated.png" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "yaml_text, message",
+    [
+        ("model_type: unet\n", r"model_type: 'unet' is not one of the choices \(cunet, unet2d\)"),
+        ("report_to: wandb\n", "report_to: 'wandb' is not one of the choices"),
+        ("max_train_steps: many\n", "max_train_steps: 'many' is not a valid int"),
+        ("use_ema: maybe\n", "use_ema must be true or false"),
+        ("learning_rat: 0.1\n", "did you mean 'learning_rate'"),
+        ("resolution: [8, 16]\n", "resolution takes one value"),
+    ],
+)
+def test_yaml_config_passes_the_command_line_checks(tmp_path, module, capsys, yaml_text, message):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(SystemExit):
+        module.parse_args(["--config", str(config)])
+    error = capsys.readouterr().err
+    assert str(config) in error and re.search(message, error), error
+
+
+def test_yaml_config_values_become_the_same_options_as_the_command_line(tmp_path, module):
+    config = tmp_path / "run.yaml"
+    config.write_text("learning_rate: 1e-3\nblock_out_channels: [16, 32]\nuse_ema: false\nrandom_flip: true\n")
+    args = module.parse_args(["--config", str(config)])
+    assert args.learning_rate == 1e-3 and args.block_out_channels == [16, 32]  # YAML reads 1e-3 as a string
+    assert args.use_ema is False and args.random_flip is True
+    assert module.parse_args(["--config", str(config), "--use_ema"]).use_ema is True
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"block_out_channel": [16, 32]}', "'block_out_channel' .did you mean 'block_out_channels'"),
+        ('{"in_channels": 3,}', "is not valid JSON"),
+        ("[16, 32]", "must hold a JSON object"),
+        ('{"norm_num_groups": "8"}', "cannot be built from --model_config"),
+    ],
+)
+def test_model_config_mistakes_are_clear_errors(tmp_path, module, content, message):
+    config = tmp_path / "model.json"
+    config.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        train(tmp_path / "out", "--model_config", str(config), "--max_train_steps", "1", module=module)
+    assert not (tmp_path / "out").exists()

@@ -14,7 +14,9 @@ for `--preconditioning edm|edm-fdm`), a `samples.png` grid, `metrics.json` and a
 from __future__ import annotations
 
 import argparse
+import difflib
 import hashlib
+import inspect
 import json
 import logging
 import math
@@ -205,19 +207,67 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def names_with_hints(unknown: list[str], known: list[str]) -> str:
+    """`'lr' (did you mean 'learning_rate'?), ...` for the names in `unknown`."""
+    hints = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+    return ", ".join(f"{name!r}" + (f" (did you mean {hints[name][0]!r}?)" if hints[name] else "") for name in unknown)
+
+
+def config_tokens(parser: argparse.ArgumentParser, path: Path) -> list[str]:
+    """The options of a YAML `--config` file as command-line tokens, each value checked as the command line checks
+    it (type, choices, flags), with errors naming the file: a config can set nothing the command line refuses."""
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        parser.error(f"{path} is not valid YAML: {error}")
+    if not isinstance(values, dict):
+        parser.error(f"{path} must be a mapping of option names to values, got {type(values).__name__}.")
+    actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        parser.error(f"Unknown option(s) in {path}: {names_with_hints(unknown, list(actions))}.")
+    tokens: list[str] = []
+    for name, value in values.items():
+        action = actions[name]
+        flag = next(option for option in action.option_strings if option.startswith("--"))
+        where = f"{path}: {name}"
+        if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                parser.error(f"{where} must be true or false, got {value!r}.")
+            if isinstance(action, argparse.BooleanOptionalAction):
+                tokens.append(flag if value else f"--no-{flag[2:]}")
+            elif value:
+                tokens.append(flag)
+            continue
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and action.nargs is None:
+            parser.error(f"{where} takes one value, got the list {value!r}.")
+        texts = []
+        for item in items:
+            text = str(item).lower() if isinstance(item, bool) else str(item)
+            try:
+                converted = action.type(text) if action.type else text
+            except (TypeError, ValueError):
+                parser.error(f"{where}: {item!r} is not a valid {getattr(action.type, '__name__', 'value')}.")
+            if action.choices is not None and converted not in action.choices:
+                choices = ", ".join(map(str, action.choices))
+                parser.error(f"{where}: {item!r} is not one of the choices ({choices}).")
+            texts.append(text)
+        tokens += [flag, *texts]
+    return tokens
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     first, _ = parser.parse_known_args(argv)
     if first.config is not None:
         path = Path(first.config)
         if not path.is_file():
             parser.error(f"--config {first.config!r} does not exist.")
-        values = yaml.safe_load(path.read_text()) or {}
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            parser.error(f"Unknown option(s) {unknown} in {path}.")
-        parser.set_defaults(**values)
+        argv = config_tokens(parser, path) + argv  # later tokens win: the command line overrides the file
     args = parser.parse_args(argv)
     positive = ["train_batch_size", "max_train_steps", "gradient_accumulation_steps", "num_validation_images"]
     for name in positive:
@@ -253,7 +303,8 @@ def data_channels(args: argparse.Namespace, dataset, image_column: str) -> int:
 def model_arguments(args: argparse.Namespace, n_classes: int | None, channels: int | None = None) -> dict[str, Any]:
     cunet = args.model_type == "cunet"
     config = preset_config(args.model_preset) if cunet else dict(UNET2D_PRESETS[args.model_preset])
-    user_config = json.loads(Path(args.model_config).read_text()) if args.model_config is not None else {}
+    model_class = MODEL_CLASSES[args.model_type]
+    user_config = read_model_config(args.model_config, model_class) if args.model_config is not None else {}
     if channels is not None and "in_channels" not in user_config:
         config.update(in_channels=channels, out_channels=channels)
     config.update(user_config)
@@ -286,6 +337,34 @@ def model_arguments(args: argparse.Namespace, n_classes: int | None, channels: i
     if args.preconditioning != "none":
         config["preconditioning"] = preconditioning_config(args)
     return config
+
+
+def read_model_config(path: str, model_class: type) -> dict[str, Any]:
+    """The `--model_config` JSON: constructor arguments of `model_class`, every name checked against it."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--model_config {path!r} does not exist.")
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--model_config {path!r} is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"--model_config {path!r} must hold a JSON object of {model_class.__name__} arguments.")
+    accepted = [name for name in inspect.signature(model_class.__init__).parameters if name != "self"]
+    unknown = sorted(name for name in config if name not in accepted and not name.startswith("_"))
+    if unknown:
+        text = names_with_hints(unknown, accepted)
+        raise ValueError(f"--model_config {path!r}: {model_class.__name__} takes no argument(s) {text}.")
+    return {name: value for name, value in config.items() if not name.startswith("_")}
+
+
+def build_model(model_class: type, config: dict[str, Any], source: str | None):
+    """`model_class(**config)`, a wrong value type reported as a `ValueError` that names where the config came from."""
+    try:
+        return model_class(**config)
+    except TypeError as error:
+        where = f"--model_config {source!r}" if source else "the model options"
+        raise ValueError(f"{model_class.__name__} cannot be built from {where}: {error}") from error
 
 
 def preconditioning_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -415,7 +494,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     check_resolution(resolution, model_config)
     model_class = MODEL_CLASSES[args.model_type]
     set_seed(args.seed)  # before the model: identical initial weights in every run and every process
-    unet = model_class(**model_config)  # validates the architecture and the solver settings
+    unet = build_model(model_class, model_config, args.model_config)  # validates architecture and solver
     if args.torch_compile:
         compile_in_place(unet, args)
     checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
