@@ -266,3 +266,32 @@ def test_model_config_mistakes_are_clear_errors(tmp_path, module, content, messa
     with pytest.raises(ValueError, match=message):
         train(tmp_path / "out", "--model_config", str(config), "--max_train_steps", "1", module=module)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_multi_process_request_that_runs_one_process_is_reported(tmp_path):
+    """`accelerate launch --num_processes 2` without --multi_gpu starts one process: the script says so."""
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", str(ROOT / "training" / "train.py"),
+        *TINY_ARGS, "--max_train_steps", "1", "--output_dir", str(tmp_path / "out"),
+    ]  # fmt: skip
+    env = {**os.environ, "MASTER_PORT": str(_free_port())}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "asked for 2 processes but started 1" in run.stderr and "--multi_gpu" in run.stderr
+
+
+def test_requested_processes_reads_the_launcher_config_file(tmp_path, module):
+    config = tmp_path / "accelerate.yaml"
+    config.write_text("num_processes: 4\n")
+    launcher = subprocess.Popen(  # a stand-in whose command line reads like `accelerate launch --config_file ...`
+        [sys.executable, "-c", "import time; time.sleep(60)", "accelerate", "launch", "--config_file", str(config)]
+    )
+    try:
+        assert module.requested_processes(launcher.pid) == 4
+        assert "asked for 4 processes but started 1" in module.warn_if_fewer_processes(1, launcher.pid)
+        assert module.warn_if_fewer_processes(4, launcher.pid) is None
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert module.requested_processes(os.getpid()) is None  # pytest is not a launcher
