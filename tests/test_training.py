@@ -149,3 +149,41 @@ def test_resuming_a_finished_run_touches_nothing(tmp_path):
     assert result["already_done"] and result["global_step"] == 4
     assert after == before
     assert [p.name for p in list_checkpoints(output)] == ["checkpoint-2", "checkpoint-4"]
+
+
+@pytest.mark.parametrize(
+    "repo_id, env, message",
+    [
+        (
+            "org/cunet-digits",
+            {"HF_HUB_OFFLINE": "1"},
+            "cannot be reached as a logged-in user.*hf upload org/cunet-digits",
+        ),
+        ("not a/valid//id", {}, "is not a valid repo id"),
+    ],
+)
+def test_push_to_hub_problems_surface_before_training(tmp_path, monkeypatch, repo_id, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", bool(env))
+    with pytest.raises(ValueError, match=message):
+        train(tmp_path / "out", "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", repo_id)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_upload_after_training_keeps_the_folder_and_says_how_to_upload(tmp_path, monkeypatch, capsys):
+    from huggingface_hub import HfApi
+
+    def refuse(self, *args, **kwargs):
+        raise ConnectionError("Hub unreachable")
+
+    monkeypatch.setattr(HfApi, "whoami", lambda self, *a, **k: {"name": "me"})  # the dry check passes ...
+    monkeypatch.setattr(HfApi, "create_repo", refuse)  # ... then the network goes away
+    output = tmp_path / "out"
+    result = train(output, "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", "me/cunet")
+    assert "ConnectionError: Hub unreachable" in result["push_error"]
+    assert (
+        f"hf upload me/cunet {output}" in result["push_error"]
+        and "--exclude 'checkpoint-*/**'" in result["push_error"]
+    )
+    assert (output / "unet" / "diffusion_pytorch_model.safetensors").is_file()
