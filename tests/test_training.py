@@ -90,7 +90,11 @@ def test_resume_is_exact(tmp_path):
         assert_same_weights(full / name / "model.safetensors", resumed / name / "model.safetensors", f"{name}: ")
     ema = Path("unet", "diffusion_pytorch_model.safetensors")
     assert_same_weights(full / ema, resumed / ema, "EMA ")
-    assert loss_history(resumed) == loss_history(full)[4:]
+    assert loss_history(resumed) == loss_history(full)  # the whole run's history, restored from checkpoint-4
+    metrics = json.loads((resumed / "metrics.json").read_text())["metrics"]
+    assert metrics["training steps"] == 10 and metrics["resumed at step"] == 4
+    card = (resumed / "README.md").read_text()
+    assert "| steps | 10 |" in card and "| resumed at step | 4 |" in card
 
 
 def test_checkpoint_of_another_model_is_refused_before_training(tmp_path):

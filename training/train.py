@@ -70,6 +70,7 @@ logger = logging.getLogger("diffusers_cunet.train")
 MODEL_CONFIG_FILE = "model_config.json"
 MODEL_CLASSES = {"cunet": ContinuousUNet2DModel, "unet2d": UNet2DModel}
 EMA_FOLDER = "unet_ema"
+RUN_RECORD_FILE = "run_record.json"
 NOT_UPLOADED = ("checkpoint-*/**", ".checkpoint-*/**", "logs/**", "process_logs/**", "samples/**")
 
 
@@ -622,12 +623,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         ema.to(accelerator.device)
 
-    # 3. Checkpoint hooks: the EMA weights go in as safetensors, with the model config to check on resume.
+    # 3. Checkpoint hooks: the EMA weights go in as safetensors, with the model config to check on resume and the
+    # run's record (loss history, time, images), so a resumed run reports the whole run, not only its last part.
+    history: list[dict[str, float]] = []
+    train_time, images_seen = 0.0, 0
+
     def save_hook(models, weights, folder):
         if accelerator.is_main_process:
             Path(folder, MODEL_CONFIG_FILE).write_text(
                 json.dumps(dict(accelerator.unwrap_model(unet).config), indent=2)
             )
+            record = {"history": history, "train_time": train_time, "images_seen": images_seen}
+            Path(folder, RUN_RECORD_FILE).write_text(json.dumps(record))
             if ema is not None:
                 ema.save_pretrained(str(Path(folder, EMA_FOLDER)))
 
@@ -650,6 +657,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         accelerator.load_state(str(checkpoint))
         global_step = checkpoint_step(checkpoint)
         logger.info("Resumed from %s at step %d", checkpoint, global_step)
+        if (checkpoint / RUN_RECORD_FILE).is_file():  # checkpoints of older versions have none
+            record = json.loads((checkpoint / RUN_RECORD_FILE).read_text())
+            history, train_time, images_seen = record["history"], record["train_time"], record["images_seen"]
+    start_step = global_step
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers(
             "train_cunet", config={k: v for k, v in vars(args).items() if v is not None and not isinstance(v, list)}
@@ -675,8 +686,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     micro_step = global_step * args.gradient_accumulation_steps
     seen_indices: list[list[int]] = []
     losses: list[float] = []
-    history: list[dict[str, float]] = []
-    train_time, images_seen = 0.0, 0
     tick = time.perf_counter()
     for epoch in range(first_epoch, num_epochs):
         transform.epoch = epoch
@@ -772,10 +781,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 args,
                 n_classes,
                 output_dir,
-                history,
-                losses,
-                images_seen,
-                train_time,
+                run={
+                    "history": history,
+                    "losses": losses,
+                    "images_seen": images_seen,
+                    "train_time": train_time,
+                    "start_step": start_step,
+                    "global_step": global_step,
+                },
             )
         )
     accelerator.end_training()
@@ -820,8 +833,10 @@ def validate(accelerator, unet, ema, noise_scheduler, args, n_classes, output_di
 
 
 def finish(
-    accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir, history, losses, images_seen, train_time
-):
+    accelerator, unet, ema, noise_scheduler, args, n_classes, output_dir, run: dict[str, Any]
+) -> dict[str, Any]:
+    """Save the EMA pipeline, a sample grid, metrics.json and the model card; push if asked. `run` holds the loss
+    history, time and images of the whole run (restored on resume), this session's batch losses and the steps."""
     model = accelerator.unwrap_model(unet)
     if ema is not None:
         ema.copy_to(model.parameters())
@@ -838,24 +853,29 @@ def finish(
     images, grid = sample_grid(model, noise_scheduler, args, n_classes, accelerator.device)
     grid_path = output_dir / "samples.png"
     grid.save(grid_path)
+    losses = run["losses"]
     tail = losses[-max(1, len(losses) // 10) :]
     metrics: dict[str, Any] = {
         "final_loss (mean of last 10% of batches)": round(sum(tail) / len(tail), 5),
-        "training steps": len(losses) // args.gradient_accumulation_steps,
-        "training throughput (images/s)": round(images_seen / max(train_time, 1e-9), 1),
-        "training wall time (s)": round(train_time, 1),
+        "training steps": run["global_step"],
+        "training throughput (images/s)": round(run["images_seen"] / max(run["train_time"], 1e-9), 1),
+        "training wall time (s)": round(run["train_time"], 1),
     }
+    if run["start_step"]:
+        metrics["resumed at step"] = run["start_step"]
     if args.dataset_name == "digits" and not args.train_data_dir and model.config.in_channels == 1:
         from diffusers_cunet.metrics import DigitRecognizer
 
         recognizer = DigitRecognizer(seed=args.seed)
         metrics["recognisable samples (digit classifier p >= 0.9)"] = round(recognizer.confident_share(images), 3)
-    (output_dir / "metrics.json").write_text(json.dumps({"metrics": metrics, "loss_history": history}, indent=2))
+    (output_dir / "metrics.json").write_text(
+        json.dumps({"metrics": metrics, "loss_history": run["history"]}, indent=2)
+    )
 
     settings = {
         "data set": args.train_data_dir or args.dataset_name,
         "resolution": model.config.sample_size,
-        "steps": args.max_train_steps,
+        "steps": run["global_step"],
         "batch size (per process x processes x accumulation)": (
             f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}"
         ),
