@@ -146,6 +146,29 @@ def plot_trials(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+TRAINING_RECORD = "metrics.json"  # written by training/train.py beside the pipeline; names the training data
+
+
+def check_judgeable(unet, folder: Path, trained_on_digits: bool = False) -> None:
+    """Refuse a model whose samples cannot be scored against scikit-learn's greyscale digits: a colour model, or
+    one whose training record names other data (or has none, unless the user vouches with --trained_on_digits)."""
+    if unet.config.in_channels != 1:
+        raise ValueError(
+            f"{folder} holds a {unet.config.in_channels}-channel model: the step search scores samples against "
+            "scikit-learn's greyscale digits and cannot judge it."
+        )
+    if trained_on_digits:
+        return
+    record = folder / TRAINING_RECORD
+    data = json.loads(record.read_text()).get("training_data") if record.is_file() else None
+    if data != "digits":
+        found = f"{record} names {data!r}" if data else f"{record} does not say what it was trained on"
+        raise ValueError(
+            f"The step search scores samples against scikit-learn's digits, but {found}. It judges only models "
+            "trained on the embedded digits; pass --trained_on_digits if this one was."
+        )
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from diffusers import DDIMScheduler
 
@@ -164,17 +187,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--held_out", type=int, default=300, help="the last N digits, never trained on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--trained_on_digits",
+        action="store_true",
+        help=f"vouch that the model was trained on the digits when its folder has no {TRAINING_RECORD} saying so",
+    )
+    parser.add_argument(
         "--output", type=Path, default=None, help="results JSON (default: <pipeline>/step_search.json)"
     )
     args = parser.parse_args(argv)
 
+    print(f"Loading {args.pipeline} ...", flush=True)
     pipe = ContinuousUNetPipeline.from_pretrained(args.pipeline)
+    check_judgeable(pipe.unet, Path(args.pipeline), args.trained_on_digits)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
-    pipe.set_progress_bar_config(disable=True)
+    pipe.set_progress_bar_config(desc="sampling", leave=False)  # one bar per scored schedule: minutes in all
     images, labels = digits_images(pipe.unet.config.sample_size)
     real = images[-args.held_out :]
+    print(f"Fitting the digit feature network on {len(images) - args.held_out} digits ...", flush=True)
     feature_net = train_digit_feature_net(images[: -args.held_out], labels[: -args.held_out], seed=args.seed)
     evaluate = ScheduleEvaluator(pipe, real, feature_net, args.samples, args.num_inference_steps, args.seed)
+    most = 1 + 2 * args.bins * (len(set(args.levels)) - 1)
+    print(f"Scoring at most {most} schedules of {args.samples} samples x {args.num_inference_steps} steps ...")
     start = time.perf_counter()
     full, best, trials = greedy_search(evaluate, args.bins, args.levels, args.tolerance, args.method)
     best.schedule.save_pretrained(args.pipeline)
@@ -202,4 +235,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    try:
+        main()
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -88,3 +88,41 @@ def test_evaluator_scores_a_real_pipeline():
     cheap, full = evaluate(SolverStepSchedule.from_steps([1])), evaluate(SolverStepSchedule.from_steps([2]))
     assert cheap.evaluations_per_sample * 2 == full.evaluations_per_sample
     assert 0 < cheap.gflops_per_sample < full.gflops_per_sample and cheap.frechet_distance > 0
+
+
+def _search(folder, *extra):
+    from diffusers_cunet.step_search import main
+
+    return main(["--pipeline", str(folder), "--levels", "1", "2", "--bins", "1", "--samples", "8",
+                 "--num_inference_steps", "2", "--held_out", "50", *extra])  # fmt: skip
+
+
+def test_search_runs_on_a_digits_model_and_refuses_what_it_cannot_judge(tmp_path):
+    digits = tmp_path / "digits"
+    train(digits, "--max_train_steps", "1")
+    result = _search(digits)
+    assert result["full"]["evaluations_per_sample"] > 0 and (digits / SCHEDULE_FILE).is_file()
+
+    unrecorded = tmp_path / "unrecorded"  # a pipeline from elsewhere: no training record
+    ContinuousUNetPipeline.from_pretrained(digits).save_pretrained(unrecorded)
+    with pytest.raises(ValueError, match="does not say what it was trained on.*--trained_on_digits"):
+        _search(unrecorded)
+    assert _search(unrecorded, "--trained_on_digits")["best"]
+
+    colour = tmp_path / "colour"
+    train(colour, "--max_train_steps", "1", "--channels", "3")
+    with pytest.raises(ValueError, match="3-channel model.*cannot judge it"):
+        _search(colour)
+    assert not (colour / SCHEDULE_FILE).exists()
+
+
+def test_search_refuses_a_model_trained_on_other_greyscale_images(tmp_path):
+    from PIL import Image
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(4):
+        Image.new("L", (8, 8), color=i * 60).save(images / f"{i}.png")
+    train(tmp_path / "out", "--max_train_steps", "1", "--train_data_dir", str(images), "--train_batch_size", "4")
+    with pytest.raises(ValueError, match=r"metrics.json names '.*images'"):
+        _search(tmp_path / "out")

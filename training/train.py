@@ -869,7 +869,14 @@ def finish(
         recognizer = DigitRecognizer(seed=args.seed)
         metrics["recognisable samples (digit classifier p >= 0.9)"] = round(recognizer.confident_share(images), 3)
     (output_dir / "metrics.json").write_text(
-        json.dumps({"metrics": metrics, "loss_history": run["history"]}, indent=2)
+        json.dumps(
+            {
+                "training_data": args.train_data_dir or args.dataset_name,
+                "metrics": metrics,
+                "loss_history": run["history"],
+            },
+            indent=2,
+        )
     )
 
     settings = {
