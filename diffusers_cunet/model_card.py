@@ -20,14 +20,19 @@ def render_model_card(
     *,
     repo_id: str,
     dataset_name: str,
+    hub_dataset: str | None = None,
     training_settings: dict[str, Any],
     metrics: dict[str, Any],
     grid_path: str = "samples.png",
     grid_caption: str = "Samples of the trained model.",
     machine: str | None = None,
 ) -> ModelCard:
-    """A `ModelCard` describing `unet` (its size, solver and cost) and the run that trained it."""
+    """A `ModelCard` describing `unet` (its size, solver and cost) and the run that trained it.
+
+    `dataset_name` is shown in the text; `hub_dataset`, the id of a Hub data set, goes into the card's metadata
+    (omit it for local folders and the embedded digits)."""
     from .flops import count_forward_flops, count_parameters
+    from .pipelines.scheduler_support import DDPM_PIPELINE_SCHEDULERS
 
     config = unet.config
     solver = getattr(unet, "solver", None)  # None for a baseline UNet2DModel trained with the same script
@@ -40,7 +45,7 @@ def render_model_card(
     card_data = ModelCardData(
         library_name="diffusers",
         license="apache-2.0",
-        datasets=[dataset_name] if "/" in dataset_name or dataset_name.isidentifier() else None,
+        datasets=[hub_dataset] if hub_dataset else None,  # Hub data sets only: never a local path
         tags=["diffusers", "diffusers-cunet", "continuous-unet", "neural-ode", "unconditional-image-generation"],
         pipeline_tag="unconditional-image-generation",
     )
@@ -65,5 +70,6 @@ def render_model_card(
         gflops=f"{count_forward_flops(unet) / 1e9:.3f}",
         training_settings=training_settings,
         metrics=metrics,
+        ddpm_pipeline_schedulers=", ".join(f"`{name}`" for name in DDPM_PIPELINE_SCHEDULERS),
         machine=machine,
     )

@@ -48,6 +48,34 @@ UNSUPPORTED_REASONS: dict[str, str] = {
 }
 
 
+# The schedulers that diffusers' own DDPMPipeline drives correctly for a DDPM-style model. DDPMPipeline neither
+# scales the initial noise by `init_noise_sigma` nor calls `scale_model_input`, and it always passes `generator`
+# to `step`: right only for schedulers with init_noise_sigma 1, an identity scale_model_input and a `step` that
+# takes a generator (tests/test_diffusers_integration.py derives this list from those three properties). Euler,
+# Heun, LMS, KDPM2 and DPM-SDE come out wrong through it; PNDM, UniPC and DEIS raise a TypeError.
+DDPM_PIPELINE_SCHEDULERS = (
+    "DDPMScheduler",
+    "DDPMParallelScheduler",
+    "DDIMScheduler",
+    "DDIMParallelScheduler",
+    "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler",
+    "SASolverScheduler",
+)
+
+
+def loading_advice(folder: str, preconditioned: bool = False) -> str:
+    """How to load a saved pipeline folder (or Hub id) correctly, for the end of training and the model card."""
+    line = (
+        f"load it with `from diffusers_cunet.pipelines import ContinuousUNetPipeline` and "
+        f"`ContinuousUNetPipeline.from_pretrained({folder!r})`, which drives every supported scheduler"
+    )
+    if preconditioned:
+        return line + " (the model needs its EDM scheduler, saved with it)."
+    names = ", ".join(name.removesuffix("Scheduler") for name in DDPM_PIPELINE_SCHEDULERS)
+    return line + f"; diffusers' DDPMPipeline loads it too but is right only with these schedulers: {names}."
+
+
 # Schedulers for models trained with EDM / EDM-FDM preconditioning (the model config's `preconditioning`): they
 # apply c_skip and c_out to the raw network output ("epsilon" in their naming) and pass c_noise as the timestep;
 # the pipeline gives the network the model's own c_in (EDM's, or FDM's momentum scaling).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -106,3 +107,55 @@ def test_load_by_hub_id_from_offline_cache(tmp_path):
     result = _run_as_user(cache, imports="")
     assert result.returncode != 0
     assert "diffusers_cunet.unet_continuous_2d" in result.stderr and "has not been imported" in result.stderr
+
+
+def _drives_like_ddpm_pipeline_expects(scheduler) -> bool:
+    """DDPMPipeline starts from unit noise, never calls scale_model_input and passes generator= to step."""
+    scheduler.set_timesteps(10)
+    sample = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    return (
+        float(scheduler.init_noise_sigma) == 1.0
+        and all(torch.equal(scheduler.scale_model_input(sample, t), sample) for t in scheduler.timesteps[:3])
+        and "generator" in inspect.signature(scheduler.step).parameters
+    )
+
+
+def test_the_ddpm_pipeline_scheduler_list_is_exact():
+    import diffusers
+    from diffusers_cunet.pipelines.scheduler_support import DDPM_PIPELINE_SCHEDULERS, SUPPORTED_SCHEDULERS
+
+    config = make_pipeline().scheduler.config
+    right = {
+        name
+        for name in SUPPORTED_SCHEDULERS
+        if _drives_like_ddpm_pipeline_expects(getattr(diffusers, name).from_config(config))
+    }
+    assert right == set(DDPM_PIPELINE_SCHEDULERS)
+
+
+@pytest.mark.parametrize("name", ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler"])
+def test_ddpm_pipeline_matches_our_pipeline_only_with_the_listed_schedulers(name):
+    import diffusers
+    from diffusers_cunet.pipelines import ContinuousUNetPipeline
+    from diffusers_cunet.pipelines.scheduler_support import DDPM_PIPELINE_SCHEDULERS
+
+    ddpm = make_pipeline()
+    ddpm.scheduler = getattr(diffusers, name).from_config(ddpm.scheduler.config)
+    ours = ContinuousUNetPipeline(unet=ddpm.unet, scheduler=ddpm.scheduler)
+    ours.set_progress_bar_config(disable=True)
+    theirs = generate(ddpm, steps=4)
+    expected = ours(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=4,
+                    output_type="np").images  # fmt: skip
+    if name in DDPM_PIPELINE_SCHEDULERS:
+        np.testing.assert_allclose(theirs, expected, atol=1e-5)
+    else:  # no scale_model_input, no init_noise_sigma: DDPMPipeline's images are wrong
+        assert np.abs(theirs - expected).max() > 0.1
+
+
+def test_ddpm_pipeline_cannot_drive_unipc():
+    from diffusers import UniPCMultistepScheduler
+
+    pipe = make_pipeline()
+    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(TypeError, match="generator"):
+        generate(pipe)

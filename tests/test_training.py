@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -64,9 +65,21 @@ def test_model_card_has_the_real_numbers(trained):
     assert f"{sum(p.numel() for p in unet.parameters()):,}" in card
     assert str(metrics["final_loss (mean of last 10% of batches)"]) in card
     assert "library_name: diffusers" in card and "diffusers-cunet" in card
-    assert "DDPMPipeline.from_pretrained" in card and "import diffusers_cunet" in card
+    assert "ContinuousUNetPipeline.from_pretrained" in card and "`DDPMSolverMultistepScheduler`" not in card
+    assert "`DDIMScheduler`" in card and "UniPC and DEIS raise" in card  # what DDPMPipeline drives correctly
+    assert "pip install diffusers-cunet" not in card and "datasets:" not in card  # digits: no Hub data set
     assert "![samples](samples.png)" in card
     assert "recognisable samples" in card
+
+
+def test_model_card_usage_code_runs_as_written(trained):
+    output, _ = trained
+    card = (output / "README.md").read_text()
+    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
+    repo_id = re.search(r'from_pretrained\("([^"]+)"\)', code).group(1)
+    namespace: dict = {}
+    exec(code.replace(repo_id, str(output)), namespace)  # the card's own snippet, on the local folder
+    assert len(namespace["images"]) == 16 and namespace["images"][0].size == (8, 8)
 
 
 def test_resume_is_exact(tmp_path):
@@ -191,3 +204,15 @@ def test_a_failed_upload_after_training_keeps_the_folder_and_says_how_to_upload(
         and "--exclude 'checkpoint-*/**'" in result["push_error"]
     )
     assert (output / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_model_card_metadata_names_only_hub_data_sets():
+    from conftest import make_tiny
+
+    from diffusers_cunet.model_card import render_model_card
+
+    common = dict(repo_id="me/cunet", training_settings={}, metrics={})
+    local = render_model_card(make_tiny(), dataset_name="/home/me/photos", **common)
+    hub = render_model_card(make_tiny(), dataset_name="uoft-cs/cifar10", hub_dataset="uoft-cs/cifar10", **common)
+    assert local.data.datasets is None and "/home/me/photos" in local.text
+    assert hub.data.datasets == ["uoft-cs/cifar10"]

@@ -36,6 +36,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from diffusers.utils import make_image_grid
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from diffusers_cunet.pipelines.scheduler_support import loading_advice
 from PIL import Image, ImageOps
 from tqdm.auto import tqdm
 
@@ -899,17 +900,14 @@ def finish(
         model,
         repo_id=args.hub_model_id or f"your-name/{output_dir.name}",
         dataset_name=args.train_data_dir or args.dataset_name,
+        hub_dataset=None if args.train_data_dir or args.dataset_name == "digits" else args.dataset_name,
         training_settings=settings,
         metrics=metrics,
         grid_caption=f"{len(images)} samples, {sampler_name} {args.validation_inference_steps} steps, EMA weights.",
         machine=f"{accelerator.num_processes} x {accelerator.device.type}",
     )
     card.save(str(output_dir / "README.md"))
-    loader = "diffusers_cunet.pipelines.ContinuousUNetPipeline" if preconditioned else "DDPMPipeline"
-    print(
-        f"\nSaved the pipeline to {output_dir}/ (load it with `import diffusers_cunet` then "
-        f"`{loader}.from_pretrained({str(output_dir)!r})`)."
-    )
+    print(f"\nSaved the pipeline to {output_dir}/: {loading_advice(str(output_dir), preconditioned)}")
     print(f"Sample grid: {grid_path}")
     print("Metrics: " + ", ".join(f"{k} = {v}" for k, v in metrics.items()))
     result: dict[str, Any] = {"metrics": metrics, "grid": str(grid_path)}
