@@ -37,6 +37,15 @@ def make_tiny(seed: int = 0, **overrides) -> ContinuousUNet2DModel:
     return perturb_zero_init(ContinuousUNet2DModel(**{**TINY_CONFIG, **overrides}), seed=seed).eval()
 
 
+def lay_out_hub_cache(cache, repo_id: str, pipe) -> None:
+    """A Hugging Face cache as `from_pretrained` leaves it: snapshots/<commit>/..., refs/main -> <commit>."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    pipe.save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
 @pytest.fixture
 def tiny_model() -> ContinuousUNet2DModel:
     return make_tiny()

@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny
+from conftest import lay_out_hub_cache, make_tiny
 from diffusers import (
     DDIMScheduler,
     DDPMPipeline,
@@ -64,15 +64,6 @@ def test_pipeline_save_and_load_round_trip(tmp_path):
     np.testing.assert_array_equal(generate(loaded), generate(pipe))
 
 
-def _lay_out_hub_cache(cache, repo_id: str, pipe: DDPMPipeline) -> None:
-    """A Hugging Face cache as `from_pretrained` leaves it: snapshots/<commit>/..., refs/main -> <commit>."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    pipe.save_pretrained(repo / "snapshots" / commit)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-
-
 USER_SCRIPT = """
 import json, sys
 import torch
@@ -96,7 +87,7 @@ def test_load_by_hub_id_from_offline_cache(tmp_path):
     pipe = make_pipeline()
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     cache = tmp_path / "hub"
-    _lay_out_hub_cache(cache, "org/cunet-cifar10", pipe)
+    lay_out_hub_cache(cache, "org/cunet-cifar10", pipe)
 
     result = _run_as_user(cache, imports="import diffusers_cunet")
     assert result.returncode == 0, result.stderr[-3000:]
