@@ -27,13 +27,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-## Parameters, FLOPs and forward latency against diffusers' UNet2DModel.
+## Parameters, FLOPs and forward latency against diffusers' UNet2DModel -> outputs/benchmarks/results/cost.json.
 cost: $(STAMP)
 	$(PY) -m benchmarks.cost
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache
 
-## Side-by-side benchmarks against UNet2DModel (quick mode, < 20 min on 2 CPU cores) -> BENCHMARKS.md
+## Side-by-side benchmarks against UNet2DModel (quick mode, < 20 min on 2 CPU cores) -> outputs/benchmarks/
+## (python -m benchmarks --publish rewrites the committed BENCHMARKS.md and benchmarks/results/).
 bench: $(STAMP)
 	$(PY) -m benchmarks

@@ -4,7 +4,8 @@
     python -m benchmarks --mode full     # longer training (3,000 steps, 8 models); use a GPU if there is one
     python -m benchmarks --mode tiny     # seconds: the smoke test of the benchmark code
 
-Results go to benchmarks/results/ (JSON + PNG) and BENCHMARKS.md; training runs to outputs/bench/<mode>/.
+Results go to outputs/benchmarks/results/ (JSON + PNG) and outputs/benchmarks/BENCHMARKS.md; with --publish to
+the tracked benchmarks/results/ and BENCHMARKS.md. Training runs go to outputs/bench/<mode>/.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from . import cost, quality, report
+from . import cost, paths, quality, report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,10 +25,13 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--mode", choices=sorted(quality.MODES), default="quick")
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
-    parser.add_argument("--report", type=Path, default=ROOT / "BENCHMARKS.md")
+    paths.add_publish_option(parser)
+    parser.add_argument("--results", type=Path, default=None, help="results folder (overrides --publish)")
+    parser.add_argument("--report", type=Path, default=None, help="report file (overrides --publish)")
     parser.add_argument("--runs", type=Path, default=None, help="where the training runs go")
     args = parser.parse_args(argv)
+    args.results = args.results or paths.results_dir(args.publish)
+    args.report = args.report or paths.report_path(args.publish)
     args.results.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tiny = args.mode == "tiny"
@@ -38,9 +42,10 @@ def main(argv: list[str] | None = None) -> Path:
         runs = args.runs or ROOT / "outputs" / "bench" / args.mode
         quality.run(args.mode, runs, args.results / "quality.json")
     command = "python -m benchmarks" + ("" if args.mode == "quick" else f" --mode {args.mode}")
+    command += " --publish" if args.publish else ""
     path = report.write(args.results, args.report, command)
     print(f"\nBenchmarks ({args.mode}) took {time.perf_counter() - start:.0f} s.")
-    print(f"Results: {args.results}/ (cost.json, quality.json, *.png); report: {path}")
+    print(f"Results: {paths.shown(args.results)}/ (cost.json, quality.json, *.png); report: {paths.shown(path)}")
     return path
 
 

@@ -28,7 +28,7 @@ from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.noise_schedule import make_noise_scheduler
 from diffusers_cunet.presets import from_preset
 
-RESULTS = Path(__file__).parent / "results"
+from . import paths
 
 
 def _sync(device: torch.device) -> None:
@@ -173,12 +173,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-latency", action="store_true", help="only count parameters and FLOPs")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--output", type=Path, default=RESULTS / "cost.json")
+    paths.add_publish_option(parser)
+    parser.add_argument("--output", type=Path, default=None, help="JSON file (overrides --publish)")
     args = parser.parse_args(argv)
+    args.output = args.output or paths.results_dir(args.publish) / "cost.json"
     result = run(args.repeats, counts_only=args.no_latency)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))
-    print(f"results written to {args.output}")
+    print(f"results written to {paths.shown(args.output)}")
     return result
 
 

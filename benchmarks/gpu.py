@@ -33,7 +33,8 @@ from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.noise_schedule import make_noise_scheduler
 from diffusers_cunet.presets import from_preset
 
-RESULTS = Path(__file__).parent / "results"
+from . import paths
+
 MODES = {
     # batch sizes, sampling batch and steps, repeats, training batch
     "full": dict(batches=(1, 128), sampling_batch=256, sampling_steps=50, repeats=20, train_batch=128, train_steps=10),
@@ -372,7 +373,8 @@ def run(
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(MODES), default="full")
-    parser.add_argument("--output", type=Path, default=None, help="JSON file (default benchmarks/results/gpu.json)")
+    paths.add_publish_option(parser)
+    parser.add_argument("--output", type=Path, default=None, help="JSON file (overrides --publish)")
     parser.add_argument("--time-budget", type=float, default=float("inf"),
                         help="seconds after which the compiled sections are skipped")  # fmt: skip
     parser.add_argument("--compile-modes", nargs="*", default=["reduce-overhead", "default"],
@@ -383,7 +385,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--channels-last", action="store_true", help="compiled forward in channels_last")
     parser.add_argument("--profile-kernels", action="store_true", help="kernel time by kind of the compiled calls")
     args = parser.parse_args(argv)
-    output = args.output or RESULTS / ("gpu.json" if args.mode == "full" else f"gpu_{args.mode}.json")
+    name = "gpu.json" if args.mode == "full" else f"gpu_{args.mode}.json"
+    output = args.output or paths.results_dir(args.publish) / name
     return run(args.mode, output, args.time_budget, tuple(args.compile_modes), tuple(args.compiled_training),
                tuple(args.sections), args.channels_last, args.profile_kernels)  # fmt: skip
 

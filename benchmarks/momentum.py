@@ -29,6 +29,7 @@ from diffusers_cunet.image_data import digits_images
 from diffusers_cunet.metrics import frechet_and_kid, train_digit_feature_net
 from diffusers_cunet.preconditioning import edm_scheduler
 
+from . import paths
 from .quality import HELD_OUT, load_ema, load_train_module, sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -325,11 +326,14 @@ def section(result: dict[str, Any], ablation: dict[str, Any] | None = None) -> l
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    paths.add_publish_option(parser)
+    parser.add_argument("--results", type=Path, default=None, help="results folder (overrides --publish)")
     parser.add_argument("--runs", type=Path, default=None, help="where the training runs go")
     parser.add_argument("--ablation", action="store_true", help="train the ablations (needs momentum.json)")
     parser.add_argument("--variants", nargs="+", choices=sorted(ABLATIONS), default=None, help="some ablations only")
     args = parser.parse_args(argv)
+    args.results = args.results or paths.results_dir(args.publish)
+    args.results.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     runs = args.runs or ROOT / "outputs" / "momentum" / args.mode
     if args.ablation:

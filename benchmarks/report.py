@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from .paths import shown  # noqa: E402
+
 COST_KEYS = [
     ("params", "parameters", "{:,.0f}"),
     ("gflops_per_call", "GFLOPs per call (batch 1)", "{:.3f}"),
@@ -292,7 +294,7 @@ def write(results: Path, output: Path, command: str, notes: list[str] | None = N
     quality = json.loads((results / "quality.json").read_text()) if (results / "quality.json").exists() else None
     lines = [
         "# Benchmarks: continuous U-Net vs diffusers' UNet2DModel\n",
-        f"Produced by `{command}` (see `benchmarks/`); raw numbers in `benchmarks/results/*.json`.\n",
+        f"Produced by `{command}` (see `benchmarks/`); raw numbers in `{shown(results)}/*.json`.\n",
     ]
     if cost:
         lines += cost_section(cost)

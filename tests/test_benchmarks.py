@@ -60,3 +60,15 @@ def test_gpu_benchmark_runs_on_cpu_with_small_sizes(tmp_path):
     assert all(r["throughput_ratio"] > 0 for r in result["training"])
     text = "\n".join(report.gpu_section(saved))
     assert "| fp32 | 4 | eager |" in text and "Fastest bf16 forward" in text and "| euler x2 | 14 |" in text
+
+
+def test_benchmarks_write_outside_the_tracked_results_unless_asked(tmp_path, monkeypatch):
+    from benchmarks import cost, paths
+
+    tracked = paths.PUBLISHED_RESULTS / "cost.json"
+    before = tracked.read_bytes()
+    monkeypatch.setattr(paths, "OUTPUT", tmp_path / "outputs")
+    cost.main(["--no-latency"])
+    assert json.loads((tmp_path / "outputs" / "results" / "cost.json").read_text())["sizes"]
+    assert tracked.read_bytes() == before
+    assert paths.results_dir(publish=True) == tracked.parent and paths.report_path(True).name == "BENCHMARKS.md"

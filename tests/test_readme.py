@@ -45,7 +45,7 @@ def user_folder(tmp_path_factory):
 
 
 def test_the_readme_has_examples():
-    assert len(PYTHON_BLOCKS) >= 6 and any("from_pretrained(\"org/cunet-cifar10\")" in b for b in PYTHON_BLOCKS)
+    assert len(PYTHON_BLOCKS) >= 6 and any('from_pretrained("org/cunet-cifar10")' in b for b in PYTHON_BLOCKS)
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
