@@ -295,3 +295,23 @@ def test_requested_processes_reads_the_launcher_config_file(tmp_path, module):
         launcher.kill()
         launcher.wait()
     assert module.requested_processes(os.getpid()) is None  # pytest is not a launcher
+
+
+def test_long_waits_have_a_bar_and_odd_settings_a_warning(tmp_path, module, caplog, capsys):
+    with caplog.at_level("WARNING"):
+        train(tmp_path / "out", "--max_train_steps", "3", "--lr_warmup_steps", "5", module=module)
+    assert "--lr_warmup_steps 5 is not shorter than --max_train_steps 3" in caplog.text
+    err = capsys.readouterr().err
+    assert "training" in err and "final samples" in err  # the sampling after the last step shows a bar
+
+
+def test_a_data_folder_holding_training_outputs_is_refused(tmp_path, module):
+    folder = _image_folder(tmp_path / "images")
+    with pytest.raises(ValueError, match="lies inside --train_data_dir"):
+        train(folder / "run", "--train_data_dir", str(folder), "--max_train_steps", "1", module=module)
+    (folder / "old-run").mkdir()
+    (folder / "old-run" / "model_index.json").write_text("{}")
+    Image.new("RGB", (64, 64)).save(folder / "old-run" / "samples.png")
+    with pytest.raises(ValueError, match="contains a saved pipeline"):
+        train(tmp_path / "out", "--train_data_dir", str(folder), "--max_train_steps", "1", module=module)
+    assert not (tmp_path / "out").exists()

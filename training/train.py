@@ -387,6 +387,23 @@ def sampling_scheduler(model, noise_scheduler):
     return DDIMScheduler.from_config(noise_scheduler.config)
 
 
+def check_data_folder(data_dir: Path, output_dir: Path) -> None:
+    """Refuse a data folder that holds a training output (its sample grids would become training images) or that
+    would receive this run's output."""
+    if data_dir.is_dir():
+        outputs = sorted(path.parent for path in data_dir.rglob("model_index.json"))
+        if outputs:
+            raise ValueError(
+                f"--train_data_dir {str(data_dir)!r} contains a saved pipeline ({outputs[0]}): its sample grids would "
+                "be trained on as images. Move training outputs out of the data folder."
+            )
+    if output_dir.resolve().is_relative_to(data_dir.resolve()):
+        raise ValueError(
+            f"--output_dir {str(output_dir)!r} lies inside --train_data_dir {str(data_dir)!r}: the run's sample grids "
+            "would become training images of the next run. Choose an output folder outside the data."
+        )
+
+
 def check_resolution(resolution: int, config: dict[str, Any]) -> None:
     factor = 2 ** (len(config["block_out_channels"]) - 1)
     if resolution < factor or resolution % factor:
@@ -410,10 +427,13 @@ def check_checkpoint_matches(checkpoint: Path, model_config: dict[str, Any]) -> 
         raise ValueError(f"Checkpoint {checkpoint} belongs to another model ({details}).")
 
 
-def sample_grid(unet, noise_scheduler, args, n_classes: int | None, device) -> tuple[torch.Tensor, Any]:
-    """Draw `num_validation_images` with a fast sampler and return them in [0, 1] with their image grid."""
+def sample_grid(
+    unet, noise_scheduler, args, n_classes: int | None, device, progress: str | None = None
+) -> tuple[torch.Tensor, Any]:
+    """Draw `num_validation_images` with a fast sampler and return them in [0, 1] with their image grid; a bar
+    named `progress` shows the sampling steps (None: no bar)."""
     pipeline = ContinuousUNetPipeline(unet=unet, scheduler=sampling_scheduler(unet, noise_scheduler))
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline.set_progress_bar_config(disable=progress is None, desc=progress, leave=False)
     labels = torch.arange(args.num_validation_images) % n_classes if n_classes else None
     images = pipeline(
         batch_size=args.num_validation_images,
@@ -524,9 +544,19 @@ def compile_in_place(unet, args) -> None:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if args.lr_warmup_steps >= args.max_train_steps:
+        logger.warning(
+            "--lr_warmup_steps %d is not shorter than --max_train_steps %d: the learning rate never reaches "
+            "--learning_rate %g. Lower the warm-up (e.g. to a tenth of the run).",
+            args.lr_warmup_steps,
+            args.max_train_steps,
+            args.learning_rate,
+        )
     output_dir = Path(args.output_dir)
 
     # 1. Everything that can be wrong with the input is checked before any compute or any file is written.
+    if args.train_data_dir:
+        check_data_folder(Path(args.train_data_dir), output_dir)
     if args.push_to_hub:
         check_hub_access(args.hub_model_id, args.hub_token)
     dataset = load_image_dataset(
@@ -820,7 +850,7 @@ def validate(accelerator, unet, ema, noise_scheduler, args, n_classes, output_di
             ema.store(model.parameters())
             ema.copy_to(model.parameters())
         model.eval()
-        images, grid = sample_grid(model, noise_scheduler, args, n_classes, accelerator.device)
+        images, grid = sample_grid(model, noise_scheduler, args, n_classes, accelerator.device, "validation samples")
         model.train()
         if ema is not None:
             ema.restore(model.parameters())
@@ -851,7 +881,7 @@ def finish(
         pipeline = DDPMPipeline(unet=model, scheduler=noise_scheduler)
     pipeline.save_pretrained(str(output_dir), safe_serialization=True)
 
-    images, grid = sample_grid(model, noise_scheduler, args, n_classes, accelerator.device)
+    images, grid = sample_grid(model, noise_scheduler, args, n_classes, accelerator.device, "final samples")
     grid_path = output_dir / "samples.png"
     grid.save(grid_path)
     losses = run["losses"]
@@ -867,6 +897,7 @@ def finish(
     if args.dataset_name == "digits" and not args.train_data_dir and model.config.in_channels == 1:
         from diffusers_cunet.metrics import DigitRecognizer
 
+        logger.info("Scoring the samples with the digit recognizer ...")
         recognizer = DigitRecognizer(seed=args.seed)
         metrics["recognisable samples (digit classifier p >= 0.9)"] = round(recognizer.confident_share(images), 3)
     (output_dir / "metrics.json").write_text(
