@@ -1,7 +1,7 @@
 """Run the benchmarks side by side and write BENCHMARKS.md.
 
     python -m benchmarks                 # quick mode: under 20 minutes on 2 CPU cores (make bench)
-    python -m benchmarks --mode full     # longer training (3,000 steps, 8 models); use a GPU if there is one
+    python -m benchmarks --mode full     # longer training (3,000 steps, 10 models); use a GPU if there is one
     python -m benchmarks --mode tiny     # seconds: the smoke test of the benchmark code
 
 Results go to outputs/benchmarks/results/ (JSON + PNG) and outputs/benchmarks/BENCHMARKS.md; with --publish to

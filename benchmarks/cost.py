@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
-from diffusers_cunet.pipelines import ContinuousUNetPipeline
 
-from diffusers_cunet.baselines import UNET2D_PRESETS, ddpm_cifar10_unet
 from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.noise_schedule import make_noise_scheduler
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.presets import from_preset
+from training.baselines import UNET2D_PRESETS, ddpm_cifar10_unet
 
 from . import paths
 

@@ -25,13 +25,13 @@ from typing import Any
 import torch
 from diffusers import DDIMScheduler, UNet2DModel
 from diffusers.utils import logging as diffusers_logging
-from diffusers_cunet.pipelines import ContinuousUNetPipeline
 
 from diffusers_cunet.acceleration import CUDAGraphedModel, compile_model
-from diffusers_cunet.baselines import UNET2D_PRESETS, ddpm_cifar10_unet
 from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.noise_schedule import make_noise_scheduler
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.presets import from_preset
+from training.baselines import UNET2D_PRESETS, ddpm_cifar10_unet
 
 from . import paths
 

@@ -21,28 +21,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-from diffusers_cunet.pipelines import ContinuousUNetPipeline
 
-from diffusers_cunet.checkpointing import checkpoint_step, list_checkpoints
-from diffusers_cunet.image_data import digits_images
-from diffusers_cunet.metrics import frechet_and_kid, train_digit_feature_net
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.preconditioning import edm_scheduler
+from training.checkpointing import checkpoint_step, list_checkpoints
+from training.data import digits_images
+from training.loop import train
+from training.metrics import frechet_and_kid, train_digit_feature_net
+from training.options import make_config
 
 from . import paths
-from .quality import HELD_OUT, load_ema, load_train_module, sample
+from .quality import HELD_OUT, load_ema, sample
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = {"ddpm": [], "edm": ["--preconditioning", "edm"], "edm-fdm": ["--preconditioning", "edm-fdm"]}
+DIGITS_RECIPE = yaml.safe_load((ROOT / "training" / "configs" / "digits.yaml").read_text())  # make demo's
+METHODS = {"ddpm": {}, "edm": {"preconditioning": "edm"}, "edm-fdm": {"preconditioning": "edm-fdm"}}
 LABELS = {"ddpm": "DDPM (eps, cosine)", "edm": "EDM", "edm-fdm": "EDM-FDM (m = 1)"}
 # Which part of EDM-FDM does what: its input scaling without the warm-up, and the warm-up on plain EDM.
 ABLATIONS = {
-    "edm-fdm-no-warmup": ["--preconditioning", "edm-fdm", "--loss_weight_warmup_steps", "0"],
-    "edm-warmup": ["--preconditioning", "edm", "--loss_weight_warmup_steps", "200"],
-    "edm-fdm-normalized": ["--preconditioning", "edm-fdm", "--fdm_normalize_input"],  # our variant
+    "edm-fdm-no-warmup": {"preconditioning": "edm-fdm", "loss_weight_warmup_steps": 0},
+    "edm-warmup": {"preconditioning": "edm", "loss_weight_warmup_steps": 200},
+    "edm-fdm-normalized": {"preconditioning": "edm-fdm", "fdm_normalize_input": True},  # our variant
     # a second training seed (same evaluation seed) for the two best, to see the run-to-run spread
-    "edm-seed1": ["--preconditioning", "edm", "--seed", "1"],
-    "edm-warmup-seed1": ["--preconditioning", "edm", "--loss_weight_warmup_steps", "200", "--seed", "1"],
+    "edm-seed1": {"preconditioning": "edm", "seed": 1},
+    "edm-warmup-seed1": {"preconditioning": "edm", "loss_weight_warmup_steps": 200, "seed": 1},
 }
 ABLATION_LABELS = {
     "edm-fdm-no-warmup": "EDM-FDM input scaling, no warm-up",
@@ -108,7 +112,6 @@ def run(
     """Train and score the three methods (or, with `ablation`, the ablations: curves only; `variants` picks some
     of them and adds them to an existing results file)."""
     settings = MODES[mode]
-    train = load_train_module()
     images, labels = digits_images(settings.resolution)
     train_images, real = images[:-HELD_OUT], images[-HELD_OUT:]
     feature_net = train_digit_feature_net(train_images, labels[:-HELD_OUT], seed=settings.seed)
@@ -117,18 +120,17 @@ def run(
     chosen = ABLATIONS if ablation else METHODS
     for method, extra in ((m, chosen[m]) for m in (variants or chosen)):
         output = runs_root / method
-        argv = [
-            "--config", str(ROOT / "training" / "configs" / "digits.yaml"), "--output_dir", str(output),
-            "--resolution", str(settings.resolution), "--max_train_samples", str(len(train_images)),
-            "--train_batch_size", str(settings.batch_size), "--max_train_steps", str(settings.steps),
-            "--checkpointing_steps", str(settings.checkpoint_every), "--checkpoints_total_limit", "1000",
-            "--validation_steps", "0", "--num_validation_images", "16", "--report_to", "none",
-            "--seed", str(settings.seed), *extra,
-        ]  # fmt: skip
+        options = {
+            **DIGITS_RECIPE, "output_dir": output, "resolution": settings.resolution,
+            "max_train_samples": len(train_images), "train_batch_size": settings.batch_size,
+            "max_train_steps": settings.steps, "checkpointing_steps": settings.checkpoint_every,
+            "checkpoints_total_limit": 1000, "validation_steps": 0, "num_validation_images": 16, "report_to": "none",
+            "seed": settings.seed, **extra,
+        }  # fmt: skip
         if settings.block_out_channels:
-            argv += ["--block_out_channels", *map(str, settings.block_out_channels)]
+            options["block_out_channels"] = list(settings.block_out_channels)
         print(f"\n=== training {method} ({settings.steps} steps) ===", flush=True)
-        result = train.main(argv)
+        result = train(make_config(**options))
         ddpm_config = None
         if method == "ddpm":
             ddpm_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
@@ -140,15 +142,15 @@ def run(
             point = score(model, scheduler, settings.curve_calls, real, feature_net, settings)
             curve.append({"step": checkpoint_step(checkpoint), **point})
             print(f"{method} step {curve[-1]['step']}: FD {point['frechet_distance']:.1f}", flush=True)
-        unet = result["unet"].eval()
+        unet = result.unet.eval()
         sweeps = {}
         for name, scheduler in samplers(method, unet, ddpm_config).items() if not ablation else ():
             sweeps[name] = [score(unet, scheduler, n, real, feature_net, settings) for n in settings.sweep_calls]
             print(f"{method} {name}: " + ", ".join(f"{p['calls']}: {p['frechet_distance']:.1f}" for p in sweeps[name]))
         rows[method] = {
             "label": (ABLATION_LABELS if ablation else LABELS)[method],
-            "final_loss": result["metrics"]["final_loss (mean of last 10% of batches)"],
-            "train_seconds": result["metrics"]["training wall time (s)"],
+            "final_loss": result.final_loss,
+            "train_seconds": result.train_seconds,
             "loss_history": [(h["step"], h["loss"]) for h in history],
             "curve": curve,
             "sweeps": sweeps,

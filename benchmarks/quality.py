@@ -8,7 +8,6 @@ Pareto frontier of quality against training time / FLOPs / sampling latency, and
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -18,14 +17,16 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DModel
-from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline, ContinuousUNetPipeline
-from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
 
 from diffusers_cunet import ContinuousUNet2DModel
-from diffusers_cunet.checkpointing import checkpoint_step, list_checkpoints
 from diffusers_cunet.flops import count_forward_flops, count_parameters
-from diffusers_cunet.image_data import digits_images
-from diffusers_cunet.metrics import DigitRecognizer, frechet_and_kid, train_digit_feature_net
+from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline, ContinuousUNetPipeline
+from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
+from training.checkpointing import checkpoint_step, list_checkpoints
+from training.data import digits_images
+from training.loop import train
+from training.metrics import DigitRecognizer, frechet_and_kid, train_digit_feature_net
+from training.options import make_config
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT = 300  # the last 300 digits are never trained on
@@ -39,13 +40,13 @@ class Variant:
     model_type: str  # "cunet" | "unet2d"
     block_out_channels: tuple[int, ...]
     solver: tuple[str, int] | None = None  # (method, steps) for the cUNet
-    extra: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def train_args(self) -> list[str]:
-        args = ["--model_type", self.model_type, "--block_out_channels", *map(str, self.block_out_channels)]
+    def train_options(self) -> dict[str, Any]:
+        options = {"model_type": self.model_type, "block_out_channels": list(self.block_out_channels)}
         if self.solver:
-            args += ["--solver_method", self.solver[0], "--solver_steps", str(self.solver[1])]
-        return args + self.extra
+            options.update(solver_method=self.solver[0], solver_steps=self.solver[1])
+        return {**options, **self.extra}
 
 
 @dataclass
@@ -79,13 +80,6 @@ def variants(mode: str) -> list[Variant]:
         out.append(Variant("cunet-x1-euler1", "cunet", widths["x1"], ("euler", 1)))
     out += [Variant(f"unet2d-{w}", "unet2d", c) for w, c in widths.items()]
     return out
-
-
-def load_train_module():
-    spec = importlib.util.spec_from_file_location("cunet_train", ROOT / "training" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @torch.no_grad()
@@ -166,7 +160,6 @@ def photo_patches(count: int, size: int, seed: int) -> torch.Tensor:
 
 def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
     settings = MODES[mode]
-    train = load_train_module()
     images, labels = digits_images(settings.resolution)
     train_images, real = images[:-HELD_OUT], images[-HELD_OUT:]
     feature_net = train_digit_feature_net(train_images, labels[:-HELD_OUT], seed=settings.seed)
@@ -177,21 +170,20 @@ def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
     rows = []
     for variant in variants(mode):
         output = output_root / variant.name
-        argv = [
-            "--output_dir", str(output), "--dataset_name", "digits", "--resolution", str(settings.resolution),
-            "--max_train_samples", str(len(train_images)), "--train_batch_size", str(settings.batch_size),
-            "--max_train_steps", str(settings.steps), "--learning_rate", str(settings.learning_rate),
-            "--lr_warmup_steps", str(max(1, settings.steps // 20)), "--checkpointing_steps", str(interval),
-            "--checkpoints_total_limit", "100", "--validation_steps", "0", "--num_validation_images", "16",
-            "--validation_inference_steps", str(settings.sampling_steps), "--report_to", "none",
-            "--seed", str(settings.seed), "--logging_steps", "10", *variant.train_args(),
-        ]  # fmt: skip
+        config = make_config(
+            output_dir=output, dataset_name="digits", resolution=settings.resolution,
+            max_train_samples=len(train_images), train_batch_size=settings.batch_size,
+            max_train_steps=settings.steps, learning_rate=settings.learning_rate,
+            lr_warmup_steps=max(1, settings.steps // 20), checkpointing_steps=interval,
+            checkpoints_total_limit=100, validation_steps=0, num_validation_images=16,
+            validation_inference_steps=settings.sampling_steps, report_to="none",
+            seed=settings.seed, logging_steps=10, **variant.train_options(),
+        )  # fmt: skip
         print(f"\n=== training {variant.name} ({settings.steps} steps) ===", flush=True)
-        result = train.main(argv)
-        unet = result["unet"].eval()
+        result = train(config)
+        unet = result.unet.eval()
         noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
-        metrics = result["metrics"]
-        train_seconds = metrics["training wall time (s)"]
+        train_seconds = result.train_seconds
         curve = []
         for checkpoint in list_checkpoints(output):
             step = checkpoint_step(checkpoint)
@@ -208,8 +200,8 @@ def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
             "gflops_per_call": flops_per_call / 1e9,
             "gflops_per_sample": flops_per_call * settings.sampling_steps / 1e9,
             "train_seconds": train_seconds,
-            "train_images_per_s": metrics["training throughput (images/s)"],
-            "final_loss": metrics["final_loss (mean of last 10% of batches)"],
+            "train_images_per_s": result.images_per_second,
+            "final_loss": result.final_loss,
             "final": final,
             "curve": curve,
             "denoise_digits": denoise_scores(unet, noise_config, real[:64], settings) if denoise else None,

@@ -212,7 +212,7 @@ def step_search_section(search: dict[str, Any]) -> list[str]:
     return [
         "\n## Step-aware compute: searched solver schedule vs uniform full effort\n",
         "The digits cUNet trained with `--solver_steps_choices 1 2 4` (`outputs/digits-steps`, 1,500 steps, the "
-        "first 1,497 digits), then `python -m diffusers_cunet.step_search --pipeline outputs/digits-steps "
+        "first 1,497 digits), then `python -m training.step_search --pipeline outputs/digits-steps "
         f"--levels 1 2 4 --bins 5 --samples 200` ({search['scheduler']}, {search['num_inference_steps']} steps, "
         f"bound: FD at most {search['tolerance']:.0%} above full effort; {len(search['trials'])} schedules scored "
         f"in {search['search_seconds']:.0f} s). Same noise for every schedule.\n",

@@ -41,10 +41,6 @@ class SolverStepSchedule:
             SolverConfig.from_options(entry)  # raises ValueError for unknown methods or options
         object.__setattr__(self, "settings", tuple(dict(entry) for entry in self.settings))
 
-    @classmethod
-    def uniform(cls, bins: int, num_train_timesteps: int = 1000, **settings: Any) -> SolverStepSchedule:
-        return cls(tuple(dict(settings) for _ in range(bins)), num_train_timesteps)
-
     @property
     def num_bins(self) -> int:
         return len(self.settings)

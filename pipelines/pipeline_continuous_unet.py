@@ -15,6 +15,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_utils import (
     SolverSchedule,
+    check_output_type,
     class_labels_for,
     load_solver_schedule,
     reverse_process,
@@ -83,7 +84,7 @@ class ContinuousUNetPipeline(DiffusionPipeline):
             generator (`torch.Generator`, *optional*): makes generation deterministic.
             num_inference_steps (`int`): denoising steps of the scheduler.
             output_type (`str`): `"pil"`, `"np"` (arrays in [0, 1]) or `"pt"` (tensors in [0, 1]).
-            return_dict (`bool`): return an `ImagePipelineOutput` instead of a tuple.
+            return_dict (`bool`): return a `ContinuousUNetPipelineOutput` instead of a tuple.
             class_labels (`torch.Tensor` or `list[int]`, *optional*): one class per image, for class-conditional
                 models.
             solver_schedule (`callable`, *optional*): `solver_schedule(step_index, timestep)` returns the ODE-solver
@@ -97,8 +98,7 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        if output_type not in ("pil", "np", "pt"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}.")
+        check_output_type(output_type)
         check_scheduler(self.scheduler, self.unet)
         solver_schedule = solver_schedule if solver_schedule is not None else self.solver_schedule
         if is_edm_scheduler(self.scheduler) and hasattr(solver_schedule, "num_train_timesteps"):

@@ -16,6 +16,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .pipeline_utils import (
     SolverSchedule,
+    check_output_type,
     class_labels_for,
     reverse_process,
     to_output_type,
@@ -125,6 +126,7 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
             raise ValueError(f"noise_std must be positive, got {noise_std!r}.")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        check_output_type(output_type)
         if is_edm_scheduler(self.scheduler) or getattr(self.unet, "preconditioning", None) is not None:
             raise ValueError(
                 "ContinuousUNetDenoisePipeline starts the reverse process part-way along a discrete VP schedule; "

@@ -55,8 +55,18 @@ class EvaluationTally:
         return self.unet.ode_function_evaluations() if self.adaptive else self.fixed
 
 
+OUTPUT_TYPES = ("pt", "np", "pil")
+
+
+def check_output_type(output_type: str) -> None:
+    """Raise before any sampling for an output type the pipelines cannot return."""
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {list(OUTPUT_TYPES)}, got {output_type!r}.")
+
+
 def to_output_type(images: torch.Tensor, output_type: str):
     """Images in [0, 1] as tensors (`pt`), arrays (`np`) or PIL images (`pil`)."""
+    check_output_type(output_type)
     if output_type == "pt":
         return images
     array = images.cpu().permute(0, 2, 3, 1).float().numpy()

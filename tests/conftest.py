@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
 from diffusers_cunet import ContinuousUNet2DModel
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # `training` and `benchmarks` are folders of the repository, not installed packages
+    sys.path.insert(0, str(ROOT))
 
 TINY_CONFIG = dict(
     sample_size=8,

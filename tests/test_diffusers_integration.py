@@ -113,6 +113,7 @@ def _drives_like_ddpm_pipeline_expects(scheduler) -> bool:
 
 def test_the_ddpm_pipeline_scheduler_list_is_exact():
     import diffusers
+
     from diffusers_cunet.pipelines.scheduler_support import DDPM_PIPELINE_SCHEDULERS, SUPPORTED_SCHEDULERS
 
     config = make_pipeline().scheduler.config
@@ -127,6 +128,7 @@ def test_the_ddpm_pipeline_scheduler_list_is_exact():
 @pytest.mark.parametrize("name", ["DDIMScheduler", "DPMSolverMultistepScheduler", "EulerDiscreteScheduler"])
 def test_ddpm_pipeline_matches_our_pipeline_only_with_the_listed_schedulers(name):
     import diffusers
+
     from diffusers_cunet.pipelines import ContinuousUNetPipeline
     from diffusers_cunet.pipelines.scheduler_support import DDPM_PIPELINE_SCHEDULERS
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import perturb_zero_init
 from diffusers import DDIMScheduler
-from diffusers_cunet.pipelines import ContinuousUNetPipeline
 
 from diffusers_cunet.acceleration import CUDAGraphedModel
 from diffusers_cunet.noise_schedule import make_noise_scheduler
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.presets import from_preset
 from diffusers_cunet.solvers import SolverConfig
 

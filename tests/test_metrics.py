@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from diffusers_cunet.image_data import digits_images
-from diffusers_cunet.metrics import DigitRecognizer, blob_images
+from training.data import digits_images
+from training.metrics import DigitRecognizer, blob_images
 
 
 def test_real_digits_are_recognised_and_blobs_are_not():

@@ -270,3 +270,15 @@ def test_torch_compile_matches_eager(tiny_model, tiny_inputs):
         compiled = torch.compile(tiny_model)
         out = compiled(sample, t).sample
     torch.testing.assert_close(out, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_cifar10_preset_stays_within_its_budget_against_ddpm_cifar10():
+    """presets.py's promise: the 32x32 default has at most 25% of the parameters and 30% of the FLOPs of
+    diffusers' UNet2DModel with google/ddpm-cifar10-32's configuration."""
+    from diffusers_cunet.flops import count_forward_flops, count_parameters
+    from diffusers_cunet.presets import from_preset
+    from training.baselines import ddpm_cifar10_unet
+
+    cunet, unet = from_preset("cifar10-32"), ddpm_cifar10_unet()
+    assert count_parameters(cunet) <= 0.25 * count_parameters(unet)
+    assert count_forward_flops(cunet) <= 0.30 * count_forward_flops(unet)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_tiny
-from diffusers import DiffusionPipeline
-from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline, ContinuousUNetPipeline
-from diffusers_cunet.pipelines.scheduler_support import SUPPORTED_SCHEDULERS, UNSUPPORTED_REASONS
+from diffusers import DDIMScheduler, DiffusionPipeline
 from gaussian_oracle import GaussianOracle
 
 from diffusers_cunet.noise_schedule import make_noise_scheduler
+from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline, ContinuousUNetPipeline
+from diffusers_cunet.pipelines.scheduler_support import SUPPORTED_SCHEDULERS, UNSUPPORTED_REASONS
 
 ROOT = Path(__file__).resolve().parents[1]
 MU, S = 0.2, 0.25
@@ -239,7 +239,7 @@ def trained_digits(tmp_path_factory):
 # show. (It gains ~0.9 dB at 0.15 and nothing at 0.04; the 1,500-step 16x16 demo model gains 8.7 and 7 dB.)
 @pytest.mark.parametrize("noise_std, steps, least_gain", [(0.15, 20, 0.5), (0.3, 20, 1.0)])
 def test_trained_model_denoises_digits(trained_digits, noise_std, steps, least_gain):
-    from diffusers_cunet.image_data import ImageTransform, digits_dataset, prepare_dataset
+    from training.data import ImageTransform, digits_dataset, prepare_dataset
 
     data = prepare_dataset(digits_dataset(), ImageTransform(8, 1, "image"))
     clean = torch.stack([data[i]["pixel_values"] for i in range(1700, 1732)])  # digits the 150 steps barely saw
@@ -254,3 +254,11 @@ def test_trained_model_denoises_digits(trained_digits, noise_std, steps, least_g
     assert out.psnr > noisy_psnr + least_gain, (out.psnr, noisy_psnr)
     assert out.ssim > noisy_ssim
     assert out.ode_evaluations == steps * pipe.unet.evaluations_per_call()
+
+
+def test_denoise_pipeline_refuses_an_unknown_output_type_before_sampling():
+    from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline
+
+    pipe = ContinuousUNetDenoisePipeline(unet=make_tiny(), scheduler=DDIMScheduler())
+    with pytest.raises(ValueError, match="output_type must be one of"):
+        pipe(torch.zeros(1, 3, 8, 8), noise_std=0.1, output_type="tensor")

@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import make_tiny
 from diffusers import DDIMScheduler, EDMDPMSolverMultistepScheduler, EDMEulerScheduler
-from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline, ContinuousUNetPipeline
 from gaussian_oracle import EDMGaussianOracle
 
 from diffusers_cunet import ContinuousUNet2DModel
+from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline, ContinuousUNetPipeline
 from diffusers_cunet.preconditioning import (
     EDMPreconditioning,
     FDMPreconditioning,

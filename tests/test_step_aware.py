@@ -8,12 +8,12 @@ import pytest
 import torch
 from conftest import make_tiny
 from diffusers import DDIMScheduler
-from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from training_helpers import train
 
 from diffusers_cunet.noise_schedule import make_noise_scheduler
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.step_schedule import SCHEDULE_FILE, SolverStepSchedule
-from diffusers_cunet.step_search import ScheduleEvaluator, greedy_search
+from training.step_search import ScheduleEvaluator, greedy_search
 
 
 def test_schedule_maps_timesteps_to_bins():
@@ -63,7 +63,7 @@ def test_greedy_search_meets_the_bound_with_fewer_evaluations():
 
     class Fake:
         def __call__(self, schedule):
-            from diffusers_cunet.step_search import Trial
+            from training.step_search import Trial
 
             steps = [s["steps"] for s in schedule.settings]
             fd = 10.0 + (4 - steps[1]) * 2.0 + (4 - steps[0]) * 0.05
@@ -78,7 +78,7 @@ def test_greedy_search_meets_the_bound_with_fewer_evaluations():
 
 
 def test_evaluator_scores_a_real_pipeline():
-    from diffusers_cunet.metrics import DigitFeatureNet
+    from training.metrics import DigitFeatureNet
 
     unet = make_tiny(in_channels=1, out_channels=1)
     pipe = ContinuousUNetPipeline(unet=unet, scheduler=DDIMScheduler.from_config(make_noise_scheduler().config))
@@ -91,7 +91,7 @@ def test_evaluator_scores_a_real_pipeline():
 
 
 def _search(folder, *extra):
-    from diffusers_cunet.step_search import main
+    from training.step_search import main
 
     return main(["--pipeline", str(folder), "--levels", "1", "2", "--bins", "1", "--samples", "8",
                  "--num_inference_steps", "2", "--held_out", "50", *extra])  # fmt: skip

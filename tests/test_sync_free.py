@@ -11,7 +11,6 @@ import pytest
 import torch
 from conftest import make_tiny
 from diffusers import DDIMScheduler, DDPMPipeline
-from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from torchdiffeq import odeint
 from training_helpers import loss_history, train
 
@@ -19,6 +18,7 @@ from diffusers_cunet.acceleration import CUDAGraphedModel, check_capturable, com
 from diffusers_cunet.fixed_grid import TABLEAUS, integrate_fixed_grid
 from diffusers_cunet.noise_schedule import make_noise_scheduler
 from diffusers_cunet.ode_blocks import ODEBlock
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.solvers import SolverConfig
 
 
@@ -212,15 +212,15 @@ def test_training_with_torch_compile_trains_and_resumes_uncompiled(tmp_path):
     result = train(output, "--max_train_steps", "4", "--checkpointing_steps", "2", "--torch_compile",
                    "--torch_compile_backend", "aot_eager", "--num_validation_images", "2")  # fmt: skip
     torch._dynamo.reset()
-    assert result["global_step"] == 4
-    assert getattr(result["unet"], "_compiled_call_impl", None) is not None  # it really ran compiled
+    assert result.global_step == 4
+    assert getattr(result.unet, "_compiled_call_impl", None) is not None  # it really ran compiled
     history = loss_history(output)
     assert len(history) == 4 and all(math.isfinite(loss) for loss in history)
     # checkpoints keep the plain module's keys: an uncompiled run resumes from them
     resumed = train(
         output, "--max_train_steps", "6", "--resume_from_checkpoint", "latest", "--num_validation_images", "2"
     )
-    assert resumed["global_step"] == 6
+    assert resumed.global_step == 6
 
 
 def test_training_refuses_torch_compile_with_an_adaptive_solver(tmp_path):

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 from training_helpers import assert_same_weights, load_train_module, loss_history, train
 
 import diffusers_cunet  # noqa: F401  (registers the model class for DDPMPipeline.from_pretrained)
-from diffusers_cunet.checkpointing import list_checkpoints
+from training.checkpointing import list_checkpoints
+from training.hub import push_to_hub
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_outputs_are_written(trained):
         assert (output / name).is_file(), name
     assert not list(output.rglob("*.bin")) or all("checkpoint-" in str(p) for p in output.rglob("*.bin"))
     assert [p.name for p in list_checkpoints(output)] == ["checkpoint-60"]  # total limit 1 rotated the older one
-    assert result["grid"].endswith("samples.png")
+    assert result.grid_path.name == "samples.png"
 
 
 def test_saved_pipeline_reloads_and_samples(trained):
@@ -123,7 +124,6 @@ def test_checkpoint_of_another_model_is_refused_before_training(tmp_path):
 def test_push_to_hub_uploads_the_pipeline_not_the_checkpoints(trained, monkeypatch):
     from huggingface_hub import HfApi
 
-    module = load_train_module()
     output, _ = trained
     calls = {}
 
@@ -144,7 +144,7 @@ def test_push_to_hub_uploads_the_pipeline_not_the_checkpoints(trained, monkeypat
     monkeypatch.setattr(HfApi, "_validate_yaml", validate_yaml)
     monkeypatch.setattr(HfApi, "create_repo", create_repo)
     monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
-    module.push_to_hub(output, "org/cunet-digits", token=None, private=True)
+    push_to_hub(output, "org/cunet-digits", token=None, private=True)
     assert calls["repo"] == ("org/cunet-digits", True)
     assert calls["card"] == (output / "README.md").read_text()
     assert calls["files"] == sorted([
@@ -163,7 +163,7 @@ def test_resuming_a_finished_run_touches_nothing(tmp_path):
     result = train(output, "--max_train_steps", "4", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
                    "--resume_from_checkpoint", "latest")  # fmt: skip
     after = {p.relative_to(output): p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
-    assert result["already_done"] and result["global_step"] == 4
+    assert result.already_done and result.global_step == 4
     assert after == before
     assert [p.name for p in list_checkpoints(output)] == ["checkpoint-2", "checkpoint-4"]
 
@@ -198,18 +198,15 @@ def test_a_failed_upload_after_training_keeps_the_folder_and_says_how_to_upload(
     monkeypatch.setattr(HfApi, "create_repo", refuse)  # ... then the network goes away
     output = tmp_path / "out"
     result = train(output, "--max_train_steps", "2", "--push_to_hub", "--hub_model_id", "me/cunet")
-    assert "ConnectionError: Hub unreachable" in result["push_error"]
-    assert (
-        f"hf upload me/cunet {output}" in result["push_error"]
-        and "--exclude 'checkpoint-*/**'" in result["push_error"]
-    )
+    assert "ConnectionError: Hub unreachable" in result.push_error
+    assert f"hf upload me/cunet {output}" in result.push_error and "--exclude 'checkpoint-*/**'" in result.push_error
     assert (output / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
 def test_model_card_metadata_names_only_hub_data_sets():
     from conftest import make_tiny
 
-    from diffusers_cunet.model_card import render_model_card
+    from training.model_card import render_model_card
 
     common = dict(repo_id="me/cunet", training_settings={}, metrics={})
     local = render_model_card(make_tiny(), dataset_name="/home/me/photos", **common)

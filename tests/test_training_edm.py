@@ -11,9 +11,10 @@ import pytest
 import torch
 from conftest import make_tiny
 from diffusers import EDMDPMSolverMultistepScheduler
-from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from training_helpers import assert_same_weights, load_train_module, loss_history, train
 
+from diffusers_cunet.objectives import EDMObjective
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.preconditioning import loss_weight_cap
 
 
@@ -57,17 +58,18 @@ def test_fdm_run_saves_a_preconditioned_pipeline_that_reloads(fdm_run):
     assert "DDPMPipeline" not in card and "momentum 1.5" in card
 
 
-def test_edm_loss_is_the_clipped_weighted_denoising_error(module):
-    """edm_loss = mean(min(lambda(sigma), cap) * (D(x + sigma n) - x)^2), computed here by hand."""
+def test_edm_loss_is_the_clipped_weighted_denoising_error():
+    """EDMObjective.loss = mean(min(lambda(sigma), cap) * (D(x + sigma n) - x)^2), computed here by hand."""
     model = make_tiny(preconditioning={"type": "edm-fdm"})
     pre = model.preconditioning
     generator = torch.Generator().manual_seed(0)
     clean = torch.rand(4, 3, 8, 8, generator=generator) * 2 - 1
     noise = torch.randn(4, 3, 8, 8, generator=generator)
     sigma = torch.tensor([0.01, 0.3, 2.0, 40.0])
-    for cap in (5.0, 50.0, float("inf")):
+    objective = EDMObjective(pre, loss_weight_warmup_steps=10)  # caps 5 at step 0, 50 at step 5, none from 10
+    for step, cap in ((0, 5.0), (5, 50.0), (10, float("inf"))):
         with torch.no_grad():
-            loss = module.edm_loss(model, pre, clean, noise, sigma, cap, {"class_labels": None})
+            loss = objective.loss(model, clean, noise, sigma, step, class_labels=None)
             expected = 0.0
             for i in range(4):
                 x = clean[i : i + 1] + sigma[i] * noise[i : i + 1]

@@ -8,13 +8,18 @@ import re
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from PIL import Image
 from training_helpers import ROOT, TINY_ARGS, load_train_module, train
+
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from training.launcher import requested_processes, warn_if_fewer_processes
+from training.options import parse_args
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +41,7 @@ def test_local_image_folder_with_mixed_modes(tmp_path, module):
     output = tmp_path / "out"
     result = train(output, "--train_data_dir", str(folder), "--max_train_steps", "2", "--train_batch_size", "4",
                    module=module)  # fmt: skip
-    assert result["global_step"] == 2
+    assert result.global_step == 2
     assert (output / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
@@ -111,11 +116,11 @@ def test_empty_image_folder_is_a_clear_error(tmp_path, module):
 def test_yaml_config_is_read_and_overridden(tmp_path, module):
     config = tmp_path / "run.yaml"
     config.write_text("max_train_steps: 3\nlearning_rate: 0.5\n")
-    args = module.parse_args(["--config", str(config), "--learning_rate", "0.01"])
+    args = parse_args(["--config", str(config), "--learning_rate", "0.01"])
     assert args.max_train_steps == 3 and args.learning_rate == 0.01
     config.write_text("max_train_step: 3\n")
     with pytest.raises(SystemExit):
-        module.parse_args(["--config", str(config)])
+        parse_args(["--config", str(config)])
 
 
 def _free_port() -> int:
@@ -218,7 +223,7 @@ def test_skip_bad_images_trains_on_the_readable_ones(tmp_path, module, caplog):
     with caplog.at_level("WARNING"):
         result = train(tmp_path / "out", "--train_data_dir", str(folder), "--skip_bad_images",
                        "--max_train_steps", "1", "--train_batch_size", "4", module=module)  # fmt: skip
-    assert result["global_step"] == 1
+    assert result.global_step == 1
     assert "Leaving out 2 unreadable image(s)" in caplog.text and "truncated.png" in caplog.text
 
 
@@ -237,7 +242,7 @@ def test_yaml_config_passes_the_command_line_checks(tmp_path, module, capsys, ya
     config = tmp_path / "run.yaml"
     config.write_text(yaml_text)
     with pytest.raises(SystemExit):
-        module.parse_args(["--config", str(config)])
+        parse_args(["--config", str(config)])
     error = capsys.readouterr().err
     assert str(config) in error and re.search(message, error), error
 
@@ -245,10 +250,10 @@ def test_yaml_config_passes_the_command_line_checks(tmp_path, module, capsys, ya
 def test_yaml_config_values_become_the_same_options_as_the_command_line(tmp_path, module):
     config = tmp_path / "run.yaml"
     config.write_text("learning_rate: 1e-3\nblock_out_channels: [16, 32]\nuse_ema: false\nrandom_flip: true\n")
-    args = module.parse_args(["--config", str(config)])
+    args = parse_args(["--config", str(config)])
     assert args.learning_rate == 1e-3 and args.block_out_channels == [16, 32]  # YAML reads 1e-3 as a string
     assert args.use_ema is False and args.random_flip is True
-    assert module.parse_args(["--config", str(config), "--use_ema"]).use_ema is True
+    assert parse_args(["--config", str(config), "--use_ema"]).use_ema is True
 
 
 @pytest.mark.parametrize(
@@ -288,13 +293,16 @@ def test_requested_processes_reads_the_launcher_config_file(tmp_path, module):
         [sys.executable, "-c", "import time; time.sleep(60)", "accelerate", "launch", "--config_file", str(config)]
     )
     try:
-        assert module.requested_processes(launcher.pid) == 4
-        assert "asked for 4 processes but started 1" in module.warn_if_fewer_processes(1, launcher.pid)
-        assert module.warn_if_fewer_processes(4, launcher.pid) is None
+        deadline = time.monotonic() + 30  # until the child has exec'd: before that /proc shows pytest's command line
+        while b"launch" not in Path(f"/proc/{launcher.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert requested_processes(launcher.pid) == 4
+        assert "asked for 4 processes but started 1" in warn_if_fewer_processes(1, launcher.pid)
+        assert warn_if_fewer_processes(4, launcher.pid) is None
     finally:
         launcher.kill()
         launcher.wait()
-    assert module.requested_processes(os.getpid()) is None  # pytest is not a launcher
+    assert requested_processes(os.getpid()) is None  # pytest is not a launcher
 
 
 def test_long_waits_have_a_bar_and_odd_settings_a_warning(tmp_path, module, caplog, capsys):

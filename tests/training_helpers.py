@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 from pathlib import Path
 
@@ -13,10 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_train_module():
-    spec = importlib.util.spec_from_file_location("cunet_train_script", ROOT / "training" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """training/train.py, the script users run (its `main(argv)` returns a `training.loop.TrainingResult`)."""
+    return importlib.import_module("training.train")
 
 
 # A model of a few hundred thousand parameters on 8x8 digits: seconds per run on a CPU.

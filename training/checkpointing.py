@@ -7,12 +7,17 @@ writing leaves at most a partial folder, which is ignored and cleaned up, and th
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+MODEL_CONFIG_FILE = "model_config.json"
+EMA_FOLDER = "unet_ema"
+RUN_RECORD_FILE = "run_record.json"  # loss history, time and images so far: a resumed run reports the whole run
 
 
 def checkpoint_step(path: str | os.PathLike) -> int:
@@ -79,3 +84,49 @@ def remove_partial_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed
+
+
+def check_checkpoint_matches(checkpoint: Path, model_config: dict[str, Any]) -> None:
+    """Refuse, before any compute, a checkpoint written for another architecture."""
+    saved_path = checkpoint / MODEL_CONFIG_FILE
+    if not saved_path.is_file():
+        raise ValueError(f"{checkpoint} is not a checkpoint of this training script: {MODEL_CONFIG_FILE} is missing.")
+    saved = json.loads(saved_path.read_text())
+    current = json.loads(json.dumps(model_config))
+    keys = sorted(k for k in set(saved) | set(current) if not k.startswith("_") and not k.startswith("solver_"))
+    different = {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
+    if different:
+        details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in different.items())
+        raise ValueError(f"Checkpoint {checkpoint} belongs to another model ({details}).")
+
+
+def read_run_record(checkpoint: Path) -> dict[str, Any]:
+    """The run record saved with `checkpoint` (empty history for checkpoints of older versions, which had none)."""
+    path = checkpoint / RUN_RECORD_FILE
+    if not path.is_file():
+        return {"history": [], "train_time": 0.0, "images_seen": 0}
+    return json.loads(path.read_text())
+
+
+def register_checkpoint_hooks(accelerator, unet, ema, model_class, run_record) -> None:
+    """Make accelerate's checkpoints carry the EMA weights (safetensors), the model config (checked on resume) and
+    `run_record()`, the run's record at the time of saving."""
+    from diffusers.training_utils import EMAModel
+
+    def save_hook(models, weights, folder):
+        if accelerator.is_main_process:
+            Path(folder, MODEL_CONFIG_FILE).write_text(
+                json.dumps(dict(accelerator.unwrap_model(unet).config), indent=2)
+            )
+            Path(folder, RUN_RECORD_FILE).write_text(json.dumps(run_record()))
+            if ema is not None:
+                ema.save_pretrained(str(Path(folder, EMA_FOLDER)))
+
+    def load_hook(models, folder):
+        if ema is not None:
+            loaded = EMAModel.from_pretrained(str(Path(folder, EMA_FOLDER)), model_class)
+            ema.load_state_dict(loaded.state_dict())
+            ema.to(accelerator.device)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)

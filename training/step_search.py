@@ -1,7 +1,7 @@
 """Search a `SolverStepSchedule`: the fewest ODE evaluations per sample whose Fréchet distance stays within a
 bound of the full-effort setting, for one scheduler and step count.
 
-    python -m diffusers_cunet.step_search --pipeline outputs/digits-steps --levels 1 2 4 --bins 5
+    python -m training.step_search --pipeline outputs/digits-steps --levels 1 2 4 --bins 5
 
 Greedy, in two passes, because an evolutionary search (DDSM's) needs hundreds of sample-and-score rounds and
 this must finish in minutes on 2 CPU cores: (1) sensitivity: lower one bin at a time to each cheaper level,
@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from .flops import count_forward_flops
-from .step_schedule import SolverStepSchedule
+from diffusers_cunet.flops import count_forward_flops
+from diffusers_cunet.step_schedule import SolverStepSchedule
 
 
 @dataclass
@@ -74,7 +74,7 @@ class ScheduleEvaluator:
         return total
 
     def __call__(self, schedule: SolverStepSchedule) -> Trial:
-        from .metrics import frechet_and_kid
+        from training.metrics import frechet_and_kid
 
         start = time.perf_counter()
         out = self.pipeline(
@@ -172,9 +172,9 @@ def check_judgeable(unet, folder: Path, trained_on_digits: bool = False) -> None
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from diffusers import DDIMScheduler
 
-    from .image_data import digits_images
-    from .metrics import train_digit_feature_net
-    from .pipelines import ContinuousUNetPipeline
+    from diffusers_cunet.pipelines import ContinuousUNetPipeline
+    from training.data import digits_images
+    from training.metrics import train_digit_feature_net
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="folder of a saved pipeline trained on the digits")

@@ -8,6 +8,9 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from diffusers_cunet.flops import count_forward_flops, count_parameters
+from diffusers_cunet.pipelines.scheduler_support import DDPM_PIPELINE_SCHEDULERS
+
 TEMPLATE = "cunet_template.md"
 
 
@@ -31,10 +34,9 @@ def render_model_card(
 
     `dataset_name` is shown in the text; `hub_dataset`, the id of a Hub data set, goes into the card's metadata
     (omit it for local folders and the embedded digits)."""
-    from .flops import count_forward_flops, count_parameters
-    from .pipelines.scheduler_support import DDPM_PIPELINE_SCHEDULERS
 
     config = unet.config
+    conditional = bool(config.get("num_class_embeds"))
     solver = getattr(unet, "solver", None)  # None for a baseline UNet2DModel trained with the same script
     if solver is None:
         solver_text = "none (residual blocks)"
@@ -46,8 +48,14 @@ def render_model_card(
         library_name="diffusers",
         license="apache-2.0",
         datasets=[hub_dataset] if hub_dataset else None,  # Hub data sets only: never a local path
-        tags=["diffusers", "diffusers-cunet", "continuous-unet", "neural-ode", "unconditional-image-generation"],
-        pipeline_tag="unconditional-image-generation",
+        tags=[
+            "diffusers",
+            "diffusers-cunet",
+            "continuous-unet",
+            "neural-ode",
+            "class-conditional-image-generation" if conditional else "unconditional-image-generation",
+        ],
+        pipeline_tag=None if conditional else "unconditional-image-generation",
     )
     return ModelCard.from_template(
         card_data,

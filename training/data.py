@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -277,3 +279,72 @@ def digits_images(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     data = prepare_dataset(dataset, ImageTransform(resolution, 1, "image"))
     images = torch.stack([data[i]["pixel_values"] for i in range(len(data))])
     return (images + 1) / 2, torch.tensor(dataset["label"])
+
+
+def check_data_folder(data_dir: Path, output_dir: Path) -> None:
+    """Refuse a data folder that holds a training output (its sample grids would become training images) or that
+    would receive this run's output."""
+    if data_dir.is_dir():
+        outputs = sorted(path.parent for path in data_dir.rglob("model_index.json"))
+        if outputs:
+            raise ValueError(
+                f"--train_data_dir {str(data_dir)!r} contains a saved pipeline ({outputs[0]}): its sample grids would "
+                "be trained on as images. Move training outputs out of the data folder."
+            )
+    if output_dir.resolve().is_relative_to(data_dir.resolve()):
+        raise ValueError(
+            f"--output_dir {str(output_dir)!r} lies inside --train_data_dir {str(data_dir)!r}: the run's sample grids "
+            "would become training images of the next run. Choose an output folder outside the data."
+        )
+
+
+@dataclass
+class TrainingImages:
+    """The checked training data: every image readable, the image column and the number of classes known."""
+
+    dataset: Any
+    image_column: str
+    num_classes: int | None
+    source: str
+
+
+def load_training_images(args, warn: Callable[[str], None] | None = None) -> TrainingImages:
+    """The data the options name, checked before any compute: it loads, has the columns asked for, and every image
+    decodes (or the unreadable ones are left out under `--skip_bad_images`)."""
+    dataset = load_image_dataset(
+        None if args.train_data_dir else args.dataset_name,
+        args.dataset_config_name,
+        args.train_data_dir,
+        args.split,
+        args.cache_dir,
+    )
+    image_column = find_image_column(dataset.column_names, args.image_column)
+    n_classes = num_classes(dataset, args.class_column) if args.class_column else None
+    if args.max_train_samples is not None:
+        dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    source = args.train_data_dir or args.dataset_name
+    dataset = drop_unreadable_images(dataset, image_column, args.skip_bad_images, source, warn=warn)
+    return TrainingImages(dataset, image_column, n_classes, source)
+
+
+def make_dataloader(images: TrainingImages, resolution: int, channels: int, args) -> tuple[Any, ImageTransform]:
+    """The shuffled, transformed loader of `images` (and its transform, whose epoch the loop sets)."""
+    transform = ImageTransform(
+        resolution,
+        channels,
+        images.image_column,
+        args.center_crop,
+        args.random_flip,
+        args.class_column,
+        seed=args.seed,
+    )
+    train_data = prepare_dataset(images.dataset, transform)
+    loader = torch.utils.data.DataLoader(
+        train_data,
+        batch_size=args.train_batch_size,
+        sampler=EpochShuffleSampler(len(train_data), seed=args.seed),
+        collate_fn=collate,
+        num_workers=args.dataloader_num_workers,
+        drop_last=len(train_data) >= args.train_batch_size,
+    )
+    return loader, transform

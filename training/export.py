@@ -1,0 +1,180 @@
+"""What a run leaves behind: sample grids, and at the end the EMA pipeline, `samples.png`, `metrics.json` and the
+model card (and the upload, when asked)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDPMPipeline
+from diffusers.utils import make_image_grid
+from PIL import Image, ImageOps
+
+from diffusers_cunet.objectives import EDMObjective, Objective
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from diffusers_cunet.pipelines.scheduler_support import loading_advice
+from training.hub import upload_or_explain
+from training.model_card import render_model_card
+
+logger = logging.getLogger("diffusers_cunet.train")
+
+
+@dataclass
+class RunRecord:
+    """What a run did, over all its sessions: the logged loss history, training seconds and images seen (saved in
+    every checkpoint and restored on resume); this session's batch losses; the steps."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_time: float = 0.0
+    images_seen: int = 0
+    losses: list[float] = field(default_factory=list)
+    start_step: int = 0
+    global_step: int = 0
+
+    def final_loss(self) -> float:
+        """The mean loss of this session's last 10% of batches."""
+        tail = self.losses[-max(1, len(self.losses) // 10) :]
+        return sum(tail) / len(tail)
+
+    def images_per_second(self) -> float:
+        return self.images_seen / max(self.train_time, 1e-9)
+
+    def saved(self) -> dict[str, Any]:
+        """The part kept in checkpoints."""
+        return {"history": self.history, "train_time": self.train_time, "images_seen": self.images_seen}
+
+
+def sample_grid(
+    unet, objective: Objective, args, n_classes: int | None, device, progress: str | None = None
+) -> tuple[torch.Tensor, Image.Image]:
+    """Draw `num_validation_images` with the objective's fast sampler and return them in [0, 1] with their image
+    grid; a bar named `progress` shows the sampling steps (None: no bar)."""
+    pipeline = ContinuousUNetPipeline(unet=unet, scheduler=objective.sampling_scheduler(unet))
+    pipeline.set_progress_bar_config(disable=progress is None, desc=progress, leave=False)
+    labels = torch.arange(args.num_validation_images) % n_classes if n_classes else None
+    images = pipeline(
+        batch_size=args.num_validation_images,
+        generator=torch.Generator(device="cpu").manual_seed(args.seed),
+        num_inference_steps=args.validation_inference_steps,
+        output_type="pt",
+        class_labels=labels,
+    ).images
+    pil = ContinuousUNetPipeline.numpy_to_pil(images.cpu().permute(0, 2, 3, 1).numpy())
+    # A thin grey frame around each sample: digits fill their whole cell and would otherwise run together.
+    pil = [ImageOps.expand(image.convert("RGB"), border=1, fill=(128, 128, 128)) for image in pil]
+    columns = math.ceil(math.sqrt(len(pil)))
+    rows = math.ceil(len(pil) / columns)
+    pil += [Image.new("RGB", pil[0].size, (128, 128, 128))] * (rows * columns - len(pil))
+    scale = max(1, 64 // pil[0].width)  # small images are enlarged (nearest neighbour) to be seen
+    grid = make_image_grid(pil, rows=rows, cols=columns)
+    return images, grid.resize((grid.width * scale, grid.height * scale), resample=Image.Resampling.NEAREST)
+
+
+def save_validation_grid(accelerator, unet, ema, objective, args, n_classes, output_dir: Path, step: int) -> None:
+    """Sample a grid with the EMA weights (main process only), save it under `samples/` and log it."""
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(unet)
+        if ema is not None:
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+        model.eval()
+        images, grid = sample_grid(model, objective, args, n_classes, accelerator.device, "validation samples")
+        model.train()
+        if ema is not None:
+            ema.restore(model.parameters())
+        folder = output_dir / "samples"
+        folder.mkdir(parents=True, exist_ok=True)
+        grid.save(folder / f"step-{step:06d}.png")
+        for tracker in accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_images("samples", images.cpu().numpy(), step)
+    accelerator.wait_for_everyone()
+
+
+def run_metrics(args, record: RunRecord, images: torch.Tensor, in_channels: int) -> dict[str, Any]:
+    """The numbers of the card and `metrics.json`: loss, steps, speed and, on the digits, recognisable samples."""
+    metrics: dict[str, Any] = {
+        "final_loss (mean of last 10% of batches)": round(record.final_loss(), 5),
+        "training steps": record.global_step,
+        "training throughput (images/s)": round(record.images_per_second(), 1),
+        "training wall time (s)": round(record.train_time, 1),
+    }
+    if record.start_step:
+        metrics["resumed at step"] = record.start_step
+    if args.dataset_name == "digits" and not args.train_data_dir and in_channels == 1:
+        from training.metrics import DigitRecognizer
+
+        logger.info("Scoring the samples with the digit recognizer ...")
+        recognizer = DigitRecognizer(seed=args.seed)
+        metrics["recognisable samples (digit classifier p >= 0.9)"] = round(recognizer.confident_share(images), 3)
+    return metrics
+
+
+def training_settings(args, objective: Objective, record: RunRecord, accelerator, resolution: int) -> dict[str, Any]:
+    """The card's "Training" table."""
+    return {
+        "data set": args.train_data_dir or args.dataset_name,
+        "resolution": resolution,
+        "steps": record.global_step,
+        "batch size (per process x processes x accumulation)": (
+            f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}"
+        ),
+        "optimizer": (
+            f"AdamW, lr {args.learning_rate}, {args.lr_scheduler} schedule, {args.lr_warmup_steps} warm-up steps"
+        ),
+        "noise schedule": objective.describe(),
+        "EMA": f"max decay {args.ema_max_decay}" if args.use_ema else "off",
+        "mixed precision": str(accelerator.mixed_precision),
+        "seed": args.seed,
+    }
+
+
+@dataclass
+class Export:
+    metrics: dict[str, Any]
+    grid_path: Path
+    push_error: str | None = None
+
+
+def export_run(
+    accelerator, model, objective: Objective, args, n_classes, output_dir: Path, record: RunRecord
+) -> Export:
+    """Save `model` (EMA weights already copied in) as a pipeline with its sampler, a sample grid, `metrics.json`
+    and the model card, and upload them when asked. Main process only."""
+    model.eval()
+    preconditioned = isinstance(objective, EDMObjective)  # DDPMPipeline would neither scale inputs nor use sigmas
+    pipeline_class = ContinuousUNetPipeline if preconditioned else DDPMPipeline
+    pipeline_class(unet=model, scheduler=objective.saved_scheduler(model)).save_pretrained(
+        str(output_dir), safe_serialization=True
+    )
+    images, grid = sample_grid(model, objective, args, n_classes, accelerator.device, "final samples")
+    grid_path = output_dir / "samples.png"
+    grid.save(grid_path)
+    metrics = run_metrics(args, record, images, model.config.in_channels)
+    summary = {"training_data": args.train_data_dir or args.dataset_name, "objective": objective.to_config(),
+               "metrics": metrics, "loss_history": record.history}  # fmt: skip
+    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    sampler_name = "EDM DPM-Solver++" if preconditioned else "DDIM"
+    card = render_model_card(
+        model,
+        repo_id=args.hub_model_id or f"your-name/{output_dir.name}",
+        dataset_name=args.train_data_dir or args.dataset_name,
+        hub_dataset=None if args.train_data_dir or args.dataset_name == "digits" else args.dataset_name,
+        training_settings=training_settings(args, objective, record, accelerator, model.config.sample_size),
+        metrics=metrics,
+        grid_caption=f"{len(images)} samples, {sampler_name} {args.validation_inference_steps} steps, EMA weights.",
+        machine=f"{accelerator.num_processes} x {accelerator.device.type}",
+    )
+    card.save(str(output_dir / "README.md"))
+    print(f"\nSaved the pipeline to {output_dir}/: {loading_advice(str(output_dir), preconditioned)}")
+    print(f"Sample grid: {grid_path}")
+    print("Metrics: " + ", ".join(f"{k} = {v}" for k, v in metrics.items()))
+    push_error = None
+    if args.push_to_hub:
+        push_error = upload_or_explain(output_dir, args.hub_model_id, args.hub_token, args.hub_private)
+    return Export(metrics, grid_path, push_error)

@@ -1,0 +1,382 @@
+"""One training run, from validated options to a saved pipeline: `train(args) -> TrainingResult`.
+
+1. `prepare`: everything that can be wrong with the input is checked before any compute or any file is written
+   (data folder, Hub access, every image, model options, resolution, the checkpoint to resume).
+2. `set_up`: accelerator, objective, data loader, optimizer, EMA, checkpoint hooks; resume.
+3. `run_loop`: the optimisation, with logging, atomic checkpoints and validation grids.
+4. `finish`: the EMA weights exported as a pipeline with a sample grid, metrics and a model card.
+
+Noise, noise levels and step counts of a micro-batch depend only on (seed, micro-step, process), and the data
+order only on (seed, epoch): a resumed run repeats exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from diffusers_cunet.flops import count_parameters
+from diffusers_cunet.objectives import Objective
+from training.checkpointing import (
+    check_checkpoint_matches,
+    checkpoint_step,
+    read_run_record,
+    register_checkpoint_hooks,
+    remove_partial_checkpoints,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from training.data import ImageTransform, TrainingImages, check_data_folder, load_training_images, make_dataloader
+from training.export import RunRecord, export_run, save_validation_grid
+from training.hub import check_hub_access
+from training.launcher import warn_if_fewer_processes
+from training.model_setup import (
+    MODEL_CLASSES,
+    build_model,
+    check_resolution,
+    compile_in_place,
+    data_channels,
+    make_objective,
+    model_arguments,
+)
+
+logger = logging.getLogger("diffusers_cunet.train")
+
+
+@dataclass
+class TrainingResult:
+    """What `train` returns: where the run stands and what it wrote."""
+
+    global_step: int
+    output_dir: Path
+    already_done: bool = False
+    unet: Any = None  # the trained model with the EMA weights (None when nothing ran)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    loss_history: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+    final_loss: float = math.nan  # mean of this session's last 10% of batches
+    images_per_second: float = 0.0  # training throughput over the whole run
+    grid_path: Path | None = None
+    push_error: str | None = None  # set when --push_to_hub failed after training (the folder is saved)
+
+
+@dataclass
+class Prepared:
+    """The checked inputs of a run."""
+
+    images: TrainingImages
+    unet: Any
+    model_class: type
+    checkpoint: Path | None
+
+
+@dataclass
+class Session:
+    """A run in progress: the prepared objects and the record of what it did so far."""
+
+    args: argparse.Namespace
+    output_dir: Path
+    accelerator: Accelerator
+    unet: Any
+    model_class: type
+    objective: Objective
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    dataloader: Any
+    transform: ImageTransform
+    ema: EMAModel | None
+    n_classes: int | None
+    record: RunRecord = field(default_factory=RunRecord)
+
+
+def step_generator(seed: int, micro_step: int, process_index: int, device) -> torch.Generator:
+    """Noise and noise levels of a micro-batch depend only on (seed, step, process): resumed runs repeat them."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed((seed * 1_000_003 + micro_step) * 131 + process_index)
+    return generator
+
+
+def warn_about_settings(args: argparse.Namespace) -> None:
+    if args.lr_warmup_steps >= args.max_train_steps:
+        logger.warning(
+            "--lr_warmup_steps %d is not shorter than --max_train_steps %d: the learning rate never reaches "
+            "--learning_rate %g. Lower the warm-up (e.g. to a tenth of the run).",
+            args.lr_warmup_steps,
+            args.max_train_steps,
+            args.learning_rate,
+        )
+
+
+def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingResult:
+    """Check every input before any compute; a `TrainingResult` when the run is already finished."""
+    if args.train_data_dir:
+        check_data_folder(Path(args.train_data_dir), output_dir)
+    if args.push_to_hub:
+        check_hub_access(args.hub_model_id, args.hub_token)
+    images = load_training_images(args, warn=logger.warning)
+    model_config = model_arguments(args, images.num_classes, data_channels(args, images.dataset, images.image_column))
+    check_resolution(model_config["sample_size"], model_config)
+    model_class = MODEL_CLASSES[args.model_type]
+    set_seed(args.seed)  # before the model: identical initial weights in every run and every process
+    unet = build_model(model_class, model_config, args.model_config)  # validates architecture and solver
+    if args.torch_compile:
+        compile_in_place(unet, args)
+    checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
+    if checkpoint is None and args.resume_from_checkpoint == "latest":
+        logger.warning("--resume_from_checkpoint latest: no checkpoint in %s yet, starting from step 0.", output_dir)
+    if checkpoint is not None:
+        check_checkpoint_matches(checkpoint, dict(unet.config))
+        done = checkpoint_step(checkpoint)
+        if done >= args.max_train_steps:
+            # Nothing is lost: a finished run is not trained further, and nothing in output_dir is rewritten.
+            message = (f"{checkpoint} is already at step {done} (--max_train_steps {args.max_train_steps}): nothing "
+                       f"to do, {output_dir} left as it is. Raise --max_train_steps to train further.")  # fmt: skip
+            logger.warning(message)
+            print(message)
+            return TrainingResult(global_step=done, output_dir=output_dir, already_done=True)
+    return Prepared(images, unet, model_class, checkpoint)
+
+
+def make_accelerator(args: argparse.Namespace, output_dir: Path) -> Accelerator:
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+    )
+    if accelerator.is_main_process:
+        warn_if_fewer_processes(accelerator.num_processes)
+    return accelerator
+
+
+def make_optimization(args: argparse.Namespace, unet, accelerator: Accelerator) -> tuple[Any, Any]:
+    optimizer = torch.optim.AdamW(
+        unet.parameters(),
+        lr=args.learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        weight_decay=args.adam_weight_decay,
+        eps=args.adam_epsilon,
+    )
+    # A prepared scheduler steps once per process per optimizer step, hence the factor.
+    lr_scheduler = get_scheduler(
+        args.lr_scheduler,
+        optimizer=optimizer,
+        num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=args.max_train_steps * accelerator.num_processes,
+    )
+    return optimizer, lr_scheduler
+
+
+def make_ema(args: argparse.Namespace, model, model_class: type, device) -> EMAModel | None:
+    if not args.use_ema:
+        return None
+    ema = EMAModel(
+        model.parameters(),
+        decay=args.ema_max_decay,
+        use_ema_warmup=True,
+        inv_gamma=args.ema_inv_gamma,
+        power=args.ema_power,
+        model_cls=model_class,
+        model_config=model.config,
+    )
+    ema.to(device)
+    return ema
+
+
+def set_up(args: argparse.Namespace, output_dir: Path, prepared: Prepared) -> Session:
+    """Accelerator, objective, data, optimisation, EMA and checkpoint hooks; resumed from the checkpoint if any."""
+    accelerator = make_accelerator(args, output_dir)
+    unet = prepared.unet
+    if args.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    objective = make_objective(args, unet)
+    dataloader, transform = make_dataloader(prepared.images, unet.config.sample_size, unet.config.in_channels, args)
+    optimizer, lr_scheduler = make_optimization(args, unet, accelerator)
+    unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
+    ema = make_ema(args, accelerator.unwrap_model(unet), prepared.model_class, accelerator.device)
+    session = Session(args, output_dir, accelerator, unet, prepared.model_class, objective, optimizer, lr_scheduler,
+                      dataloader, transform, ema, prepared.images.num_classes)  # fmt: skip
+    register_checkpoint_hooks(accelerator, unet, ema, prepared.model_class, lambda: session.record.saved())
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        remove_partial_checkpoints(output_dir)
+    if prepared.checkpoint is not None:
+        accelerator.load_state(str(prepared.checkpoint))
+        saved = read_run_record(prepared.checkpoint)
+        step = checkpoint_step(prepared.checkpoint)
+        session.record = RunRecord(saved["history"], saved["train_time"], saved["images_seen"], [], step, step)
+        logger.info("Resumed from %s at step %d", prepared.checkpoint, step)
+    if accelerator.is_main_process and args.report_to != "none":
+        config = {k: v for k, v in vars(args).items() if v is not None and not isinstance(v, list)}
+        accelerator.init_trackers("train_cunet", config=config)
+    logger.info(
+        "%d examples, %d processes, batch %d per process (%d total), %d steps, %s parameters",
+        len(prepared.images.dataset),
+        accelerator.num_processes,
+        args.train_batch_size,
+        args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps,
+        args.max_train_steps,
+        f"{count_parameters(accelerator.unwrap_model(unet)):,}",
+    )
+    return session
+
+
+def training_step(s: Session, batch: dict[str, torch.Tensor], micro_step: int) -> torch.Tensor:
+    """One micro-batch: noise and levels from the step's generator, the objective's loss, backward, update."""
+    args, accelerator = s.args, s.accelerator
+    with accelerator.accumulate(s.unet):
+        clean = batch["pixel_values"]
+        generator = step_generator(args.seed, micro_step, accelerator.process_index, "cpu")
+        noise = torch.randn(clean.shape, generator=generator).to(clean.device, clean.dtype)
+        levels = s.objective.sample_levels(clean.shape[0], generator).to(clean.device)
+        model_kwargs: dict[str, Any] = {"class_labels": batch.get("class_labels")}
+        if args.solver_steps_choices:  # step-aware training: a step count per batch
+            pick = int(torch.randint(len(args.solver_steps_choices), (1,), generator=generator))
+            model_kwargs["solver"] = {"steps": args.solver_steps_choices[pick]}
+        loss = s.objective.loss(s.unet, clean, noise, levels, s.record.global_step, **model_kwargs)
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and args.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(s.unet.parameters(), args.max_grad_norm)
+        s.optimizer.step()
+        s.lr_scheduler.step()
+        s.optimizer.zero_grad(set_to_none=True)
+    return loss
+
+
+def log_step(s: Session, progress: tqdm) -> None:
+    """Every `logging_steps`: the mean loss of the window into the history, the bar and the trackers."""
+    args, record = s.args, s.record
+    step = record.global_step
+    if step % args.logging_steps and step != args.max_train_steps:
+        return
+    window = record.losses[-args.logging_steps * args.gradient_accumulation_steps :]
+    logs = {"loss": sum(window) / len(window), "lr": s.lr_scheduler.get_last_lr()[0]}
+    if s.ema is not None:
+        logs["ema_decay"] = s.ema.cur_decay_value
+    record.history.append({"step": step, **logs})
+    progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+    s.accelerator.log(logs, step=step)
+
+
+def checkpoint_and_validate(s: Session, tick: float) -> float:
+    """Checkpoint and sample a grid when due; their time is not training time. Returns the new tick."""
+    args, record = s.args, s.record
+    step = record.global_step
+    if args.checkpointing_steps and step % args.checkpointing_steps == 0:
+        record.train_time += time.perf_counter() - tick
+        save_checkpoint(s.accelerator, s.output_dir, step, args.checkpoints_total_limit)
+        tick = time.perf_counter()
+    if args.validation_steps and step % args.validation_steps == 0 and step < args.max_train_steps:
+        record.train_time += time.perf_counter() - tick
+        save_validation_grid(s.accelerator, s.unet, s.ema, s.objective, args, s.n_classes, s.output_dir, step)
+        tick = time.perf_counter()
+    return tick
+
+
+def run_loop(s: Session) -> list[list[int]]:
+    """Train to `max_train_steps`; returns this process's example indices per micro-batch (for the process log)."""
+    args, accelerator, record = s.args, s.accelerator, s.record
+    steps_per_epoch = math.ceil(len(s.dataloader) / args.gradient_accumulation_steps)
+    progress = tqdm(total=args.max_train_steps, initial=record.global_step, desc="training",
+                    disable=not accelerator.is_local_main_process)  # fmt: skip
+    first_epoch = record.global_step // steps_per_epoch
+    batches_to_skip = (record.global_step % steps_per_epoch) * args.gradient_accumulation_steps
+    micro_step = record.global_step * args.gradient_accumulation_steps
+    seen_indices: list[list[int]] = []
+    tick = time.perf_counter()
+    for epoch in range(first_epoch, math.ceil(args.max_train_steps / steps_per_epoch)):
+        s.transform.epoch = epoch
+        loader = s.dataloader
+        if epoch == first_epoch and batches_to_skip:
+            loader = accelerator.skip_first_batches(s.dataloader, batches_to_skip)
+        # Through the loader, not the sampler: accelerate's loaders reset the sampler's epoch to their own
+        # iteration count when they start, and a loader made by skip_first_batches starts counting at 0.
+        loader.set_epoch(epoch)
+        s.unet.train()
+        for batch in loader:
+            loss = training_step(s, batch, micro_step)
+            micro_step += 1
+            record.images_seen += batch["pixel_values"].shape[0] * accelerator.num_processes
+            record.losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+            if args.record_process_log:
+                seen_indices.append(batch["index"].tolist())
+            if not accelerator.sync_gradients:
+                continue
+            record.global_step += 1
+            if s.ema is not None:
+                s.ema.step(accelerator.unwrap_model(s.unet).parameters())
+            progress.update(1)
+            log_step(s, progress)
+            tick = checkpoint_and_validate(s, tick)
+            if record.global_step >= args.max_train_steps:
+                break
+        if record.global_step >= args.max_train_steps:
+            break
+    record.train_time += time.perf_counter() - tick
+    progress.close()
+    return seen_indices
+
+
+def write_process_log(accelerator, unet, output_dir: Path, seen_indices: list[list[int]]) -> None:
+    """This process's data indices per micro-batch and a SHA-256 of its replica's (raw, non-EMA) weights."""
+    weights = torch.cat([p.detach().float().flatten().cpu() for p in accelerator.unwrap_model(unet).parameters()])
+    folder = output_dir / "process_logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    log = {
+        "process_index": accelerator.process_index,
+        "num_processes": accelerator.num_processes,
+        "distributed_type": str(accelerator.distributed_type),
+        "indices": seen_indices,
+        "weights_sha256": hashlib.sha256(weights.numpy().tobytes()).hexdigest(),
+    }
+    (folder / f"process_{accelerator.process_index}.json").write_text(json.dumps(log))
+
+
+def finish(s: Session, seen_indices: list[list[int]]) -> TrainingResult:
+    """Save the final state, then (main process) export the EMA weights as a pipeline with grid, metrics, card."""
+    args, accelerator, record = s.args, s.accelerator, s.record
+    if args.checkpointing_steps and record.global_step % args.checkpointing_steps:  # the final state, to go on from
+        save_checkpoint(accelerator, s.output_dir, record.global_step, args.checkpoints_total_limit)
+    if args.record_process_log:
+        write_process_log(accelerator, s.unet, s.output_dir, seen_indices)
+    accelerator.wait_for_everyone()
+    result = TrainingResult(record.global_step, s.output_dir, loss_history=record.history,
+                            train_seconds=record.train_time, final_loss=record.final_loss(),
+                            images_per_second=record.images_per_second())  # fmt: skip
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(s.unet)
+        if s.ema is not None:
+            s.ema.copy_to(model.parameters())
+        if args.gradient_checkpointing:
+            model.disable_gradient_checkpointing()
+        export = export_run(accelerator, model, s.objective, args, s.n_classes, s.output_dir, record)
+        result.metrics, result.grid_path, result.push_error = export.metrics, export.grid_path, export.push_error
+    accelerator.end_training()
+    result.unet = accelerator.unwrap_model(s.unet)
+    return result
+
+
+def train(args: argparse.Namespace) -> TrainingResult:
+    """Run the training the (validated) options describe; see the module docstring."""
+    warn_about_settings(args)
+    output_dir = Path(args.output_dir)
+    prepared = prepare(args, output_dir)
+    if isinstance(prepared, TrainingResult):
+        return prepared
+    session = set_up(args, output_dir, prepared)
+    seen_indices = run_loop(session)
+    return finish(session, seen_indices)

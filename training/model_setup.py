@@ -1,0 +1,130 @@
+"""The model a run trains, built from the options: the preset, the user's JSON, the data's channels and classes;
+and the objective (how it is trained) that goes with it."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+from diffusers import UNet2DModel
+
+from diffusers_cunet import ContinuousUNet2DModel
+from diffusers_cunet.acceleration import check_capturable
+from diffusers_cunet.noise_schedule import make_noise_scheduler
+from diffusers_cunet.objectives import DDPMObjective, EDMObjective, Objective
+from diffusers_cunet.presets import preset_config
+from training.baselines import UNET2D_PRESETS, unet2d_config
+from training.data import infer_channels
+from training.options import names_with_hints
+
+MODEL_CLASSES = {"cunet": ContinuousUNet2DModel, "unet2d": UNet2DModel}
+
+
+def data_channels(args: argparse.Namespace, dataset, image_column: str) -> int:
+    """--channels, or (auto) the channels the data has: a colour folder never becomes a greyscale model."""
+    return int(args.channels) if args.channels != "auto" else infer_channels(dataset, image_column)
+
+
+def model_arguments(args: argparse.Namespace, n_classes: int | None, channels: int | None = None) -> dict[str, Any]:
+    cunet = args.model_type == "cunet"
+    config = preset_config(args.model_preset) if cunet else dict(UNET2D_PRESETS[args.model_preset])
+    model_class = MODEL_CLASSES[args.model_type]
+    user_config = read_model_config(args.model_config, model_class) if args.model_config is not None else {}
+    if channels is not None and "in_channels" not in user_config:
+        config.update(in_channels=channels, out_channels=channels)
+    config.update(user_config)
+    solver_options = {
+        "ode_order": args.ode_order,
+        "solver_method": args.solver_method,
+        "solver_steps": args.solver_steps,
+    }
+    given = [f"--{k}" for k, v in solver_options.items() if v is not None]
+    if args.solver_steps_choices:
+        given.append("--solver_steps_choices")
+    if given and not cunet:
+        raise ValueError(f"{', '.join(given)} only apply to --model_type cunet.")
+    if cunet and args.solver_steps_choices:  # the saved model runs at full effort unless a schedule says otherwise
+        solver_options["solver_steps"] = max(args.solver_steps_choices)
+    overrides = {**(solver_options if cunet else {}), "num_class_embeds": n_classes}
+    config.update({k: v for k, v in overrides.items() if v is not None})
+    if args.block_out_channels:
+        if cunet:
+            config["block_out_channels"] = tuple(args.block_out_channels)
+            if len(config["attention_levels"]) != len(config["block_out_channels"]):
+                config["attention_levels"] = (False,) * (len(config["block_out_channels"]) - 1) + (True,)
+        else:
+            config.update(
+                unet2d_config(config["sample_size"], config["in_channels"], tuple(args.block_out_channels),
+                              config.get("layers_per_block", 2), config.get("norm_num_groups", 8))
+            )  # fmt: skip
+    if args.resolution is not None:
+        config["sample_size"] = args.resolution
+    if args.preconditioning != "none":
+        config["preconditioning"] = preconditioning_config(args)
+    return config
+
+
+def read_model_config(path: str, model_class: type) -> dict[str, Any]:
+    """The `--model_config` JSON: constructor arguments of `model_class`, every name checked against it."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--model_config {path!r} does not exist.")
+    try:
+        config = json.loads(file.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--model_config {path!r} is not valid JSON: {error}") from error
+    if not isinstance(config, dict):
+        raise ValueError(f"--model_config {path!r} must hold a JSON object of {model_class.__name__} arguments.")
+    accepted = [name for name in inspect.signature(model_class.__init__).parameters if name != "self"]
+    unknown = sorted(name for name in config if name not in accepted and not name.startswith("_"))
+    if unknown:
+        text = names_with_hints(unknown, accepted)
+        raise ValueError(f"--model_config {path!r}: {model_class.__name__} takes no argument(s) {text}.")
+    return {name: value for name, value in config.items() if not name.startswith("_")}
+
+
+def build_model(model_class: type, config: dict[str, Any], source: str | None):
+    """`model_class(**config)`, a wrong value type reported as a `ValueError` that names where the config came from."""
+    try:
+        return model_class(**config)
+    except TypeError as error:
+        where = f"--model_config {source!r}" if source else "the model options"
+        raise ValueError(f"{model_class.__name__} cannot be built from {where}: {error}") from error
+
+
+def preconditioning_config(args: argparse.Namespace) -> dict[str, Any]:
+    config = {"type": args.preconditioning, "sigma_data": args.sigma_data}
+    if args.preconditioning == "edm-fdm":
+        config.update(momentum=args.fdm_momentum, beta_min=args.fdm_beta_min, beta_d=args.fdm_beta_d)
+        config["normalize_input"] = args.fdm_normalize_input
+    return config
+
+
+def check_resolution(resolution: int, config: dict[str, Any]) -> None:
+    factor = 2 ** (len(config["block_out_channels"]) - 1)
+    if resolution < factor or resolution % factor:
+        raise ValueError(
+            f"--resolution {resolution} cannot be taken by a model with {len(config['block_out_channels'])} levels: "
+            f"it must be a positive multiple of {factor}."
+        )
+
+
+def compile_in_place(unet, args) -> None:
+    """`--torch_compile`: compile the forward pass in place, so the module, its state dict and accelerate's
+    checkpoints are the same as without compiling. A cUNet must be one graph (each break would stall a GPU)."""
+    is_cunet = isinstance(unet, ContinuousUNet2DModel)
+    if is_cunet:
+        check_capturable(unet, "--torch_compile")
+    mode = None if args.torch_compile_mode == "default" else args.torch_compile_mode
+    unet.compile(fullgraph=is_cunet, mode=mode, backend=args.torch_compile_backend)
+
+
+def make_objective(args: argparse.Namespace, model) -> Objective:
+    """The training objective the options ask for; an EDM objective uses the model's own preconditioning (the
+    one recorded in its config), so it is built once."""
+    if args.preconditioning == "none":
+        return DDPMObjective(make_noise_scheduler(args.num_train_timesteps, args.beta_schedule, args.prediction_type))
+    return EDMObjective(model.preconditioning, args.edm_p_mean, args.edm_p_std, args.loss_weight_warmup_steps)

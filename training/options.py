@@ -1,0 +1,268 @@
+"""The options of `training/train.py`: the command line, an optional YAML `--config` under it, and their checks.
+
+A YAML file sets the same options as the command line and passes the same checks (each value is turned into
+command-line tokens after a per-value check that names the file); `make_config(**options)` does the same for
+code (tests, benchmarks). The result is a validated `argparse.Namespace`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from diffusers_cunet.noise_schedule import BETA_SCHEDULES, PREDICTION_TYPES
+from diffusers_cunet.preconditioning import PRECONDITIONING_TYPES
+from diffusers_cunet.presets import PRESETS
+
+MODEL_TYPES = ("cunet", "unet2d")
+DESCRIPTION = """Train a continuous U-Net (ContinuousUNet2DModel) on a `datasets` image set.
+
+    accelerate launch training/train.py --config training/configs/digits.yaml --output_dir outputs/digits
+    python training/train.py --dataset_name uoft-cs/cifar10 --model_preset cifar10-32 --output_dir outputs/c10
+
+Options come from the command line, on top of an optional YAML `--config` (the command line wins). The run
+writes checkpoints (`checkpoint-N/`, atomically), sample grids (`samples/`), tensorboard logs (`logs/`) and,
+at the end, a diffusers `DDPMPipeline` with the EMA weights (a `ContinuousUNetPipeline` with an EDM scheduler
+for `--preconditioning edm|edm-fdm`), a `samples.png` grid, `metrics.json` and a model card `README.md` into
+`--output_dir`.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=str, default=None, help="YAML file of option defaults (command line wins).")
+    data = p.add_argument_group("data")
+    data.add_argument("--dataset_name", default="digits", help="Hub data set name, or 'digits' (embedded).")
+    data.add_argument("--dataset_config_name", default=None)
+    data.add_argument("--train_data_dir", default=None, help="Local image folder (datasets' imagefolder).")
+    data.add_argument("--split", default="train")
+    data.add_argument("--cache_dir", default=None)
+    data.add_argument("--image_column", default=None, help="Image column; found automatically if omitted.")
+    data.add_argument("--class_column", default=None, help="Column of class labels: trains class-conditionally.")
+    data.add_argument("--resolution", type=int, default=None, help="Image size; the model's sample_size if omitted.")
+    data.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True)
+    data.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=False)
+    data.add_argument("--max_train_samples", type=int, default=None)
+    data.add_argument(
+        "--skip_bad_images",
+        action="store_true",
+        help="Leave out images that cannot be decoded (each named in a warning) instead of stopping before training.",
+    )
+    data.add_argument("--dataloader_num_workers", type=int, default=0)
+    model = p.add_argument_group("model")
+    model.add_argument(
+        "--model_type",
+        default="cunet",
+        choices=MODEL_TYPES,
+        help="cunet: ContinuousUNet2DModel; unet2d: diffusers' UNet2DModel, the baseline, with the same recipe.",
+    )
+    model.add_argument("--model_preset", default="digits-16", choices=sorted(PRESETS))
+    model.add_argument(
+        "--channels",
+        default="auto",
+        choices=["auto", "1", "3"],
+        help="Image channels of the model: auto follows the data (3 if any probed image has colour), unless "
+        "--model_config sets in_channels.",
+    )
+    model.add_argument("--model_config", default=None, help="JSON file of model constructor arguments.")
+    model.add_argument("--block_out_channels", type=int, nargs="+", default=None)
+    model.add_argument("--ode_order", choices=["first", "second"], default=None)
+    model.add_argument("--solver_method", default=None)
+    model.add_argument("--solver_steps", type=int, default=None)
+    model.add_argument(
+        "--solver_steps_choices",
+        type=int,
+        nargs="+",
+        default=None,
+        help="Step-aware training: each batch runs the ODE blocks with a step count drawn from these, so the "
+        "model works at every effort a solver schedule may pick (cUNet only).",
+    )
+    diffusion = p.add_argument_group("diffusion")
+    diffusion.add_argument("--num_train_timesteps", type=int, default=1000)
+    diffusion.add_argument("--beta_schedule", choices=BETA_SCHEDULES, default="squaredcos_cap_v2")
+    diffusion.add_argument("--prediction_type", choices=PREDICTION_TYPES, default="epsilon")
+    diffusion.add_argument(
+        "--preconditioning",
+        choices=["none", *PRECONDITIONING_TYPES],
+        default="none",
+        help="none: DDPM-style training on the discrete schedule above; edm: EDM preconditioning and loss "
+        "(Karras et al. 2022); edm-fdm: EDM with FDM's momentum input scaling and loss-weight warm-up.",
+    )
+    diffusion.add_argument("--sigma_data", type=float, default=0.5, help="EDM: data standard deviation.")
+    diffusion.add_argument("--edm_p_mean", type=float, default=-1.2, help="EDM: mean of log(sigma) in training.")
+    diffusion.add_argument("--edm_p_std", type=float, default=1.2, help="EDM: std of log(sigma) in training.")
+    diffusion.add_argument("--fdm_momentum", type=float, default=1.0, help="EDM-FDM: momentum multiplier m.")
+    diffusion.add_argument("--fdm_beta_min", type=float, default=0.1, help="EDM-FDM: beta(t) slope at t = 0.")
+    diffusion.add_argument("--fdm_beta_d", type=float, default=19.9, help="EDM-FDM: beta(t) curvature.")
+    diffusion.add_argument(
+        "--fdm_normalize_input",
+        action="store_true",
+        help="EDM-FDM, our variant: multiply EDM's c_in by FDM's factor instead of replacing it.",
+    )
+    diffusion.add_argument(
+        "--loss_weight_warmup_steps",
+        type=int,
+        default=None,
+        help="EDM losses: clip the loss weight at a cap growing from 5 to 500 over this many steps (FDM's warm-up). "
+        "Default: 200 for edm-fdm, 0 (off) for edm.",
+    )
+    optim = p.add_argument_group("optimisation")
+    optim.add_argument("--train_batch_size", type=int, default=64, help="Per process.")
+    optim.add_argument("--max_train_steps", type=int, default=2000, help="Optimizer steps.")
+    optim.add_argument("--learning_rate", type=float, default=1e-3)
+    optim.add_argument("--lr_scheduler", default="cosine")
+    optim.add_argument("--lr_warmup_steps", type=int, default=100)
+    optim.add_argument("--adam_beta1", type=float, default=0.9)
+    optim.add_argument("--adam_beta2", type=float, default=0.999)
+    optim.add_argument("--adam_weight_decay", type=float, default=0.0)
+    optim.add_argument("--adam_epsilon", type=float, default=1e-8)
+    optim.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    optim.add_argument("--max_grad_norm", type=float, default=1.0)
+    optim.add_argument(
+        "--mixed_precision",
+        choices=["no", "fp16", "bf16"],
+        default=None,
+        help="Default: accelerate's setting (`accelerate launch --mixed_precision`, `accelerate config`), else no.",
+    )
+    optim.add_argument("--gradient_checkpointing", action="store_true")
+    optim.add_argument(
+        "--torch_compile",
+        action="store_true",
+        help="Compile the model in place (nn.Module.compile, so checkpoints keep their keys); a cUNet must compile "
+        "as one graph, which needs a fixed-grid solver without the adjoint.",
+    )
+    optim.add_argument(
+        "--torch_compile_mode", choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"], default="default"
+    )
+    optim.add_argument("--torch_compile_backend", default="inductor", help="e.g. aot_eager to debug on a CPU.")
+    optim.add_argument("--use_ema", action=argparse.BooleanOptionalAction, default=True)
+    optim.add_argument("--ema_max_decay", type=float, default=0.999)
+    optim.add_argument("--ema_inv_gamma", type=float, default=1.0)
+    optim.add_argument("--ema_power", type=float, default=0.75)
+    optim.add_argument("--seed", type=int, default=0)
+    out = p.add_argument_group("validation, checkpoints and output")
+    out.add_argument("--output_dir", default="outputs/cunet")
+    out.add_argument("--validation_steps", type=int, default=500, help="Sample a grid every N steps (0: only at end).")
+    out.add_argument("--num_validation_images", type=int, default=64)
+    out.add_argument("--validation_inference_steps", type=int, default=50, help="DDIM steps for sample grids.")
+    out.add_argument("--checkpointing_steps", type=int, default=500)
+    out.add_argument("--checkpoints_total_limit", type=int, default=2)
+    out.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder.")
+    out.add_argument("--logging_steps", type=int, default=10)
+    out.add_argument("--report_to", choices=["tensorboard", "none"], default="tensorboard")
+    out.add_argument("--push_to_hub", action="store_true")
+    out.add_argument("--hub_model_id", default=None)
+    out.add_argument("--hub_token", default=None)
+    out.add_argument("--hub_private", action="store_true")
+    out.add_argument(
+        "--record_process_log",
+        action="store_true",
+        help="Write, per process, the example indices of every step and a digest of the final weights to "
+        "<output_dir>/process_logs/ (to check data sharding and replica synchronisation).",
+    )
+    return p
+
+
+def names_with_hints(unknown: list[str], known: list[str]) -> str:
+    """`'lr' (did you mean 'learning_rate'?), ...` for the names in `unknown`."""
+    hints = {name: difflib.get_close_matches(name, known, n=1) for name in unknown}
+    return ", ".join(f"{name!r}" + (f" (did you mean {hints[name][0]!r}?)" if hints[name] else "") for name in unknown)
+
+
+def config_tokens(parser: argparse.ArgumentParser, path: Path) -> list[str]:
+    """The options of a YAML `--config` file as command-line tokens, each value checked as the command line checks
+    it (type, choices, flags), with errors naming the file: a config can set nothing the command line refuses."""
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        parser.error(f"{path} is not valid YAML: {error}")
+    return option_tokens(parser, values, str(path))
+
+
+def option_tokens(parser: argparse.ArgumentParser, values: Any, path: str) -> list[str]:
+    """`values` (option name -> value) as command-line tokens, each checked as the command line would check it;
+    errors name `path`, where the values came from."""
+    if not isinstance(values, dict):
+        parser.error(f"{path} must be a mapping of option names to values, got {type(values).__name__}.")
+    actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        parser.error(f"Unknown option(s) in {path}: {names_with_hints(unknown, list(actions))}.")
+    tokens: list[str] = []
+    for name, value in values.items():
+        action = actions[name]
+        flag = next(option for option in action.option_strings if option.startswith("--"))
+        where = f"{path}: {name}"
+        if action.nargs == 0 or isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                parser.error(f"{where} must be true or false, got {value!r}.")
+            if isinstance(action, argparse.BooleanOptionalAction):
+                tokens.append(flag if value else f"--no-{flag[2:]}")
+            elif value:
+                tokens.append(flag)
+            continue
+        if value is None:
+            continue
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and action.nargs is None:
+            parser.error(f"{where} takes one value, got the list {value!r}.")
+        texts = []
+        for item in items:
+            text = str(item).lower() if isinstance(item, bool) else str(item)
+            try:
+                converted = action.type(text) if action.type else text
+            except (TypeError, ValueError):
+                parser.error(f"{where}: {item!r} is not a valid {getattr(action.type, '__name__', 'value')}.")
+            if action.choices is not None and converted not in action.choices:
+                choices = ", ".join(map(str, action.choices))
+                parser.error(f"{where}: {item!r} is not one of the choices ({choices}).")
+            texts.append(text)
+        tokens += [flag, *texts]
+    return tokens
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first, _ = parser.parse_known_args(argv)
+    if first.config is not None:
+        path = Path(first.config)
+        if not path.is_file():
+            parser.error(f"--config {first.config!r} does not exist.")
+        argv = config_tokens(parser, path) + argv  # later tokens win: the command line overrides the file
+    args = parser.parse_args(argv)
+    positive = ["train_batch_size", "max_train_steps", "gradient_accumulation_steps", "num_validation_images"]
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be positive, got {getattr(args, name)}.")
+    if args.preconditioning == "none":
+        edm_only = [name for name in ("loss_weight_warmup_steps",) if getattr(args, name) is not None]
+        edm_only += ["fdm_normalize_input"] if args.fdm_normalize_input else []
+        if edm_only:
+            parser.error(f"--{edm_only[0]} applies to --preconditioning edm or edm-fdm only.")
+    else:
+        if args.prediction_type != "epsilon":
+            parser.error("--prediction_type applies to DDPM-style training (--preconditioning none) only.")
+        if args.model_type != "cunet":
+            parser.error("--preconditioning edm|edm-fdm is recorded in the ContinuousUNet2DModel config: cunet only.")
+        if args.fdm_normalize_input and args.preconditioning != "edm-fdm":
+            parser.error("--fdm_normalize_input applies to --preconditioning edm-fdm only.")
+        if args.loss_weight_warmup_steps is None:
+            args.loss_weight_warmup_steps = 200 if args.preconditioning == "edm-fdm" else 0
+        if args.loss_weight_warmup_steps < 0:
+            parser.error(f"--loss_weight_warmup_steps must be >= 0, got {args.loss_weight_warmup_steps}.")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id (e.g. org/cunet-digits).")
+    return args
+
+
+def make_config(**options: Any) -> argparse.Namespace:
+    """The validated options for code that trains (tests, benchmarks): `make_config(output_dir="out",
+    max_train_steps=10)` is `train.py --output_dir out --max_train_steps 10`, with the same checks."""
+    parser = build_parser()
+    return parse_args(option_tokens(parser, options, "make_config()"))
