@@ -27,13 +27,12 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.preconditioning import edm_scheduler
 from training.checkpointing import checkpoint_step, list_checkpoints
-from training.data import digits_images
 from training.loop import train
-from training.metrics import frechet_and_kid, train_digit_feature_net
+from training.metrics import frechet_and_kid, held_out_digits
 from training.options import make_config
 
 from . import paths
-from .quality import HELD_OUT, load_ema, sample
+from .common import load_ema, sample
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_RECIPE = yaml.safe_load((ROOT / "training" / "configs" / "digits.yaml").read_text())  # make demo's
@@ -112,9 +111,8 @@ def run(
     """Train and score the three methods (or, with `ablation`, the ablations: curves only; `variants` picks some
     of them and adds them to an existing results file)."""
     settings = MODES[mode]
-    images, labels = digits_images(settings.resolution)
-    train_images, real = images[:-HELD_OUT], images[-HELD_OUT:]
-    feature_net = train_digit_feature_net(train_images, labels[:-HELD_OUT], seed=settings.seed)
+    digits = held_out_digits(settings.resolution, seed=settings.seed)
+    train_images, real, feature_net = digits.train_images, digits.real, digits.feature_net
     reference = frechet_and_kid(real, train_images[: settings.samples], feature_net)["frechet_distance"]
     rows: dict[str, Any] = {}
     chosen = ABLATIONS if ablation else METHODS

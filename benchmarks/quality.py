@@ -16,20 +16,17 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
-from diffusers_cunet import ContinuousUNet2DModel
 from diffusers_cunet.flops import count_forward_flops, count_parameters
-from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline, ContinuousUNetPipeline
+from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline
 from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
 from training.checkpointing import checkpoint_step, list_checkpoints
-from training.data import digits_images
 from training.loop import train
-from training.metrics import DigitRecognizer, frechet_and_kid, train_digit_feature_net
+from training.metrics import DigitRecognizer, frechet_and_kid, held_out_digits
 from training.options import make_config
 
-ROOT = Path(__file__).resolve().parents[1]
-HELD_OUT = 300  # the last 300 digits are never trained on
+from .common import load_ema, sample
 
 
 @dataclass
@@ -82,19 +79,6 @@ def variants(mode: str) -> list[Variant]:
     return out
 
 
-@torch.no_grad()
-def sample(unet, scheduler, count: int, steps: int, seed: int) -> tuple[torch.Tensor, float, int | None]:
-    """`count` samples in [0, 1] with `scheduler`, the seconds per image, and ODE evaluations per image."""
-    pipe = ContinuousUNetPipeline(unet=unet.eval(), scheduler=scheduler)
-    pipe.set_progress_bar_config(disable=True)
-    start = time.perf_counter()
-    out = pipe(
-        batch_size=count, num_inference_steps=steps, generator=torch.Generator().manual_seed(seed), output_type="pt"
-    )
-    seconds = (time.perf_counter() - start) / count
-    return out.images.cpu(), seconds, out.ode_evaluations  # every image passes through every evaluation
-
-
 def evaluate(unet, noise_config, real, feature_net, recognizer, settings: Settings) -> dict[str, float]:
     scheduler = DDIMScheduler.from_config(noise_config)
     images, seconds, evaluations = sample(unet, scheduler, settings.samples, settings.sampling_steps, settings.seed)
@@ -103,20 +87,6 @@ def evaluate(unet, noise_config, real, feature_net, recognizer, settings: Settin
     scores["sampling_s_per_image"] = seconds
     scores["ode_evaluations_per_image"] = evaluations
     return scores
-
-
-def load_ema(checkpoint: Path, model_type: str):
-    """The EMA weights of a training checkpoint (diffusers' EMAModel folder: its decay settings sit in the config,
-    which diffusers reports as unexpected keys; that warning is silenced here)."""
-    from diffusers.utils import logging as diffusers_logging
-
-    cls = ContinuousUNet2DModel if model_type == "cunet" else UNet2DModel
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        return cls.from_pretrained(checkpoint / "unet_ema")
-    finally:
-        diffusers_logging.set_verbosity(level)
 
 
 def denoise_scores(unet, noise_config, clean: torch.Tensor, settings: Settings) -> list[dict[str, float]]:
@@ -160,9 +130,8 @@ def photo_patches(count: int, size: int, seed: int) -> torch.Tensor:
 
 def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
     settings = MODES[mode]
-    images, labels = digits_images(settings.resolution)
-    train_images, real = images[:-HELD_OUT], images[-HELD_OUT:]
-    feature_net = train_digit_feature_net(train_images, labels[:-HELD_OUT], seed=settings.seed)
+    digits = held_out_digits(settings.resolution, seed=settings.seed)
+    train_images, real, feature_net = digits.train_images, digits.real, digits.feature_net
     recognizer = DigitRecognizer(seed=settings.seed)
     reference = frechet_and_kid(real, train_images[: settings.samples], feature_net)
     reference["recognisable"] = recognizer.confident_share(real)

@@ -289,41 +289,58 @@ def pareto(runs: list[dict[str, Any]], cost_key) -> list[str]:
     return front
 
 
+def cost_report(cost: dict[str, Any], results: Path) -> list[str]:
+    plot_solver_cost(cost, results / "solver_cost.png")
+    return cost_section(cost)
+
+
+def gpu_report(gpu: dict[str, Any], results: Path) -> list[str]:
+    return gpu_section(gpu)
+
+
+def quality_report(quality: dict[str, Any], results: Path) -> list[str]:
+    plot_quality(quality, results / "quality_curves.png", results / "frontier.png")
+    lines = [*quality_section(quality), "\n### Pareto frontier (Fréchet distance against cost)\n"]
+    for label, key in (("training wall time", lambda r: r["train_seconds"]),
+                       ("GFLOPs per sample", lambda r: r["gflops_per_sample"]),
+                       ("sampling latency", lambda r: r["final"]["sampling_s_per_image"])):  # fmt: skip
+        lines.append(f"- {label}: " + ", ".join(pareto(quality["runs"], key)))
+    return lines
+
+
+def step_search_report(search: dict[str, Any], results: Path) -> list[str]:
+    return step_search_section(search)
+
+
+def momentum_report(momentum_result: dict[str, Any], results: Path) -> list[str]:
+    from .momentum import plot as plot_momentum
+    from .momentum import section as momentum_section
+
+    ablation_file = results / "momentum_ablation.json"
+    ablation = json.loads(ablation_file.read_text()) if ablation_file.exists() else None
+    plot_momentum(momentum_result, results / "momentum.png")
+    return momentum_section(momentum_result, ablation)
+
+
+# The report, in order: each section is written when its results file is in the results folder.
+SECTIONS = (
+    ("cost.json", cost_report),
+    ("gpu.json", gpu_report),
+    ("quality.json", quality_report),
+    ("step_search.json", step_search_report),
+    ("momentum.json", momentum_report),
+)
+
+
 def write(results: Path, output: Path, command: str, notes: list[str] | None = None) -> Path:
-    cost = json.loads((results / "cost.json").read_text()) if (results / "cost.json").exists() else None
-    quality = json.loads((results / "quality.json").read_text()) if (results / "quality.json").exists() else None
+    """BENCHMARKS.md (at `output`) from the JSON files in `results`, with their plots next to them."""
     lines = [
         "# Benchmarks: continuous U-Net vs diffusers' UNet2DModel\n",
         f"Produced by `{command}` (see `benchmarks/`); raw numbers in `{shown(results)}/*.json`.\n",
     ]
-    if cost:
-        lines += cost_section(cost)
-        plot_solver_cost(cost, results / "solver_cost.png")
-    gpu_file = results / "gpu.json"
-    if gpu_file.exists():
-        lines += gpu_section(json.loads(gpu_file.read_text()))
-    if quality:
-        lines += quality_section(quality)
-        plot_quality(quality, results / "quality_curves.png", results / "frontier.png")
-        runs = quality["runs"]
-        lines.append("\n### Pareto frontier (Fréchet distance against cost)\n")
-        for label, key in (("training wall time", lambda r: r["train_seconds"]),
-                           ("GFLOPs per sample", lambda r: r["gflops_per_sample"]),
-                           ("sampling latency", lambda r: r["final"]["sampling_s_per_image"])):  # fmt: skip
-            lines.append(f"- {label}: " + ", ".join(pareto(runs, key)))
-    search_file = results / "step_search.json"
-    if search_file.exists():
-        lines += step_search_section(json.loads(search_file.read_text()))
-    momentum_file = results / "momentum.json"
-    if momentum_file.exists():
-        from .momentum import plot as plot_momentum
-        from .momentum import section as momentum_section
-
-        momentum_result = json.loads(momentum_file.read_text())
-        ablation_file = results / "momentum_ablation.json"
-        ablation = json.loads(ablation_file.read_text()) if ablation_file.exists() else None
-        lines += momentum_section(momentum_result, ablation)
-        plot_momentum(momentum_result, results / "momentum.png")
+    for file_name, report in SECTIONS:
+        if (results / file_name).exists():
+            lines += report(json.loads((results / file_name).read_text()), results)
     notes_file = results / "notes.md"  # hand-written reading of a run, dated; kept when the tables are rewritten
     if notes or notes_file.exists():
         lines += [
@@ -331,5 +348,6 @@ def write(results: Path, output: Path, command: str, notes: list[str] | None = N
             *(notes or []),
             notes_file.read_text() if notes_file.exists() else "",
         ]
+    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text("\n".join(lines) + "\n")
     return output

@@ -7,6 +7,8 @@ confidence >= 0.9), a cheap signal for the embedded data set.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from PIL import Image
@@ -147,3 +149,29 @@ def frechet_and_kid(
         metric.update(fake.float(), real=False)
     kid_mean, kid_std = kid.compute()
     return {"frechet_distance": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
+
+
+HELD_OUT_DIGITS = 300  # the last 300 of scikit-learn's digits: never trained on by benchmarks and step searches
+
+
+@dataclass
+class HeldOutDigits:
+    """The digits split for scoring: training images and labels, the held-out real images, and the feature
+    network (fitted on the training part) in whose space Fréchet distance and KID are measured."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    real: torch.Tensor
+    feature_net: DigitFeatureNet
+
+
+def held_out_digits(resolution: int, held_out: int = HELD_OUT_DIGITS, seed: int = 0) -> HeldOutDigits:
+    """Split the digits at `resolution` (images in [0, 1]) and fit the feature network on the training part."""
+    from training.data import digits_images
+
+    images, labels = digits_images(resolution)
+    if not 0 < held_out < len(images):
+        raise ValueError(f"held_out must be between 1 and {len(images) - 1}, got {held_out}.")
+    train_images, train_labels = images[:-held_out], labels[:-held_out]
+    feature_net = train_digit_feature_net(train_images, train_labels, seed=seed)
+    return HeldOutDigits(train_images, train_labels, images[-held_out:], feature_net)

@@ -173,8 +173,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from diffusers import DDIMScheduler
 
     from diffusers_cunet.pipelines import ContinuousUNetPipeline
-    from training.data import digits_images
-    from training.metrics import train_digit_feature_net
+    from training.metrics import HELD_OUT_DIGITS, held_out_digits
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="folder of a saved pipeline trained on the digits")
@@ -184,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tolerance", type=float, default=0.05, help="allowed relative rise of the FD")
     parser.add_argument("--num_inference_steps", type=int, default=50)
     parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--held_out", type=int, default=300, help="the last N digits, never trained on")
+    parser.add_argument("--held_out", type=int, default=HELD_OUT_DIGITS, help="the last N digits, never trained on")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--trained_on_digits",
@@ -201,11 +200,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     check_judgeable(pipe.unet, Path(args.pipeline), args.trained_on_digits)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(desc="sampling", leave=False)  # one bar per scored schedule: minutes in all
-    images, labels = digits_images(pipe.unet.config.sample_size)
-    real = images[-args.held_out :]
-    print(f"Fitting the digit feature network on {len(images) - args.held_out} digits ...", flush=True)
-    feature_net = train_digit_feature_net(images[: -args.held_out], labels[: -args.held_out], seed=args.seed)
-    evaluate = ScheduleEvaluator(pipe, real, feature_net, args.samples, args.num_inference_steps, args.seed)
+    print(f"Fitting the digit feature network on all but the last {args.held_out} digits ...", flush=True)
+    digits = held_out_digits(pipe.unet.config.sample_size, args.held_out, args.seed)
+    evaluate = ScheduleEvaluator(pipe, digits.real, digits.feature_net, args.samples, args.num_inference_steps,
+                                 args.seed)  # fmt: skip
     most = 1 + 2 * args.bins * (len(set(args.levels)) - 1)
     print(f"Scoring at most {most} schedules of {args.samples} samples x {args.num_inference_steps} steps ...")
     start = time.perf_counter()
