@@ -33,9 +33,7 @@ for `--preconditioning edm|edm-fdm`), a `samples.png` grid, `metrics.json` and a
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=str, default=None, help="YAML file of option defaults (command line wins).")
+def add_data_options(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--dataset_name", default="digits", help="Hub data set name, or 'digits' (embedded).")
     data.add_argument("--dataset_config_name", default=None)
@@ -54,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Leave out images that cannot be decoded (each named in a warning) instead of stopping before training.",
     )
     data.add_argument("--dataloader_num_workers", type=int, default=0)
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
     model = p.add_argument_group("model")
     model.add_argument(
         "--model_type",
@@ -82,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="Step-aware training: each batch runs the ODE blocks with a step count drawn from these, so the "
         "model works at every effort a solver schedule may pick (cUNet only).",
     )
+
+
+def add_diffusion_options(p: argparse.ArgumentParser) -> None:
     diffusion = p.add_argument_group("diffusion")
     diffusion.add_argument("--num_train_timesteps", type=int, default=1000)
     diffusion.add_argument("--beta_schedule", choices=BETA_SCHEDULES, default="squaredcos_cap_v2")
@@ -111,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="EDM losses: clip the loss weight at a cap growing from 5 to 500 over this many steps (FDM's warm-up). "
         "Default: 200 for edm-fdm, 0 (off) for edm.",
     )
+
+
+def add_optimisation_options(p: argparse.ArgumentParser) -> None:
     optim = p.add_argument_group("optimisation")
     optim.add_argument("--train_batch_size", type=int, default=64, help="Per process.")
     optim.add_argument("--max_train_steps", type=int, default=2000, help="Optimizer steps.")
@@ -145,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--ema_inv_gamma", type=float, default=1.0)
     optim.add_argument("--ema_power", type=float, default=0.75)
     optim.add_argument("--seed", type=int, default=0)
+
+
+def add_output_options(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("validation, checkpoints and output")
     out.add_argument("--output_dir", default="outputs/cunet")
     out.add_argument("--validation_steps", type=int, default=500, help="Sample a grid every N steps (0: only at end).")
@@ -165,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="Write, per process, the example indices of every step and a digest of the final weights to "
         "<output_dir>/process_logs/ (to check data sharding and replica synchronisation).",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=str, default=None, help="YAML file of option defaults (command line wins).")
+    add_data_options(p)
+    add_model_options(p)
+    add_diffusion_options(p)
+    add_optimisation_options(p)
+    add_output_options(p)
     return p
 
 
