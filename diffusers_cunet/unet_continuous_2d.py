@@ -7,11 +7,14 @@ loads a pipeline, which is why it is imported here at module level.
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import json
 import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -409,6 +412,20 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
             raise ValueError(f"Invalid ContinuousUNet2DModel config {config_path}: {error}") from error
 
     @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        # `auto_map` says where the remote code lives (`save_pretrained` writes it); it is no constructor argument.
+        config_dict = {key: value for key, value in config_dict.items() if key != "auto_map"}
+        return super().extract_init_dict(config_dict, **kwargs)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """As `ModelMixin.save_pretrained`, plus `modeling_cunet.py` (this class as one file) and the `auto_map`
+        entry that let `AutoModel.from_pretrained(folder, trust_remote_code=True)` load the folder without this
+        package installed."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_code(save_directory)
+
+    @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
         """As `ModelMixin.from_pretrained`, but an invalid config or a corrupted or mismatched weights file
         raises a `ValueError` that names the file. See `ModelMixin.from_pretrained` for the arguments."""
@@ -433,3 +450,32 @@ def _weights_error(path: str | os.PathLike, kwargs: Mapping[str, Any], error: Ex
     variant = kwargs.get("variant")
     name = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
     return f"Could not load ContinuousUNet2DModel weights from {os.path.join(folder, name)}: {error}"
+
+
+MODEL_CODE_FILE = "modeling_cunet.py"  # this class as one self-contained file (see diffusers_cunet.remote_code)
+AUTO_MAP = {"AutoModel": "modeling_cunet.ContinuousUNet2DModel"}
+
+
+def model_code_text() -> str:
+    """The text of `modeling_cunet.py`: generated from the package, or, when this module is that file (loaded as
+    remote code), the file itself, so a re-saved folder ships the code it was loaded with."""
+    if __name__ == "diffusers_cunet.unet_continuous_2d":
+        return importlib.import_module("diffusers_cunet.remote_code").model_code()
+    return Path(__file__).read_text()
+
+
+def write_model_code(folder: str | os.PathLike) -> Path:
+    """Write `modeling_cunet.py` into a saved model folder and point its `config.json`'s `auto_map` at it
+    (each written to a temporary file first, then renamed)."""
+    folder = Path(folder)
+    path = folder / MODEL_CODE_FILE
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(model_code_text())
+    os.replace(temporary, path)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text())
+    config["auto_map"] = dict(AUTO_MAP)
+    temporary = config_path.with_name(config_path.name + ".tmp")
+    temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, config_path)
+    return path

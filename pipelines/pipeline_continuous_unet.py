@@ -56,9 +56,10 @@ class ContinuousUNetPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """As `DiffusionPipeline.from_pretrained`; a `solver_schedule.json` in a local folder is loaded with it."""
+        """As `DiffusionPipeline.from_pretrained`; the `solver_schedule.json` saved with the pipeline (in a local
+        folder or the Hub repository) is loaded with it."""
         pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
-        pipeline.solver_schedule = load_solver_schedule(pretrained_model_name_or_path)
+        pipeline.solver_schedule = load_solver_schedule(pretrained_model_name_or_path, **kwargs)
         return pipeline
 
     def save_pretrained(self, save_directory, **kwargs):

@@ -90,15 +90,28 @@ def class_labels_for(unet, class_labels, batch_size: int, device) -> torch.Tenso
     return labels
 
 
-def load_solver_schedule(folder):
-    """The `SolverStepSchedule` saved in a local pipeline folder, or `None` if there is none."""
+HUB_OPTIONS = ("cache_dir", "revision", "token", "local_files_only", "proxies", "force_download")
+
+
+def load_solver_schedule(name_or_path, **options):
+    """The `SolverStepSchedule` saved with a pipeline, from a local folder or a Hub repository (through the cache,
+    or a download), or `None` if it has none. `options` are `from_pretrained`'s (cache_dir, revision, token, ...)."""
     from pathlib import Path
+
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
 
     from diffusers_cunet.step_schedule import SCHEDULE_FILE, SolverStepSchedule
 
-    if not (Path(str(folder)) / SCHEDULE_FILE).is_file():
-        return None
-    return SolverStepSchedule.from_pretrained(folder)
+    folder = Path(str(name_or_path))
+    if folder.is_dir():
+        return SolverStepSchedule.from_pretrained(folder) if (folder / SCHEDULE_FILE).is_file() else None
+    hub_options = {key: options[key] for key in HUB_OPTIONS if options.get(key) is not None}
+    try:
+        path = hf_hub_download(str(name_or_path), SCHEDULE_FILE, **hub_options)
+    except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError):
+        return None  # the repository has no schedule (or, offline, none was ever downloaded)
+    return SolverStepSchedule.from_pretrained(Path(path).parent)
 
 
 def reverse_process(pipeline, sample, timesteps, labels, solver_schedule, generator):

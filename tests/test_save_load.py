@@ -21,7 +21,7 @@ def _public(config) -> dict:
 def test_round_trip_gives_identical_outputs(tmp_path, tiny_model, tiny_inputs):
     sample, t = tiny_inputs
     tiny_model.save_pretrained(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", WEIGHTS]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", WEIGHTS, "modeling_cunet.py"]
     loaded = ContinuousUNet2DModel.from_pretrained(tmp_path).eval()
     assert _public(loaded.config) == _public(tiny_model.config)
     with torch.no_grad():

@@ -126,3 +126,19 @@ def test_search_refuses_a_model_trained_on_other_greyscale_images(tmp_path):
     train(tmp_path / "out", "--max_train_steps", "1", "--train_data_dir", str(images), "--train_batch_size", "4")
     with pytest.raises(ValueError, match=r"metrics.json names '.*images'"):
         _search(tmp_path / "out")
+
+
+def test_the_schedule_is_found_by_hub_id_through_the_cache(tmp_path):
+    from conftest import lay_out_hub_cache
+
+    schedule = SolverStepSchedule.from_steps([1, 4])
+    pipe = ContinuousUNetPipeline(unet=make_tiny(), scheduler=DDIMScheduler.from_config(make_noise_scheduler().config))
+    pipe.solver_schedule = schedule
+    cache = tmp_path / "hub"
+    lay_out_hub_cache(cache, "org/cunet-steps", pipe)
+    loaded = ContinuousUNetPipeline.from_pretrained("org/cunet-steps", cache_dir=cache, local_files_only=True)
+    assert loaded.solver_schedule == schedule
+    pipe.solver_schedule = None
+    lay_out_hub_cache(cache, "org/cunet-plain", pipe)
+    plain = ContinuousUNetPipeline.from_pretrained("org/cunet-plain", cache_dir=cache, local_files_only=True)
+    assert plain.solver_schedule is None

@@ -149,7 +149,7 @@ def test_push_to_hub_uploads_the_pipeline_not_the_checkpoints(trained, monkeypat
     assert calls["card"] == (output / "README.md").read_text()
     assert calls["files"] == sorted([
         "README.md", "metrics.json", "model_index.json", "samples.png", "scheduler/scheduler_config.json",
-        "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+        "unet/config.json", "unet/diffusion_pytorch_model.safetensors", "unet/modeling_cunet.py",
     ])  # fmt: skip
 
 
