@@ -28,7 +28,7 @@ from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.preconditioning import edm_scheduler
 from training.checkpointing import checkpoint_step, list_checkpoints
 from training.loop import train
-from training.metrics import frechet_and_kid, held_out_digits
+from training.metrics import HELD_OUT_DIGITS, frechet_and_kid, held_out_digits
 from training.options import make_config
 
 from . import paths
@@ -120,7 +120,7 @@ def run(
         output = runs_root / method
         options = {
             **DIGITS_RECIPE, "output_dir": output, "resolution": settings.resolution,
-            "max_train_samples": len(train_images), "train_batch_size": settings.batch_size,
+            "held_out_samples": HELD_OUT_DIGITS, "train_batch_size": settings.batch_size,
             "max_train_steps": settings.steps, "checkpointing_steps": settings.checkpoint_every,
             "checkpoints_total_limit": 1000, "validation_steps": 0, "num_validation_images": 16, "report_to": "none",
             "seed": settings.seed, **extra,
@@ -148,6 +148,7 @@ def run(
         rows[method] = {
             "label": (ABLATION_LABELS if ablation else LABELS)[method],
             "final_loss": result.final_loss,
+            "held_out_error": result.held_out_error[-1]["mean"],
             "train_seconds": result.train_seconds,
             "loss_history": [(h["step"], h["loss"]) for h in history],
             "curve": curve,

@@ -23,7 +23,7 @@ from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline
 from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
 from training.checkpointing import checkpoint_step, list_checkpoints
 from training.loop import train
-from training.metrics import DigitRecognizer, frechet_and_kid, held_out_digits
+from training.metrics import HELD_OUT_DIGITS, DigitRecognizer, frechet_and_kid, held_out_digits
 from training.options import make_config
 
 from .common import load_ema, sample
@@ -141,7 +141,7 @@ def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
         output = output_root / variant.name
         config = make_config(
             output_dir=output, dataset_name="digits", resolution=settings.resolution,
-            max_train_samples=len(train_images), train_batch_size=settings.batch_size,
+            held_out_samples=HELD_OUT_DIGITS, train_batch_size=settings.batch_size,
             max_train_steps=settings.steps, learning_rate=settings.learning_rate,
             lr_warmup_steps=max(1, settings.steps // 20), checkpointing_steps=interval,
             checkpoints_total_limit=100, validation_steps=0, num_validation_images=16,
@@ -171,6 +171,7 @@ def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
             "train_seconds": train_seconds,
             "train_images_per_s": result.images_per_second,
             "final_loss": result.final_loss,
+            "held_out_error": result.held_out_error[-1]["mean"],  # EMA denoising MSE on the 300 held-out digits
             "final": final,
             "curve": curve,
             "denoise_digits": denoise_scores(unet, noise_config, real[:64], settings) if denoise else None,

@@ -61,6 +61,11 @@ def cost_section(cost: dict[str, Any]) -> list[str]:
     return lines
 
 
+def held_out_text(run: dict[str, Any]) -> str:
+    """The held-out denoising error of a run (results from before it was measured have none)."""
+    return f"{run['held_out_error']:.4f}" if run.get("held_out_error") is not None else "-"
+
+
 def quality_section(quality: dict[str, Any]) -> list[str]:
     s = quality["settings"]
     ref = quality["reference_real_vs_real"]
@@ -73,15 +78,16 @@ def quality_section(quality: dict[str, Any]) -> list[str]:
         f"Real-vs-real floor (training digits vs held-out): FD {ref['frechet_distance']:.1f}, KID "
         f"{ref['kid_mean']:.1f}; {ref['recognisable']:.0%} of held-out digits recognised. "
         f"{quality['date']}, torch {quality['torch']}, {quality['threads']} threads.\n",
-        "| model | params | GFLOPs/call | train time (s) | train img/s | final loss | FD ↓ | KID ↓ | recognised ↑ "
-        "| sampling s/image | ODE evals/image |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | params | GFLOPs/call | train time (s) | train img/s | final loss | held-out error ↓ | FD ↓ | KID ↓ "
+        "| recognised ↑ | sampling s/image | ODE evals/image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in quality["runs"]:
         f = r["final"]
         lines.append(
             f"| {r['name']} | {r['params']:,} | {r['gflops_per_call']:.3f} | {r['train_seconds']:.0f} | "
-            f"{r['train_images_per_s']:.0f} | {r['final_loss']:.4f} | {f['frechet_distance']:.1f} | "
+            f"{r['train_images_per_s']:.0f} | {r['final_loss']:.4f} | {held_out_text(r)} | "
+            f"{f['frechet_distance']:.1f} | "
             f"{f['kid_mean']:.1f} | {f['recognisable']:.2f} | {f['sampling_s_per_image'] * 1000:.1f} ms | "
             f"{f['ode_evaluations_per_image'] or '-'} |"
         )

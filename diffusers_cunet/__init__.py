@@ -1,5 +1,6 @@
 """diffusers-cunet: the continuous U-Net (arXiv 2310.20092) as a Hugging Face diffusers model."""
 
+from .objectives import DDPMObjective, EDMObjective
 from .preconditioning import EDMPreconditioning, FDMPreconditioning
 from .solvers import SolverConfig
 from .unet_continuous_2d import ContinuousUNet2DModel, ContinuousUNet2DOutput
@@ -8,6 +9,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ContinuousUNet2DModel",
     "ContinuousUNet2DOutput",
+    "DDPMObjective",
+    "EDMObjective",
     "EDMPreconditioning",
     "FDMPreconditioning",
     "SolverConfig",

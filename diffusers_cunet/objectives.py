@@ -56,6 +56,17 @@ class DDPMObjective:
             return alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * output
         return output
 
+    def denoising_error(self, model, clean: torch.Tensor, noise: torch.Tensor, sigma: float,
+                        **model_kwargs: Any) -> float:  # fmt: skip
+        """Mean squared error of the clean-image estimate at noise level `sigma` on EDM's scale (the noisy image is
+        clean + sigma * noise, up to scaling): at the training timestep whose sqrt((1 - alpha_bar) / alpha_bar)
+        is closest to `sigma`. In image units, so comparable with `EDMObjective.denoising_error`."""
+        alpha_bar = self.noise_scheduler.alphas_cumprod
+        timestep = int((((1 - alpha_bar) / alpha_bar).sqrt() - sigma).abs().argmin())
+        timesteps = torch.full((clean.shape[0],), timestep, dtype=torch.long, device=clean.device)
+        noisy = self.noise_scheduler.add_noise(clean, noise, timesteps)
+        return F.mse_loss(self.denoise(model, noisy, timesteps, **model_kwargs).float(), clean.float()).item()
+
     def saved_scheduler(self, model=None) -> DDPMScheduler:
         """The scheduler saved with the trained pipeline: the training schedule itself."""
         return self.noise_scheduler
@@ -106,6 +117,13 @@ class EDMObjective:
     def denoise(self, model, noisy: torch.Tensor, sigma: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
         """D(x; sigma), the preconditioned network."""
         return self.preconditioning.denoise(model, noisy, sigma, **model_kwargs)
+
+    def denoising_error(self, model, clean: torch.Tensor, noise: torch.Tensor, sigma: float,
+                        **model_kwargs: Any) -> float:  # fmt: skip
+        """Mean squared error of D(clean + sigma * noise; sigma) against `clean` (image units)."""
+        sigmas = torch.full((clean.shape[0],), float(sigma), device=clean.device)
+        denoised = self.denoise(model, clean + sigma * noise, sigmas, **model_kwargs)
+        return F.mse_loss(denoised.float(), clean.float()).item()
 
     def saved_scheduler(self, model=None):
         return edm_scheduler(self.preconditioning, "dpmsolver++")

@@ -18,8 +18,10 @@ def test_tiny_benchmark_writes_results_report_and_plots(tmp_path):
     for run in quality["runs"]:
         assert len(run["curve"]) == 2 and run["final"]["frechet_distance"] > 0
         assert run["denoise_digits"][0]["psnr"] > 0
+        assert run["held_out_error"] > 0  # the EMA model's denoising error on the 300 held-out digits
     text = report.read_text()
     assert "| parameters |" in text and "Fréchet" in text and "Pareto frontier" in text
+    assert "held-out error" in text
     for png in ("quality_curves.png", "frontier.png"):
         assert (results / png).stat().st_size > 1000
 
@@ -34,6 +36,7 @@ def test_tiny_momentum_benchmark_writes_curves_summary_and_plot(tmp_path):
         assert [p["step"] for p in row["curve"]] == [2, 4]
         assert all(p["frechet_distance"] > 0 for p in row["curve"])
         assert all(len(sweep) == 2 for sweep in row["sweeps"].values())
+        assert row["held_out_error"] > 0
     assert set(result["runs"]["edm-fdm"]["sweeps"]) == {"EDM DPM-Solver++", "EDM Euler"}
     summary = result["summary"]
     assert (

@@ -65,3 +65,28 @@ def test_objectives_describe_and_record_their_settings():
     assert "momentum 1.0" in edm.describe() and "warm-up 200 steps" in edm.describe()
     with pytest.raises(ValueError, match="p_std must be positive"):
         EDMObjective(edm.preconditioning, p_std=0)
+
+
+def test_denoising_errors_are_clean_image_errors_on_one_scale():
+    model = make_tiny()
+    generator = torch.Generator().manual_seed(1)
+    clean = torch.rand(3, 3, 8, 8, generator=generator) * 2 - 1
+    noise = torch.randn(3, 3, 8, 8, generator=generator)
+    ddpm = DDPMObjective(make_noise_scheduler())
+    alpha_bar = ddpm.noise_scheduler.alphas_cumprod
+    ratio = ((1 - alpha_bar) / alpha_bar).sqrt()
+    with torch.no_grad():
+        for sigma in (0.1, 1.0, 3.0):
+            t = int((ratio - sigma).abs().argmin())
+            assert abs(float(ratio[t]) - sigma) < 0.05 * sigma  # the schedule has a timestep at that noise level
+            timesteps = torch.full((3,), t)
+            noisy = alpha_bar[t].sqrt() * (clean + float(ratio[t]) * noise)  # = add_noise(clean, noise, t)
+            x0 = (noisy - (1 - alpha_bar[t]).sqrt() * model(noisy, timesteps).sample) / alpha_bar[t].sqrt()
+            expected = ((x0 - clean) ** 2).mean().item()
+            assert abs(ddpm.denoising_error(model, clean, noise, sigma) - expected) < 1e-5 * max(1.0, expected)
+    edm_model = make_tiny(preconditioning={"type": "edm"})
+    edm = EDMObjective(edm_model.preconditioning)
+    with torch.no_grad():
+        denoised = edm.denoise(edm_model, clean + 0.5 * noise, torch.full((3,), 0.5))
+        expected = ((denoised - clean) ** 2).mean().item()
+        assert abs(edm.denoising_error(edm_model, clean, noise, 0.5) - expected) < 1e-7

@@ -213,3 +213,37 @@ def test_model_card_metadata_names_only_hub_data_sets():
     hub = render_model_card(make_tiny(), dataset_name="uoft-cs/cifar10", hub_dataset="uoft-cs/cifar10", **common)
     assert local.data.datasets is None and "/home/me/photos" in local.text
     assert hub.data.datasets == ["uoft-cs/cifar10"]
+
+
+def test_held_out_error_falls_and_the_held_out_images_are_never_trained_on(tmp_path):
+    output = tmp_path / "run"
+    result = train(output, "--max_train_steps", "40", "--held_out_samples", "100", "--validation_steps", "20",
+                   "--record_process_log")  # fmt: skip
+    steps = [entry["step"] for entry in result.held_out_error]
+    assert steps == [0, 20, 40]
+    first, last = result.held_out_error[0]["mean"], result.held_out_error[-1]["mean"]
+    assert last < 0.7 * first, (first, last)
+    assert set(result.held_out_error[0]) == {"step", "mean", "sigma=0.1", "sigma=0.3", "sigma=1", "sigma=3"}
+    saved = json.loads((output / "metrics.json").read_text())
+    assert saved["held_out_error"] == result.held_out_error
+    assert "held-out denoising error" in (output / "README.md").read_text()
+    log = json.loads((output / "process_logs" / "process_0.json").read_text())
+    assert max(max(batch) for batch in log["indices"]) < 1797 - 100  # the last 100 digits never reach a batch
+
+
+def test_held_out_error_resumes_exactly(tmp_path):
+    common = ["--max_train_steps", "8", "--max_train_samples", "96", "--checkpointing_steps", "4",
+              "--validation_steps", "4", "--held_out_samples", "32", "--checkpoints_total_limit", "5"]  # fmt: skip
+    full = train(tmp_path / "full", *common)
+    (tmp_path / "resumed").mkdir()
+    shutil.copytree(tmp_path / "full" / "checkpoint-4", tmp_path / "resumed" / "checkpoint-4")
+    resumed = train(tmp_path / "resumed", *common, "--resume_from_checkpoint", "latest")
+    assert resumed.held_out_error == full.held_out_error and [e["step"] for e in full.held_out_error] == [0, 4, 8]
+    weights = Path("unet", "diffusion_pytorch_model.safetensors")
+    assert_same_weights(tmp_path / "full" / weights, tmp_path / "resumed" / weights)
+
+
+def test_holding_out_everything_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="--held_out_samples 1797 leaves nothing to train on"):
+        train(tmp_path / "out", "--held_out_samples", "1797")
+    assert not (tmp_path / "out").exists()

@@ -276,8 +276,7 @@ class EpochShuffleSampler(torch.utils.data.Sampler[int]):
 def digits_images(resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
     """All 1,797 digits as a tensor of images in [0, 1] at `resolution`, and their labels (for metrics)."""
     dataset = digits_dataset()
-    data = prepare_dataset(dataset, ImageTransform(resolution, 1, "image"))
-    images = torch.stack([data[i]["pixel_values"] for i in range(len(data))])
+    images, _ = image_tensors(dataset, ImageTransform(resolution, 1, "image"))
     return (images + 1) / 2, torch.tensor(dataset["label"])
 
 
@@ -306,6 +305,7 @@ class TrainingImages:
     image_column: str
     num_classes: int | None
     source: str
+    held_out: Any = None  # the examples kept out of training (--held_out_samples), or None
 
 
 def load_training_images(args, warn: Callable[[str], None] | None = None) -> TrainingImages:
@@ -324,7 +324,25 @@ def load_training_images(args, warn: Callable[[str], None] | None = None) -> Tra
         dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
     source = args.train_data_dir or args.dataset_name
     dataset = drop_unreadable_images(dataset, image_column, args.skip_bad_images, source, warn=warn)
-    return TrainingImages(dataset, image_column, n_classes, source)
+    held_out = None
+    if args.held_out_samples:
+        if args.held_out_samples >= len(dataset):
+            raise ValueError(
+                f"--held_out_samples {args.held_out_samples} leaves nothing to train on: {source} has "
+                f"{len(dataset)} usable examples."
+            )
+        split = len(dataset) - args.held_out_samples
+        held_out, dataset = dataset.select(range(split, len(dataset))), dataset.select(range(split))
+    return TrainingImages(dataset, image_column, n_classes, source, held_out)
+
+
+def image_tensors(dataset, transform: ImageTransform) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Every example of `dataset` through `transform`: images `(N, C, H, W)` in [-1, 1] and class labels (or None)."""
+    data = prepare_dataset(dataset, transform)
+    examples = [data[i] for i in range(len(data))]
+    images = torch.stack([example["pixel_values"] for example in examples])
+    labels = torch.tensor([e["class_labels"] for e in examples]) if transform.class_column else None
+    return images, labels
 
 
 def make_dataloader(images: TrainingImages, resolution: int, channels: int, args) -> tuple[Any, ImageTransform]:

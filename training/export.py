@@ -35,6 +35,7 @@ class RunRecord:
     losses: list[float] = field(default_factory=list)
     start_step: int = 0
     global_step: int = 0
+    held_out: list[dict[str, float]] = field(default_factory=list)  # held-out denoising errors by step
 
     def final_loss(self) -> float:
         """The mean loss of this session's last 10% of batches."""
@@ -46,7 +47,8 @@ class RunRecord:
 
     def saved(self) -> dict[str, Any]:
         """The part kept in checkpoints."""
-        return {"history": self.history, "train_time": self.train_time, "images_seen": self.images_seen}
+        return {"history": self.history, "train_time": self.train_time, "images_seen": self.images_seen,
+                "held_out": self.held_out}  # fmt: skip
 
 
 def sample_grid(
@@ -106,6 +108,8 @@ def run_metrics(args, record: RunRecord, images: torch.Tensor, in_channels: int)
     }
     if record.start_step:
         metrics["resumed at step"] = record.start_step
+    if record.held_out:
+        metrics["held-out denoising error (MSE, mean of 4 noise levels)"] = round(record.held_out[-1]["mean"], 5)
     if args.dataset_name == "digits" and not args.train_data_dir and in_channels == 1:
         from training.metrics import DigitRecognizer
 
@@ -157,7 +161,7 @@ def export_run(
     grid.save(grid_path)
     metrics = run_metrics(args, record, images, model.config.in_channels)
     summary = {"training_data": args.train_data_dir or args.dataset_name, "objective": objective.to_config(),
-               "metrics": metrics, "loss_history": record.history}  # fmt: skip
+               "metrics": metrics, "loss_history": record.history, "held_out_error": record.held_out}  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     sampler_name = "EDM DPM-Solver++" if preconditioned else "DDIM"
     card = render_model_card(

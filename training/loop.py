@@ -40,8 +40,16 @@ from training.checkpointing import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from training.data import ImageTransform, TrainingImages, check_data_folder, load_training_images, make_dataloader
+from training.data import (
+    ImageTransform,
+    TrainingImages,
+    check_data_folder,
+    image_tensors,
+    load_training_images,
+    make_dataloader,
+)
 from training.export import RunRecord, export_run, save_validation_grid
+from training.held_out import HeldOutError
 from training.hub import check_hub_access
 from training.launcher import warn_if_fewer_processes
 from training.model_setup import (
@@ -68,6 +76,7 @@ class TrainingResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     loss_history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
+    held_out_error: list[dict[str, float]] = field(default_factory=list)  # by step, with --held_out_samples
     final_loss: float = math.nan  # mean of this session's last 10% of batches
     images_per_second: float = 0.0  # training throughput over the whole run
     grid_path: Path | None = None
@@ -101,6 +110,7 @@ class Session:
     ema: EMAModel | None
     n_classes: int | None
     record: RunRecord = field(default_factory=RunRecord)
+    held_out: HeldOutError | None = None
 
 
 def step_generator(seed: int, micro_step: int, process_index: int, device) -> torch.Generator:
@@ -211,6 +221,7 @@ def set_up(args: argparse.Namespace, output_dir: Path, prepared: Prepared) -> Se
     session = Session(args, output_dir, accelerator, unet, prepared.model_class, objective, optimizer, lr_scheduler,
                       dataloader, transform, ema, prepared.images.num_classes)  # fmt: skip
     register_checkpoint_hooks(accelerator, unet, ema, prepared.model_class, lambda: session.record.saved())
+    session.held_out = make_held_out_error(args, prepared.images, accelerator.unwrap_model(unet).config)
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_checkpoints(output_dir)
@@ -218,7 +229,8 @@ def set_up(args: argparse.Namespace, output_dir: Path, prepared: Prepared) -> Se
         accelerator.load_state(str(prepared.checkpoint))
         saved = read_run_record(prepared.checkpoint)
         step = checkpoint_step(prepared.checkpoint)
-        session.record = RunRecord(saved["history"], saved["train_time"], saved["images_seen"], [], step, step)
+        session.record = RunRecord(saved["history"], saved["train_time"], saved["images_seen"], [], step, step,
+                                   saved.get("held_out", []))  # fmt: skip
         logger.info("Resumed from %s at step %d", prepared.checkpoint, step)
     if accelerator.is_main_process and args.report_to != "none":
         config = {k: v for k, v in vars(args).items() if v is not None and not isinstance(v, list)}
@@ -233,6 +245,37 @@ def set_up(args: argparse.Namespace, output_dir: Path, prepared: Prepared) -> Se
         f"{count_parameters(accelerator.unwrap_model(unet)):,}",
     )
     return session
+
+
+def make_held_out_error(args: argparse.Namespace, images: TrainingImages, config) -> HeldOutError | None:
+    """The held-out evaluation of `--held_out_samples`: its images centre-cropped, unflipped, at the model's size."""
+    if images.held_out is None:
+        return None
+    transform = ImageTransform(config.sample_size, config.in_channels, images.image_column, center_crop=True,
+                               random_flip=False, class_column=args.class_column, seed=args.seed)  # fmt: skip
+    tensors, labels = image_tensors(images.held_out, transform)
+    return HeldOutError(tensors, labels, seed=args.seed)
+
+
+def evaluate_held_out(s: Session) -> None:
+    """The EMA weights' held-out denoising error at this step, into the run record and the trackers (main process;
+    it touches no random state, so a resumed run still repeats an uninterrupted one)."""
+    if s.held_out is None or not s.accelerator.is_main_process:
+        return
+    if s.record.held_out and s.record.held_out[-1]["step"] == s.record.global_step:
+        return  # already measured at this step
+    model = s.accelerator.unwrap_model(s.unet)
+    if s.ema is not None:
+        s.ema.store(model.parameters())
+        s.ema.copy_to(model.parameters())
+    model.eval()
+    errors = s.held_out(model, s.objective, s.accelerator.device)
+    model.train()
+    if s.ema is not None:
+        s.ema.restore(model.parameters())
+    s.record.held_out.append({"step": s.record.global_step, **errors})
+    s.accelerator.log({"held_out_error": errors["mean"]}, step=s.record.global_step)
+    logger.info("step %d: held-out denoising error %.5f", s.record.global_step, errors["mean"])
 
 
 def training_step(s: Session, batch: dict[str, torch.Tensor], micro_step: int) -> torch.Tensor:
@@ -273,18 +316,22 @@ def log_step(s: Session, progress: tqdm) -> None:
 
 
 def checkpoint_and_validate(s: Session, tick: float) -> float:
-    """Checkpoint and sample a grid when due; their time is not training time. Returns the new tick."""
+    """When due: the held-out error (before the checkpoint, which records it), the checkpoint, the sample grid.
+    Their time is not training time. Returns the new tick."""
     args, record = s.args, s.record
     step = record.global_step
-    if args.checkpointing_steps and step % args.checkpointing_steps == 0:
-        record.train_time += time.perf_counter() - tick
+    checkpointing = args.checkpointing_steps and step % args.checkpointing_steps == 0
+    validating = args.validation_steps and step % args.validation_steps == 0 and step < args.max_train_steps
+    if not (checkpointing or validating):
+        return tick
+    record.train_time += time.perf_counter() - tick
+    if validating:
+        evaluate_held_out(s)
+    if checkpointing:
         save_checkpoint(s.accelerator, s.output_dir, step, args.checkpoints_total_limit)
-        tick = time.perf_counter()
-    if args.validation_steps and step % args.validation_steps == 0 and step < args.max_train_steps:
-        record.train_time += time.perf_counter() - tick
+    if validating:
         save_validation_grid(s.accelerator, s.unet, s.ema, s.objective, args, s.n_classes, s.output_dir, step)
-        tick = time.perf_counter()
-    return tick
+    return time.perf_counter()
 
 
 def run_loop(s: Session) -> list[list[int]]:
@@ -297,6 +344,8 @@ def run_loop(s: Session) -> list[list[int]]:
     batches_to_skip = (record.global_step % steps_per_epoch) * args.gradient_accumulation_steps
     micro_step = record.global_step * args.gradient_accumulation_steps
     seen_indices: list[list[int]] = []
+    if record.global_step == 0:
+        evaluate_held_out(s)  # the untrained model: the baseline of the held-out curve
     tick = time.perf_counter()
     for epoch in range(first_epoch, math.ceil(args.max_train_steps / steps_per_epoch)):
         s.transform.epoch = epoch
@@ -353,10 +402,11 @@ def finish(s: Session, seen_indices: list[list[int]]) -> TrainingResult:
         save_checkpoint(accelerator, s.output_dir, record.global_step, args.checkpoints_total_limit)
     if args.record_process_log:
         write_process_log(accelerator, s.unet, s.output_dir, seen_indices)
+    evaluate_held_out(s)
     accelerator.wait_for_everyone()
     result = TrainingResult(record.global_step, s.output_dir, loss_history=record.history,
                             train_seconds=record.train_time, final_loss=record.final_loss(),
-                            images_per_second=record.images_per_second())  # fmt: skip
+                            held_out_error=record.held_out, images_per_second=record.images_per_second())  # fmt: skip
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(s.unet)
         if s.ema is not None:

@@ -47,6 +47,13 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     data.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=False)
     data.add_argument("--max_train_samples", type=int, default=None)
     data.add_argument(
+        "--held_out_samples",
+        type=int,
+        default=0,
+        help="Keep the last N examples out of training and report the EMA model's denoising error on them at fixed "
+        "noise levels (at the start, at every validation and at the end): a low-noise quality signal.",
+    )
+    data.add_argument(
         "--skip_bad_images",
         action="store_true",
         help="Leave out images that cannot be decoded (each named in a warning) instead of stopping before training.",
@@ -256,6 +263,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--config {first.config!r} does not exist.")
         argv = config_tokens(parser, path) + argv  # later tokens win: the command line overrides the file
     args = parser.parse_args(argv)
+    if args.held_out_samples < 0:
+        parser.error(f"--held_out_samples must be >= 0, got {args.held_out_samples}.")
     positive = ["train_batch_size", "max_train_steps", "gradient_accumulation_steps", "num_validation_images"]
     for name in positive:
         if getattr(args, name) < 1:
