@@ -55,6 +55,8 @@ def test_training_over_step_counts(tmp_path):
     train(tmp_path, "--max_train_steps", "4", "--solver_steps_choices", "1", "3")
     config = json.loads((tmp_path / "unet" / "config.json").read_text())
     assert config["solver_steps"] == 3  # the saved model defaults to full effort
+    # saved as the pipeline that applies a solver schedule (DDPMPipeline would ignore one)
+    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == "ContinuousUNetPipeline"
 
 
 def test_greedy_search_meets_the_bound_with_fewer_evaluations():

@@ -61,6 +61,7 @@ def test_class_conditional_training(tmp_path, module):
     train(output, "--class_column", "label", "--max_train_steps", "2", module=module)
     unet_config = json.loads((output / "unet" / "config.json").read_text())
     assert unet_config["num_class_embeds"] == 10
+    assert json.loads((output / "model_index.json").read_text())["_class_name"] == "ContinuousUNetPipeline"
     pipe = ContinuousUNetPipeline.from_pretrained(output)
     pipe.set_progress_bar_config(disable=True)
     images = pipe(batch_size=2, class_labels=[3, 7], num_inference_steps=2, output_type="np").images

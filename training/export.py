@@ -152,7 +152,9 @@ def export_run(
     and the model card, and upload them when asked. Main process only."""
     model.eval()
     preconditioned = isinstance(objective, EDMObjective)  # DDPMPipeline would neither scale inputs nor use sigmas
-    pipeline_class = ContinuousUNetPipeline if preconditioned else DDPMPipeline
+    # DDPMPipeline can pass no class labels and ignores a solver schedule: such models get the pipeline that can.
+    needs_ours = preconditioned or bool(model.config.get("num_class_embeds")) or bool(args.solver_steps_choices)
+    pipeline_class = ContinuousUNetPipeline if needs_ours else DDPMPipeline
     pipeline_class(unet=model, scheduler=objective.saved_scheduler(model)).save_pretrained(
         str(output_dir), safe_serialization=True
     )
