@@ -125,11 +125,13 @@ class EDMObjective:
         denoised = self.denoise(model, clean + sigma * noise, sigmas, **model_kwargs)
         return F.mse_loss(denoised.float(), clean.float()).item()
 
-    def saved_scheduler(self, model=None):
+    def sampling_scheduler(self, model=None):
+        """EDM's DPM-Solver++ on the model's sigma range and sigma_data."""
         return edm_scheduler(self.preconditioning, "dpmsolver++")
 
-    def sampling_scheduler(self, model=None):
-        return edm_scheduler(self.preconditioning, "dpmsolver++")
+    def saved_scheduler(self, model=None):
+        """The same sampler as `sampling_scheduler`: an EDM model has no separate training schedule to save."""
+        return self.sampling_scheduler(model)
 
     def to_config(self) -> dict[str, Any]:
         return {"type": self.preconditioning.type, "preconditioning": self.preconditioning.to_config(),

@@ -11,6 +11,7 @@ package's outputs).
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
 
@@ -34,6 +35,7 @@ def _module_body(name: str) -> str:
     return "".join(line for number, line in enumerate(lines) if number not in drop).strip() + "\n"
 
 
+@functools.cache  # the package's sources do not change while it runs
 def model_code() -> str:
     """The text of `modeling_cunet.py` for this version of the package."""
     from . import __version__

@@ -469,13 +469,15 @@ def write_model_code(folder: str | os.PathLike) -> Path:
     (each written to a temporary file first, then renamed)."""
     folder = Path(folder)
     path = folder / MODEL_CODE_FILE
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(model_code_text())
-    os.replace(temporary, path)
-    config_path = folder / "config.json"
-    config = json.loads(config_path.read_text())
+    _replace_text(path, model_code_text())
+    config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = dict(AUTO_MAP)
-    temporary = config_path.with_name(config_path.name + ".tmp")
-    temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, config_path)
+    _replace_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def _replace_text(path: Path, text: str) -> None:
+    """Write `path` through a temporary file and a rename, so a reader never sees half of it."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

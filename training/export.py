@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,18 +78,26 @@ def sample_grid(
     return images, grid.resize((grid.width * scale, grid.height * scale), resample=Image.Resampling.NEAREST)
 
 
-def save_validation_grid(accelerator, unet, ema, objective, args, n_classes, output_dir: Path, step: int) -> None:
-    """Sample a grid with the EMA weights (main process only), save it under `samples/` and log it."""
-    if accelerator.is_main_process:
-        model = accelerator.unwrap_model(unet)
-        if ema is not None:
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
-        model.eval()
-        images, grid = sample_grid(model, objective, args, n_classes, accelerator.device, "validation samples")
+@contextmanager
+def ema_weights(model, ema):
+    """`model` in eval mode with the EMA weights for the duration; its own weights and train mode restored after."""
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    model.eval()
+    try:
+        yield model
+    finally:
         model.train()
         if ema is not None:
             ema.restore(model.parameters())
+
+
+def save_validation_grid(accelerator, unet, ema, objective, args, n_classes, output_dir: Path, step: int) -> None:
+    """Sample a grid with the EMA weights (main process only), save it under `samples/` and log it."""
+    if accelerator.is_main_process:
+        with ema_weights(accelerator.unwrap_model(unet), ema) as model:
+            images, grid = sample_grid(model, objective, args, n_classes, accelerator.device, "validation samples")
         folder = output_dir / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         grid.save(folder / f"step-{step:06d}.png")

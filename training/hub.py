@@ -10,6 +10,12 @@ logger = logging.getLogger("diffusers_cunet.train")
 NOT_UPLOADED = ("checkpoint-*/**", ".checkpoint-*/**", "logs/**", "process_logs/**", "samples/**")
 
 
+def first_line(error: Exception, default: str = "") -> str:
+    """The first line of `error`'s message (Hub errors carry long request dumps after it), or `default`."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else default
+
+
 def push_to_hub(output_dir: Path, repo_id: str, token: str | None, private: bool) -> str:
     """Upload the pipeline, grid, metrics and model card (not checkpoints or logs) with huggingface_hub."""
     from huggingface_hub import HfApi
@@ -40,7 +46,7 @@ def check_hub_access(repo_id: str, token: str | None) -> str:
     try:
         user = HfApi(token=token).whoami()
     except Exception as error:  # no token, a bad token, offline mode or no network: all say the same to the user
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error, type(error).__name__)
         raise ValueError(
             f"--push_to_hub: the Hub cannot be reached as a logged-in user ({type(error).__name__}: {reason}). Log in "
             "with `hf auth login` or pass --hub_token, or train without --push_to_hub and upload the saved folder "
@@ -55,7 +61,7 @@ def upload_or_explain(output_dir: Path, repo_id: str, token: str | None, private
     try:
         url = push_to_hub(output_dir, repo_id, token, private)
     except Exception as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = first_line(error)
         excludes = " ".join(f"--exclude '{pattern}'" for pattern in NOT_UPLOADED)
         line = (
             f"Upload to {repo_id} failed ({type(error).__name__}: {reason}); the pipeline is saved in {output_dir}/ "

@@ -48,7 +48,7 @@ from training.data import (
     load_training_images,
     make_dataloader,
 )
-from training.export import RunRecord, export_run, save_validation_grid
+from training.export import RunRecord, ema_weights, export_run, save_validation_grid
 from training.held_out import HeldOutError
 from training.hub import check_hub_access
 from training.launcher import warn_if_fewer_processes
@@ -264,15 +264,8 @@ def evaluate_held_out(s: Session) -> None:
         return
     if s.record.held_out and s.record.held_out[-1]["step"] == s.record.global_step:
         return  # already measured at this step
-    model = s.accelerator.unwrap_model(s.unet)
-    if s.ema is not None:
-        s.ema.store(model.parameters())
-        s.ema.copy_to(model.parameters())
-    model.eval()
-    errors = s.held_out(model, s.objective, s.accelerator.device)
-    model.train()
-    if s.ema is not None:
-        s.ema.restore(model.parameters())
+    with ema_weights(s.accelerator.unwrap_model(s.unet), s.ema) as model:
+        errors = s.held_out(model, s.objective, s.accelerator.device)
     s.record.held_out.append({"step": s.record.global_step, **errors})
     s.accelerator.log({"held_out_error": errors["mean"]}, step=s.record.global_step)
     logger.info("step %d: held-out denoising error %.5f", s.record.global_step, errors["mean"])
