@@ -226,13 +226,12 @@ def sample_grids(runs_root: Path, path: Path, calls: int = 12, count: int = 32, 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from diffusers import DDPMPipeline
 
     fig, ax = plt.subplots(len(METHODS), 1, figsize=(count * 0.42, len(METHODS) * 0.75 + 0.3))
     for axis, method in zip(ax, METHODS):
         folder = runs_root / method
         if method == "ddpm":
-            saved = DDPMPipeline.from_pretrained(folder)
+            saved = ContinuousUNetPipeline.from_pretrained(folder)
             pipe = ContinuousUNetPipeline(unet=saved.unet, scheduler=DDIMScheduler.from_config(saved.scheduler.config))
             sampler = "DDIM"
         else:

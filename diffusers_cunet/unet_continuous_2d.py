@@ -115,6 +115,9 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         preconditioning: dict[str, Any] | None = None,
     ):
         super().__init__()
+        # A pipeline records `instance.__module__` as this component's library in model_index.json: name the code
+        # file every save ships, the one entry diffusers loads by Hub id (see diffusers_cunet.pipelines.hub_layout).
+        self.__module__ = "modeling_cunet"
         self._solver = self._validate_arguments(locals())  # locals(): every constructor argument, by name
         # Built once (forward checks timesteps against it); every setting, defaults included, goes to the config.
         self._preconditioning = preconditioning_from_config(preconditioning)

@@ -4,6 +4,8 @@ only to schedulers whose `step` takes one), with a per-timestep choice of ODE-so
 
 from __future__ import annotations
 
+import importlib
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +15,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .hub_layout import write_code_layout
 from .pipeline_utils import (
     SolverSchedule,
     check_output_type,
@@ -37,6 +40,9 @@ class ContinuousUNetPipelineOutput(BaseOutput):
     ode_evaluations: int | None = None
 
 
+_NOT_LOOKED_UP = object()  # ContinuousUNetPipeline's solver schedule before it is looked up
+
+
 class ContinuousUNetPipeline(DiffusionPipeline):
     r"""
     Image generation with a `ContinuousUNet2DModel` (or any model with `UNet2DModel`'s call signature).
@@ -52,21 +58,58 @@ class ContinuousUNetPipeline(DiffusionPipeline):
     def __init__(self, unet, scheduler):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.solver_schedule: SolverSchedule | None = None  # used when a call gives none
+        self._solver_schedule: SolverSchedule | None | object = _NOT_LOOKED_UP
+
+    @property
+    def solver_schedule(self) -> SolverSchedule | None:
+        """Used when a call gives none: the `solver_schedule.json` saved with the pipeline, looked up (once) where
+        the pipeline was loaded from, or whatever was assigned."""
+        if self._solver_schedule is _NOT_LOOKED_UP:
+            # diffusers' loader (the remote-code path) builds the pipeline without calling our from_pretrained
+            source = self.config.get("_name_or_path")
+            self._solver_schedule = load_solver_schedule(source) if source else None
+        return self._solver_schedule
+
+    @solver_schedule.setter
+    def solver_schedule(self, schedule: SolverSchedule | None) -> None:
+        self._solver_schedule = schedule
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """As `DiffusionPipeline.from_pretrained`; the `solver_schedule.json` saved with the pipeline (in a local
-        folder or the Hub repository) is loaded with it."""
+        """Load a saved pipeline from a local folder or a Hub repository, with the `solver_schedule.json` saved
+        with it. With diffusers-cunet installed the components are built from the package's own classes (no code
+        shipped in the folder runs, `trust_remote_code` is not needed); options: `cache_dir`, `revision`, `token`,
+        `local_files_only`, `proxies`, `force_download`, `torch_dtype`, `variant`, `use_safetensors`, `unet`,
+        `scheduler`. Loaded as remote code, this is `DiffusionPipeline.from_pretrained`."""
+        if __name__.startswith("diffusers_cunet."):
+            loading = importlib.import_module("diffusers_cunet.pipelines.loading")
+            return loading.load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
         pipeline = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         pipeline.solver_schedule = load_solver_schedule(pretrained_model_name_or_path, **kwargs)
         return pipeline
 
     def save_pretrained(self, save_directory, **kwargs):
-        """As `DiffusionPipeline.save_pretrained`, plus the attached `SolverStepSchedule`, if any."""
+        """As `DiffusionPipeline.save_pretrained`, plus the attached `SolverStepSchedule`, if any, and the code
+        files that let diffusers load the folder without this package: `pipeline_cunet.py`, named in
+        `model_index.json` with `unet/modeling_cunet.py` (see `hub_layout`). With `push_to_hub=True` the folder
+        is uploaded once complete (`repo_id`, `token`, `private`, `commit_message`, `create_pr` as diffusers
+        takes them)."""
+        push = kwargs.pop("push_to_hub", False)
+        hub = {
+            key: kwargs.pop(key)
+            for key in ("repo_id", "token", "private", "commit_message", "create_pr")
+            if key in kwargs
+        }
         super().save_pretrained(save_directory, **kwargs)
+        write_code_layout(save_directory, with_pipeline_code=True)
         if hasattr(self.solver_schedule, "save_pretrained"):
             self.solver_schedule.save_pretrained(save_directory)
+        if push:  # after the code files are written: diffusers would upload the folder before they are
+            from huggingface_hub import create_repo, upload_folder
+
+            name = hub.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
+            repo = create_repo(name, exist_ok=True, private=hub.pop("private", None), token=hub.get("token"))
+            upload_folder(repo_id=repo.repo_id, folder_path=save_directory, **hub)
 
     @torch.no_grad()
     def __call__(

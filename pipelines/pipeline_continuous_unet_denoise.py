@@ -93,6 +93,14 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load the model and scheduler of any saved cUNet pipeline (from a local folder or a Hub repository) with
+        the installed package's classes, as `ContinuousUNetPipeline.from_pretrained` does."""
+        from .loading import load_pipeline
+
+        return load_pipeline(cls, pretrained_model_name_or_path, **kwargs)
+
     @torch.no_grad()
     def __call__(
         self,

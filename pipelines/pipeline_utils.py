@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
+from ..step_schedule import SCHEDULE_FILE, SolverStepSchedule
 from .scheduler_support import is_edm_scheduler, seed_noise_sampler, step_kwargs
 
 # `solver_schedule(step_index, timestep)` -> ODE-solver settings for that denoising step, or None.
@@ -99,9 +100,12 @@ def load_solver_schedule(name_or_path, **options):
     from pathlib import Path
 
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError
-
-    from diffusers_cunet.step_schedule import SCHEDULE_FILE, SolverStepSchedule
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     folder = Path(str(name_or_path))
     if folder.is_dir():
@@ -111,6 +115,8 @@ def load_solver_schedule(name_or_path, **options):
         path = hf_hub_download(str(name_or_path), SCHEDULE_FILE, **hub_options)
     except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError):
         return None  # the repository has no schedule (or, offline, none was ever downloaded)
+    except HFValidationError:
+        return None  # not a repository id either (e.g. a folder that has since been removed)
     return SolverStepSchedule.from_pretrained(Path(path).parent)
 
 

@@ -73,7 +73,10 @@ def loading_advice(folder: str, preconditioned: bool = False) -> str:
     if preconditioned:
         return line + " (the model needs its EDM scheduler, saved with it)."
     names = ", ".join(name.removesuffix("Scheduler") for name in DDPM_PIPELINE_SCHEDULERS)
-    return line + f"; diffusers' DDPMPipeline loads it too but is right only with these schedulers: {names}."
+    return line + (
+        f"; diffusers' DDPMPipeline loads it too (with trust_remote_code=True: it runs the code saved in the folder) "
+        f"but is right only with these schedulers: {names}."
+    )
 
 
 # Schedulers for models trained with EDM / EDM-FDM preconditioning (the model config's `preconditioning`): they

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -45,12 +47,19 @@ def make_tiny(seed: int = 0, **overrides) -> ContinuousUNet2DModel:
 
 
 def lay_out_hub_cache(cache, repo_id: str, pipe) -> None:
-    """A Hugging Face cache as `from_pretrained` leaves it: snapshots/<commit>/..., refs/main -> <commit>."""
+    """A Hugging Face cache as a download leaves it: snapshots/<commit>/..., refs/main -> <commit>, and the
+    repository's file listing in trees/<commit>.json, which diffusers reads offline to decide what to fetch (as it
+    reads the Hub's listing online)."""
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = cache / f"models--{repo_id.replace('/', '--')}"
-    pipe.save_pretrained(repo / "snapshots" / commit)
+    snapshot = repo / "snapshots" / commit
+    pipe.save_pretrained(snapshot)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
+    files = {path.relative_to(snapshot).as_posix(): {"size": path.stat().st_size, "blob_id": hashlib.sha1(
+        path.read_bytes()).hexdigest()} for path in sorted(snapshot.rglob("*")) if path.is_file()}  # fmt: skip
+    (repo / "trees").mkdir()
+    (repo / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": files}))
 
 
 @pytest.fixture

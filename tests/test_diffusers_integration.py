@@ -20,6 +20,9 @@ from diffusers import (
     DPMSolverMultistepScheduler,
 )
 
+from diffusers_cunet import ContinuousUNet2DModel
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
+
 SCHEDULERS = [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler]
 
 
@@ -56,12 +59,19 @@ def test_pipeline_save_and_load_round_trip(tmp_path):
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    assert index["unet"] == ["diffusers_cunet.unet_continuous_2d", "ContinuousUNet2DModel"]
+    # the code file shipped in unet/: the one entry diffusers can load by Hub id
+    assert index["unet"] == ["modeling_cunet", "ContinuousUNet2DModel"]
+    assert (tmp_path / "unet" / "modeling_cunet.py").is_file()
     assert not list(tmp_path.rglob("*.bin"))
-    loaded = DDPMPipeline.from_pretrained(tmp_path)
-    loaded.set_progress_bar_config(disable=True)
-    assert isinstance(loaded.scheduler, DDIMScheduler)
-    np.testing.assert_array_equal(generate(loaded), generate(pipe))
+    with pytest.raises(ValueError, match="custom code in modeling_cunet.py"):
+        DDPMPipeline.from_pretrained(tmp_path)  # diffusers' refusal: its loader would run the shipped code
+    loaded = DDPMPipeline.from_pretrained(tmp_path, trust_remote_code=True)
+    ours = ContinuousUNetPipeline.from_pretrained(tmp_path)  # the installed classes; no shipped code runs
+    assert type(ours.unet) is ContinuousUNet2DModel and type(loaded.unet) is not ContinuousUNet2DModel
+    for other in (loaded, ours):
+        other.set_progress_bar_config(disable=True)
+        assert isinstance(other.scheduler, DDIMScheduler)
+        np.testing.assert_array_equal(generate(other), generate(pipe))
 
 
 USER_SCRIPT = """
@@ -69,7 +79,7 @@ import json, sys
 import torch
 {imports}
 from diffusers import DDPMPipeline, DDIMScheduler
-pipe = DDPMPipeline.from_pretrained("org/cunet-cifar10")
+pipe = DDPMPipeline.from_pretrained("org/cunet-cifar10", trust_remote_code={trust})
 pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
 pipe.set_progress_bar_config(disable=True)
 images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=5, output_type="np").images
@@ -77,9 +87,9 @@ print(json.dumps(images.tolist()))
 """
 
 
-def _run_as_user(cache, imports: str) -> subprocess.CompletedProcess:
+def _run_as_user(cache, imports: str, trust: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "HF_HOME": str(cache.parent)}
-    script = textwrap.dedent(USER_SCRIPT.format(imports=imports))
+    script = textwrap.dedent(USER_SCRIPT.format(imports=imports, trust=trust))
     return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -94,10 +104,10 @@ def test_load_by_hub_id_from_offline_cache(tmp_path):
     images = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
     np.testing.assert_allclose(images, generate(pipe), rtol=0, atol=1e-6)
 
-    # Without the import diffusers refuses to load the component and says why (documented in the README).
-    result = _run_as_user(cache, imports="")
+    # Without trust_remote_code diffusers refuses to run the shipped code and says why, installed or not.
+    result = _run_as_user(cache, imports="import diffusers_cunet", trust=False)
     assert result.returncode != 0
-    assert "diffusers_cunet.unet_continuous_2d" in result.stderr and "has not been imported" in result.stderr
+    assert "contains custom code in modeling_cunet.py" in result.stderr and "trust_remote_code=True" in result.stderr
 
 
 def _drives_like_ddpm_pipeline_expects(scheduler) -> bool:

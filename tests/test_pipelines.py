@@ -132,10 +132,8 @@ def test_save_load_and_custom_pipeline(tmp_path):
     reference = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np")
     pipe.save_pretrained(tmp_path)
     loaded = ContinuousUNetPipeline.from_pretrained(tmp_path)
-    custom = DiffusionPipeline.from_pretrained(
-        tmp_path, custom_pipeline=str(ROOT / "pipelines" / "pipeline_continuous_unet.py"), trust_remote_code=True
-    )
-    assert type(custom).__name__ == "ContinuousUNetPipeline"
+    custom = DiffusionPipeline.from_pretrained(tmp_path, trust_remote_code=True)  # pipeline_cunet.py, shipped
+    assert type(custom).__name__ == "ContinuousUNetPipeline" and type(custom).__module__.endswith("pipeline_cunet")
     for other in (loaded, custom):
         other.set_progress_bar_config(disable=True)
         out = other(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np")

@@ -14,7 +14,6 @@ from diffusers import DDPMPipeline
 from safetensors.torch import load_file
 from training_helpers import assert_same_weights, load_train_module, loss_history, train
 
-import diffusers_cunet  # noqa: F401  (registers the model class for DDPMPipeline.from_pretrained)
 from training.checkpointing import list_checkpoints
 from training.hub import push_to_hub
 
@@ -47,7 +46,7 @@ def test_outputs_are_written(trained):
 
 def test_saved_pipeline_reloads_and_samples(trained):
     output, _ = trained
-    pipe = DDPMPipeline.from_pretrained(output)
+    pipe = DDPMPipeline.from_pretrained(output, trust_remote_code=True)  # the model code shipped in unet/
     pipe.set_progress_bar_config(disable=True)
     images = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=3, output_type="np")
     assert images.images.shape == (2, 8, 8, 1)
@@ -62,7 +61,7 @@ def test_model_card_has_the_real_numbers(trained):
     output, _ = trained
     card = (output / "README.md").read_text()
     metrics = json.loads((output / "metrics.json").read_text())["metrics"]
-    unet = DDPMPipeline.from_pretrained(output).unet
+    unet = DDPMPipeline.from_pretrained(output, trust_remote_code=True).unet
     assert f"{sum(p.numel() for p in unet.parameters()):,}" in card
     assert str(metrics["final_loss (mean of last 10% of batches)"]) in card
     assert "library_name: diffusers" in card and "diffusers-cunet" in card

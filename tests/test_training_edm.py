@@ -42,7 +42,7 @@ def test_fdm_run_saves_a_preconditioned_pipeline_that_reloads(fdm_run):
     output, result = fdm_run
     assert np.isfinite(loss_history(output)).all()
     index = json.loads((output / "model_index.json").read_text())
-    assert index["_class_name"] == "ContinuousUNetPipeline"
+    assert index["_class_name"] == ["pipeline_cunet", "ContinuousUNetPipeline"]
     assert index["scheduler"] == ["diffusers", "EDMDPMSolverMultistepScheduler"]
     config = json.loads((output / "unet" / "config.json").read_text())
     assert config["preconditioning"]["type"] == "edm-fdm" and config["preconditioning"]["momentum"] == 1.5

@@ -184,6 +184,11 @@ def export_run(
         metrics=metrics,
         grid_caption=f"{len(images)} samples, {sampler_name} {args.validation_inference_steps} steps, EMA weights.",
         machine=f"{accelerator.num_processes} x {accelerator.device.type}",
+        shipped_code=tuple(
+            str(path.relative_to(output_dir))
+            for path in sorted(output_dir.glob("**/*_cunet.py"))
+            if "checkpoint-" not in str(path)
+        ),  # fmt: skip
     )
     card.save(str(output_dir / "README.md"))
     print(f"\nSaved the pipeline to {output_dir}/: {loading_advice(str(output_dir), preconditioned)}")

@@ -29,11 +29,13 @@ def render_model_card(
     grid_path: str = "samples.png",
     grid_caption: str = "Samples of the trained model.",
     machine: str | None = None,
+    shipped_code: tuple[str, ...] = (),
 ) -> ModelCard:
     """A `ModelCard` describing `unet` (its size, solver and cost) and the run that trained it.
 
     `dataset_name` is shown in the text; `hub_dataset`, the id of a Hub data set, goes into the card's metadata
-    (omit it for local folders and the embedded digits)."""
+    (omit it for local folders and the embedded digits); `shipped_code`, the code files saved with the pipeline
+    that let diffusers load it without the package."""
 
     config = unet.config
     conditional = bool(config.get("num_class_embeds"))
@@ -66,6 +68,7 @@ def render_model_card(
         grid_path=grid_path,
         grid_caption=grid_caption,
         class_conditional=bool(config.get("num_class_embeds")),
+        shipped_code=" and ".join(f"`{name}`" for name in shipped_code),
         preconditioning=(config.get("preconditioning") or {}).get("type"),
         num_classes=config.get("num_class_embeds"),
         parameters=f"{count_parameters(unet):,}",

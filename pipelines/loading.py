@@ -1,0 +1,84 @@
+"""`ContinuousUNetPipeline.from_pretrained` with this package installed: the pipeline is built from the package's
+own classes, so no code shipped in the folder runs and `trust_remote_code` is not needed.
+
+(diffusers' own loader would run the shipped `pipeline_cunet.py` and `unet/modeling_cunet.py` that a saved folder
+names, and refuse without `trust_remote_code=True`; see `hub_layout`.) Not part of the remote pipeline file."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import diffusers
+
+from diffusers_cunet.unet_continuous_2d import ContinuousUNet2DModel
+
+from .code_files import code_file_problems
+from .hub_layout import INDEX_FILE, MODEL_CLASS
+from .pipeline_utils import HUB_OPTIONS, load_solver_schedule
+
+MODEL_OPTIONS = ("torch_dtype", "variant", "use_safetensors")
+# `trust_remote_code` is accepted (and not needed): loading code written for diffusers' loader keeps working.
+LOAD_OPTIONS = (*HUB_OPTIONS, *MODEL_OPTIONS, "unet", "scheduler", "trust_remote_code")
+# What a pipeline needs from a Hub repository (not its checkpoints, samples or remote code).
+PIPELINE_FILES = [INDEX_FILE, "unet/*.json", "unet/*.safetensors", "scheduler/*", "solver_schedule.json"]
+
+
+def load_pipeline(pipeline_class, name_or_path: str | os.PathLike, **options: Any):
+    """Build `pipeline_class` from a saved folder or a Hub repository (through the cache, or a download)."""
+    unknown = sorted(set(options) - set(LOAD_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"{pipeline_class.__name__}.from_pretrained got unexpected options {unknown}; it takes {LOAD_OPTIONS}."
+        )
+    folder = pipeline_folder(name_or_path, options)
+    index_path = folder / INDEX_FILE
+    if not index_path.is_file():
+        raise ValueError(f"{name_or_path} is not a saved pipeline: {index_path} does not exist.")
+    index = json.loads(index_path.read_text())
+    for problem in code_file_problems(folder):
+        warnings.warn(
+            f"{problem}: loading with the installed package is unaffected, but diffusers without it cannot load "
+            f"this folder as saved. `python -m diffusers_cunet.pipelines.code_files {folder}` writes this "
+            "version's code files.",
+            stacklevel=3,
+        )
+    model_options = {key: options[key] for key in MODEL_OPTIONS if options.get(key) is not None}
+    unet = options.get("unet") or component_class(index, "unet", index_path).from_pretrained(
+        folder, subfolder="unet", **model_options
+    )
+    scheduler = options.get("scheduler") or component_class(index, "scheduler", index_path).from_pretrained(
+        folder, subfolder="scheduler"
+    )
+    pipeline = pipeline_class(unet=unet, scheduler=scheduler)
+    pipeline.register_to_config(_name_or_path=str(name_or_path))
+    if hasattr(pipeline, "solver_schedule"):
+        pipeline.solver_schedule = load_solver_schedule(folder)
+    return pipeline
+
+
+def pipeline_folder(name_or_path: str | os.PathLike, options: dict[str, Any]) -> Path:
+    """A local folder as it is; a Hub id -> its snapshot in the Hugging Face cache (downloaded if needed)."""
+    path = Path(str(name_or_path))
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    hub_options = {key: options[key] for key in HUB_OPTIONS if options.get(key) is not None}
+    return Path(snapshot_download(str(name_or_path), allow_patterns=PIPELINE_FILES, **hub_options))
+
+
+def component_class(index: dict[str, Any], name: str, index_path: Path) -> type:
+    """The class of component `name` of `model_index.json`: this package's model, or a diffusers class."""
+    entry = index.get(name)
+    if not (isinstance(entry, list) and len(entry) == 2 and all(isinstance(part, str) for part in entry)):
+        raise ValueError(f"{index_path} has no valid {name!r} entry (expected [library, class]), got {entry!r}.")
+    library, class_name = entry
+    if class_name == MODEL_CLASS:  # whichever module the folder names: the installed class serves
+        return ContinuousUNet2DModel
+    if library == "diffusers" and hasattr(diffusers, class_name):
+        return getattr(diffusers, class_name)
+    raise ValueError(f"{index_path} names {name} = {entry}: neither a ContinuousUNet2DModel nor a diffusers class.")
