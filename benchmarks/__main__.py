@@ -3,6 +3,7 @@
     python -m benchmarks                 # quick mode: under 20 minutes on 2 CPU cores (make bench)
     python -m benchmarks --mode full     # longer training (3,000 steps, 10 models); use a GPU if there is one
     python -m benchmarks --mode tiny     # seconds: the smoke test of the benchmark code
+    python -m benchmarks.parallel        # the gpu mode: one process per model, side by side on one GPU
 
 Results go to outputs/benchmarks/results/ (JSON + PNG) and outputs/benchmarks/BENCHMARKS.md; with --publish to
 the tracked benchmarks/results/ and BENCHMARKS.md. Training runs go to outputs/bench/<mode>/.
@@ -29,6 +30,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--results", type=Path, default=None, help="results folder (overrides --publish)")
     parser.add_argument("--report", type=Path, default=None, help="report file (overrides --publish)")
     parser.add_argument("--runs", type=Path, default=None, help="where the training runs go")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="train and score only these models")
     args = parser.parse_args(argv)
     args.results = args.results or paths.results_dir(args.publish)
     args.report = args.report or paths.report_path(args.publish)
@@ -40,7 +42,7 @@ def main(argv: list[str] | None = None) -> Path:
         (args.results / "cost.json").write_text(json.dumps(result, indent=2))
     if not args.skip_quality:
         runs = args.runs or ROOT / "outputs" / "bench" / args.mode
-        quality.run(args.mode, runs, args.results / "quality.json")
+        quality.run(args.mode, runs, args.results / "quality.json", only=args.only)
     command = "python -m benchmarks" + ("" if args.mode == "quick" else f" --mode {args.mode}")
     command += " --publish" if args.publish else ""
     path = report.write(args.results, args.report, command)

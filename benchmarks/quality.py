@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler
 
 from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline
@@ -38,9 +38,11 @@ class Variant:
     block_out_channels: tuple[int, ...]
     solver: tuple[str, int] | None = None  # (method, steps) for the cUNet
     extra: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
 
     def train_options(self) -> dict[str, Any]:
         options = {"model_type": self.model_type, "block_out_channels": list(self.block_out_channels)}
+        options["seed"] = self.seed
         if self.solver:
             options.update(solver_method=self.solver[0], solver_steps=self.solver[1])
         return {**options, **self.extra}
@@ -56,19 +58,39 @@ class Settings:
     resolution: int = 16
     learning_rate: float = 1e-3
     seed: int = 0
+    edm_sampling_steps: int = 20  # EDM-trained models: their saved EDM DPM-Solver++ sampler
 
 
 MODES = {
     "tiny": Settings(steps=6, batch_size=16, samples=16, sampling_steps=3, curve_points=2, resolution=8),
     "quick": Settings(steps=200, batch_size=64, samples=256, sampling_steps=25, curve_points=2),
     "full": Settings(steps=3000, batch_size=64, samples=500, sampling_steps=50, curve_points=6),
+    # one process per model side by side on one GPU (python -m benchmarks.parallel): defaults and seed spread
+    "gpu": Settings(steps=1200, batch_size=128, samples=1000, sampling_steps=50, curve_points=4),
 }
+EDM = {"preconditioning": "edm"}
 
 
 def variants(mode: str) -> list[Variant]:
     if mode == "tiny":
         return [Variant("cunet-x1", "cunet", (16, 32), ("euler", 2)), Variant("unet2d-x1", "unet2d", (16, 32))]
     widths = {"x0.5": (16, 32, 64), "x1": (32, 64, 128), "x1.5": (48, 96, 192)}
+    if mode == "gpu":  # most important first: a run out of time keeps the first ones
+        x1, half = widths["x1"], widths["x0.5"]
+        return [
+            Variant("cunet-x1-euler1-edm", "cunet", x1, ("euler", 1), EDM),
+            Variant("unet2d-x1", "unet2d", x1),
+            Variant("cunet-x1-euler1", "cunet", x1, ("euler", 1)),
+            Variant("cunet-x1-euler2", "cunet", x1, ("euler", 2)),
+            Variant("cunet-x1-euler2-edm", "cunet", x1, ("euler", 2), EDM),
+            Variant("cunet-x1-rk4", "cunet", x1, ("rk4", 1)),
+            Variant("cunet-x1-euler1-edm-s1", "cunet", x1, ("euler", 1), EDM, seed=1),
+            Variant("unet2d-x1-s1", "unet2d", x1, seed=1),
+            Variant("cunet-x1.5-euler1-edm", "cunet", widths["x1.5"], ("euler", 1), EDM),
+            Variant("cunet-x0.5-euler1-edm", "cunet", half, ("euler", 1), EDM),
+            Variant("unet2d-x0.5", "unet2d", half),
+            Variant("cunet-x1-euler1-s1", "cunet", x1, ("euler", 1), seed=1),
+        ]
     if mode == "full":
         widths["x2"] = (64, 128, 256)
     out = [Variant(f"cunet-{w}", "cunet", c, ("euler", 2)) for w, c in widths.items()]
@@ -80,9 +102,14 @@ def variants(mode: str) -> list[Variant]:
 
 
 def evaluate(unet, noise_config, real, feature_net, recognizer, settings: Settings) -> dict[str, float]:
-    scheduler = DDIMScheduler.from_config(noise_config)
-    images, seconds, evaluations = sample(unet, scheduler, settings.samples, settings.sampling_steps, settings.seed)
+    """Scores of `settings.samples` samples: DDIM for DDPM-style models, EDM DPM-Solver++ for EDM-trained ones."""
+    if noise_config.get("_class_name", "").startswith("EDM"):
+        scheduler, steps = EDMDPMSolverMultistepScheduler.from_config(noise_config), settings.edm_sampling_steps
+    else:
+        scheduler, steps = DDIMScheduler.from_config(noise_config), settings.sampling_steps
+    images, seconds, evaluations = sample(unet, scheduler, settings.samples, steps, settings.seed)
     scores = frechet_and_kid(real, images, feature_net)
+    scores["sampling_steps"] = steps
     scores["recognisable"] = recognizer.confident_share(images)
     scores["sampling_s_per_image"] = seconds
     scores["ode_evaluations_per_image"] = evaluations
@@ -128,8 +155,13 @@ def photo_patches(count: int, size: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(patches))[:, None]
 
 
-def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
+def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None = None) -> dict[str, Any]:
+    """Train and score the models of `mode` (those named in `only`, if given) and write `results_path`."""
     settings = MODES[mode]
+    chosen = [variant for variant in variants(mode) if not only or variant.name in only]
+    unknown = sorted(set(only or ()) - {variant.name for variant in variants(mode)})
+    if unknown:
+        raise ValueError(f"No {mode}-mode models named {unknown}; they are {[v.name for v in variants(mode)]}.")
     digits = held_out_digits(settings.resolution, seed=settings.seed)
     train_images, real, feature_net = digits.train_images, digits.real, digits.feature_net
     recognizer = DigitRecognizer(seed=settings.seed)
@@ -137,7 +169,7 @@ def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
     reference["recognisable"] = recognizer.confident_share(real)
     interval = max(1, settings.steps // settings.curve_points)
     rows = []
-    for variant in variants(mode):
+    for variant in chosen:
         output = output_root / variant.name
         config = make_config(
             output_dir=output, dataset_name="digits", resolution=settings.resolution,
@@ -146,7 +178,7 @@ def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
             lr_warmup_steps=max(1, settings.steps // 20), checkpointing_steps=interval,
             checkpoints_total_limit=100, validation_steps=0, num_validation_images=16,
             validation_inference_steps=settings.sampling_steps, report_to="none",
-            seed=settings.seed, logging_steps=10, **variant.train_options(),
+            logging_steps=10, **variant.train_options(),
         )  # fmt: skip
         print(f"\n=== training {variant.name} ({settings.steps} steps) ===", flush=True)
         result = train(config)
@@ -156,18 +188,19 @@ def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
         curve = []
         for checkpoint in list_checkpoints(output):
             step = checkpoint_step(checkpoint)
-            model = load_ema(checkpoint, variant.model_type)
+            model = load_ema(checkpoint, variant.model_type).to(unet.device)
             scores = evaluate(model, noise_config, real, feature_net, recognizer, settings)
             curve.append({"step": step, "train_seconds": train_seconds * step / settings.steps, **scores})
         flops_per_call = count_forward_flops(unet)
         denoise = variant.name.endswith("-x1")
         photos = photo_patches(64, settings.resolution, settings.seed)
         final = curve[-1] if curve else evaluate(unet, noise_config, real, feature_net, recognizer, settings)
+        print(f"{variant.name}: {json.dumps(final)}", flush=True)
         rows.append({
             **asdict(variant),
             "params": count_parameters(unet),
             "gflops_per_call": flops_per_call / 1e9,
-            "gflops_per_sample": flops_per_call * settings.sampling_steps / 1e9,
+            "gflops_per_sample": flops_per_call * final["sampling_steps"] / 1e9,
             "train_seconds": train_seconds,
             "train_images_per_s": result.images_per_second,
             "final_loss": result.final_loss,
@@ -177,7 +210,6 @@ def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
             "denoise_digits": denoise_scores(unet, noise_config, real[:64], settings) if denoise else None,
             "denoise_photos": denoise_scores(unet, noise_config, photos, settings) if denoise else None,
         })  # fmt: skip
-        print(f"{variant.name}: {json.dumps(final)}", flush=True)
     result = {
         "mode": mode,
         "settings": asdict(settings),
@@ -186,6 +218,7 @@ def run(mode: str, output_root: Path, results_path: Path) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(result, indent=2))

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -66,18 +67,21 @@ def held_out_text(run: dict[str, Any]) -> str:
     return f"{run['held_out_error']:.4f}" if run.get("held_out_error") is not None else "-"
 
 
-def quality_section(quality: dict[str, Any]) -> list[str]:
+def quality_section(quality: dict[str, Any], results: Path) -> list[str]:
     s = quality["settings"]
+    edm_steps = s.get("edm_sampling_steps", 20)
     ref = quality["reference_real_vs_real"]
     lines = [
         f"\n## Quality at equal training (digits, {quality['mode']} mode)\n",
         f"Every model trained by `training/train.py` with one recipe: {s['steps']} steps, batch {s['batch_size']}, "
         f"AdamW lr {s['learning_rate']}, cosine schedule, EMA, seed {s['seed']}, on the first 1,497 digits at "
-        f"{s['resolution']}x{s['resolution']}. Scored on {s['samples']} samples (DDIM {s['sampling_steps']} steps, "
-        f"EMA weights) against the 300 held-out digits, in the feature space of a digit classifier trained here. "
+        f"{s['resolution']}x{s['resolution']}. Scored on {s['samples']} samples (DDIM {s['sampling_steps']} steps; "
+        f"EDM DPM-Solver++ {edm_steps} steps for the EDM-trained `-edm` models; EMA weights) against the 300 "
+        "held-out digits, in the feature space of a digit classifier trained here. "
         f"Real-vs-real floor (training digits vs held-out): FD {ref['frechet_distance']:.1f}, KID "
         f"{ref['kid_mean']:.1f}; {ref['recognisable']:.0%} of held-out digits recognised. "
-        f"{quality['date']}, torch {quality['torch']}, {quality['threads']} threads.\n",
+        f"{quality['date']}, torch {quality['torch']}, {quality.get('device', 'cpu')}, "
+        f"{quality['threads']} threads.\n",
         "| model | params | GFLOPs/call | train time (s) | train img/s | final loss | held-out error ↓ | FD ↓ | KID ↓ "
         "| recognised ↑ | sampling s/image | ODE evals/image |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -92,8 +96,8 @@ def quality_section(quality: dict[str, Any]) -> list[str]:
             f"{f['ode_evaluations_per_image'] or '-'} |"
         )
     lines += [
-        "\n![quality against training steps](benchmarks/results/quality_curves.png)",
-        "\n![Pareto frontiers](benchmarks/results/frontier.png)\n",
+        f"\n![quality against training steps]({shown(results)}/quality_curves.png)",
+        f"\n![Pareto frontiers]({shown(results)}/frontier.png)\n",
     ]
     for key, title in (("denoise_digits", "held-out digits"), ("denoise_photos", "grey patches of real photos")):
         runs = [r for r in quality["runs"] if r.get(key)]
@@ -306,7 +310,7 @@ def gpu_report(gpu: dict[str, Any], results: Path) -> list[str]:
 
 def quality_report(quality: dict[str, Any], results: Path) -> list[str]:
     plot_quality(quality, results / "quality_curves.png", results / "frontier.png")
-    lines = [*quality_section(quality), "\n### Pareto frontier (Fréchet distance against cost)\n"]
+    lines = [*quality_section(quality, results), "\n### Pareto frontier (Fréchet distance against cost)\n"]
     for label, key in (("training wall time", lambda r: r["train_seconds"]),
                        ("GFLOPs per sample", lambda r: r["gflops_per_sample"]),
                        ("sampling latency", lambda r: r["final"]["sampling_s_per_image"])):  # fmt: skip
@@ -355,5 +359,7 @@ def write(results: Path, output: Path, command: str, notes: list[str] | None = N
             notes_file.read_text() if notes_file.exists() else "",
         ]
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("\n".join(lines) + "\n")
+    # images are named from the repository root; links in the report are relative to where it lies
+    text = "\n".join(lines).replace(f"]({shown(results)}/", f"]({os.path.relpath(results, output.parent)}/")
+    output.write_text(text + "\n")
     return output

@@ -18,10 +18,11 @@ def count_forward_flops(model: nn.Module, batch_size: int = 1, timestep: int | f
     config = model.config
     if timestep is None:
         timestep = 0.0 if getattr(model, "preconditioning", None) is not None else 500
-    sample = torch.randn(batch_size, config.in_channels, config.sample_size, config.sample_size)
+    device = next(model.parameters()).device
+    sample = torch.randn(batch_size, config.in_channels, config.sample_size, config.sample_size, device=device)
     kwargs = {}
     if getattr(config, "num_class_embeds", None):
-        kwargs["class_labels"] = torch.zeros(batch_size, dtype=torch.long)
+        kwargs["class_labels"] = torch.zeros(batch_size, dtype=torch.long, device=device)
     # A compiled model (torch.compile or nn.Module.compile) cannot run under the counter's dispatch mode: count
     # its plain forward, which computes the same.
     call = getattr(model, "_orig_mod", model)

@@ -75,10 +75,12 @@ def test_model_card_has_the_real_numbers(trained):
 def test_model_card_usage_code_runs_as_written(trained):
     output, _ = trained
     card = (output / "README.md").read_text()
-    code = re.search(r"```python\n(.*?)```", card, re.S).group(1)
-    repo_id = re.search(r'from_pretrained\("([^"]+)"\)', code).group(1)
-    namespace: dict = {}
-    exec(code.replace(repo_id, str(output)), namespace)  # the card's own snippet, on the local folder
+    remote, installed = re.findall(r"```python\n(.*?)```", card, re.S)  # without the package, then with it
+    for code in (remote, installed):  # the card's own snippets, on the local folder
+        repo_id = re.search(r'from_pretrained\("([^"]+)"', code).group(1)
+        namespace: dict = {}
+        exec(code.replace(repo_id, str(output)), namespace)
+    assert type(namespace["pipe"]).__name__ == "ContinuousUNetPipeline"
     assert len(namespace["images"]) == 16 and namespace["images"][0].size == (8, 8)
 
 
