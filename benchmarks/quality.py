@@ -164,7 +164,7 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
         raise ValueError(f"No {mode}-mode models named {unknown}; they are {[v.name for v in variants(mode)]}.")
     digits = held_out_digits(settings.resolution, seed=settings.seed)
     train_images, real, feature_net = digits.train_images, digits.real, digits.feature_net
-    recognizer = DigitRecognizer(seed=settings.seed)
+    recognizer = DigitRecognizer(seed=settings.seed, training_digits=len(train_images))
     reference = frechet_and_kid(real, train_images[: settings.samples], feature_net)
     reference["recognisable"] = recognizer.confident_share(real)
     interval = max(1, settings.steps // settings.curve_points)

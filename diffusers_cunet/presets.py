@@ -21,7 +21,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         mid_attention=True,
         norm_num_groups=32,
         solver_method="euler",
-        solver_steps=2,
+        solver_steps=1,
     ),
     "digits-16": dict(
         sample_size=16,
@@ -32,7 +32,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         mid_attention=True,
         norm_num_groups=8,
         solver_method="euler",
-        solver_steps=2,
+        solver_steps=1,
     ),
 }
 

@@ -29,14 +29,15 @@ class DenoisePipelineOutput(BaseOutput):
     """
     Args:
         images: the denoised images, values in [0, 1].
-        start_timestep (`int`): the timestep the reverse process started from.
+        start_timestep (`int` or `float`): the timestep the reverse process started from (for an EDM scheduler,
+            the sigma it started from: `noise_std`).
         psnr (`float`, *optional*): mean PSNR (dB, images in [0, 1]) against `clean_images`, when given.
         ssim (`float`, *optional*): mean SSIM against `clean_images`, when given.
         ode_evaluations (`int`, *optional*): ODE function evaluations per image.
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
-    start_timestep: int
+    start_timestep: int | float
     psnr: float | None = None
     ssim: float | None = None
     ode_evaluations: int | None = None
@@ -84,7 +85,8 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
     `x + noise_std * eps` is the diffusion marginal at the timestep with that noise level (up to the
     sqrt(alpha_bar) scale, which the scheduler applies). The reverse process starts at the first scheduler
     timestep whose noise level is at least `noise_std`; the small gap is filled with fresh noise, so the
-    start is exactly on the diffusion marginal.
+    start is exactly on the diffusion marginal. With an EDM scheduler (models trained with EDM preconditioning)
+    the noisy images are the marginal at sigma = `noise_std` itself, and the sampler runs from there.
     """
 
     model_cpu_offload_seq = "unet"
@@ -135,17 +137,16 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
         check_output_type(output_type)
-        if is_edm_scheduler(self.scheduler) or getattr(self.unet, "preconditioning", None) is not None:
-            raise ValueError(
-                "ContinuousUNetDenoisePipeline starts the reverse process part-way along a discrete VP schedule; "
-                "EDM / EDM-FDM preconditioned models and EDM schedulers are not supported by it (generate with "
-                "ContinuousUNetPipeline instead)."
-            )
         check_scheduler(self.scheduler, self.unet)
         device = self._execution_device
         channels = self.unet.config.in_channels
         noisy = to_model_range(noisy_images, channels).to(device, self.unet.dtype)
         labels = class_labels_for(self.unet, class_labels, noisy.shape[0], device)
+        if is_edm_scheduler(self.scheduler):
+            if timestep is not None:
+                raise ValueError("An EDM scheduler has no training timesteps: give noise_std (its sigma) instead.")
+            sample, evaluations = self._denoise_edm(noisy, noise_std, num_inference_steps, labels, solver_schedule)
+            return self._finish(sample, noise_std, evaluations, clean_images, output_type, return_dict)
         alphas_cumprod = self.scheduler.alphas_cumprod.cpu()
         num_train = len(alphas_cumprod)
         if timestep is not None:
@@ -170,7 +171,28 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
 
         # 3. reverse process
         sample, evaluations = reverse_process(self, sample, timesteps, labels, solver_schedule, generator)
+        return self._finish(sample, start_t, evaluations, clean_images, output_type, return_dict)
 
+    def _denoise_edm(self, noisy, noise_std: float, num_inference_steps: int, labels, solver_schedule):
+        """EDM's forward process is x + sigma * noise: images carrying noise of std `noise_std` are its marginal at
+        sigma = noise_std, so the sampler runs its schedule from that sigma (as its sigma_max) down."""
+        config = self.scheduler.config
+        if not config.sigma_min < noise_std <= config.sigma_max:
+            raise ValueError(
+                f"noise_std must lie in ({config.sigma_min}, {config.sigma_max}], the scheduler's sigma range; "
+                f"got {noise_std}."
+            )
+        saved = self.scheduler
+        self.scheduler = type(saved).from_config(config, sigma_max=noise_std)
+        try:
+            self.scheduler.set_timesteps(num_inference_steps, device=noisy.device)
+            return reverse_process(self, noisy, self.scheduler.timesteps, labels, solver_schedule, None)
+        finally:
+            self.scheduler = saved
+
+    def _finish(self, sample, start, evaluations, clean_images, output_type, return_dict):
+        channels = self.unet.config.in_channels
+        device = sample.device
         images = (sample / 2 + 0.5).clamp(0, 1)
         psnr = ssim = None
         if clean_images is not None:
@@ -179,8 +201,8 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
             )
         output = to_output_type(images, output_type)
         if not return_dict:
-            return (output, start_t, psnr, ssim)
-        return DenoisePipelineOutput(output, start_t, psnr, ssim, evaluations)
+            return (output, start, psnr, ssim)
+        return DenoisePipelineOutput(output, start, psnr, ssim, evaluations)
 
     def _tail_timesteps(self, target_t: int, num_inference_steps: int, device) -> torch.Tensor:
         """Set the scheduler so that its final `num_inference_steps` steps start at the first timestep >= target."""

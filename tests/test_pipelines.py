@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import make_tiny
 from diffusers import DDIMScheduler, DiffusionPipeline
-from gaussian_oracle import GaussianOracle
+from gaussian_oracle import EDMGaussianOracle, GaussianOracle
 
 from diffusers_cunet.noise_schedule import make_noise_scheduler
 from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline, ContinuousUNetPipeline
@@ -173,6 +173,33 @@ def test_denoising_gaussian_data_matches_the_closed_form(name):
         expected_psnr = 10 * np.log10(4 / mse)  # images in [0, 1]: errors are halved
         assert abs(out.psnr - expected_psnr) < 0.5, (out.psnr, expected_psnr)
     assert 0 < out.ssim <= 1
+
+
+@pytest.mark.parametrize("sampler", ["dpmsolver++", "euler"])
+def test_denoising_with_an_edm_model_follows_the_closed_form(sampler):
+    """EDM's marginal at sigma is x + sigma * eps: the sampler starts at sigma = noise_std itself, and the
+    probability-flow ODE of Gaussian data is then mu + k (y - mu), k = s / sqrt(s^2 + noise_std^2)."""
+    from diffusers_cunet.preconditioning import edm_scheduler
+
+    generator = torch.Generator().manual_seed(0)
+    clean = MU + S * torch.randn(64, 1, 8, 8, generator=generator)
+    noise_std = 0.15
+    noisy = clean + noise_std * torch.randn(clean.shape, generator=generator)
+    oracle = EDMGaussianOracle(MU, S, {"type": "edm"})
+    pipe = ContinuousUNetDenoisePipeline(unet=oracle, scheduler=edm_scheduler(oracle, sampler))
+    pipe.set_progress_bar_config(disable=True)
+    sigma_max = pipe.scheduler.config.sigma_max
+    out = pipe(noisy, noise_std=noise_std, num_inference_steps=20, clean_images=clean)
+    assert out.start_timestep == noise_std and pipe.scheduler.config.sigma_max == sigma_max  # restored
+    k = S / (S**2 + noise_std**2) ** 0.5
+    expected = MU + k * (noisy - MU)
+    torch.testing.assert_close(out.images * 2 - 1, expected.clamp(-1, 1), rtol=0, atol=0.02)
+    mse = (k - 1) ** 2 * S**2 + k**2 * noise_std**2
+    assert abs(out.psnr - 10 * np.log10(4 / mse)) < 0.5
+    with pytest.raises(ValueError, match="give noise_std"):
+        pipe(noisy, timestep=100)
+    with pytest.raises(ValueError, match="sigma range"):
+        pipe(noisy, noise_std=500.0)
 
 
 def test_denoise_start_matches_the_noise_level():

@@ -36,7 +36,10 @@ def user_folder(tmp_path_factory):
     """A working folder with the outputs the examples load, and a Hub cache holding `org/cunet-cifar10`."""
     folder = tmp_path_factory.mktemp("user")
     module = load_train_module()
-    train(folder / "outputs" / "digits-demo", "--max_train_steps", "1", "--resolution", "16", module=module)
+    # as `make demo` trains it (EDM), and a DDPM-style run
+    train(folder / "outputs" / "digits-demo", "--max_train_steps", "1", "--resolution", "16", "--preconditioning",
+          "edm", module=module)  # fmt: skip
+    train(folder / "outputs" / "digits-ddpm", "--max_train_steps", "1", "--resolution", "16", module=module)
     train(folder / "outputs" / "digits-fdm", "--max_train_steps", "1", "--preconditioning", "edm-fdm", module=module)
     torch.manual_seed(0)
     hub = DDPMPipeline(unet=from_preset("cifar10-32", block_out_channels=(32, 64), attention_levels=(False, True)),

@@ -8,6 +8,7 @@ confidence >= 0.9), a cheap signal for the embedded data set.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,23 +37,34 @@ def blob_images(count: int, size: int = 16, seed: int = 0) -> np.ndarray:
 
 class DigitRecognizer:
     """Classifies images of digits (any size, values in [0, 1], white ink on black) as scikit-learn's digits, or as
-    "not a digit": a logistic regression fitted on the 1,797 digits plus as many random blobs, so smooth shapes
-    that are no digit do not count as recognisable (without that class a third of pure blobs did)."""
+    "not a digit": an RBF support-vector machine with calibrated probabilities (sigmoid, by cross-validation),
+    fitted on the digits, their 16x16 round trip and as many random blobs, so smooth shapes that are no digit do
+    not count as recognisable. On digits it has not seen it is right 98.7% of the time and confident (p >= 0.9) for
+    98.4% of them (5-fold cross-validation, `cross_validated_scores`); on the last 300 digits, written by people
+    none of the others come from, when fitted on the rest, 94%.
+
+    `training_digits` fits it on the first N digits only (benchmarks keep their held-out digits out of it too)."""
 
     NOT_A_DIGIT = 10
 
-    def __init__(self, seed: int = 0):
-        from sklearn.datasets import load_digits
-        from sklearn.linear_model import LogisticRegression
+    def __init__(self, seed: int = 0, training_digits: int | None = None):
+        images, labels = recognizer_training_set(seed, training_digits)
+        self.classifier = make_digit_classifier().fit(images, labels)
 
-        digits = load_digits()
-        # The digits as they are, and as they come back from the 16x16 a model trains on (bicubic up, box down).
-        upscaled = [_resize(image / 16.0, 16, Image.Resampling.BICUBIC) for image in digits.images]
-        blobs = self._features(blob_images(2 * len(digits.target), seed=seed + 1))
-        features = np.concatenate([digits.data / 16.0, self._features(np.stack(upscaled)), blobs])
-        labels = np.concatenate([digits.target, digits.target, np.full(len(blobs), self.NOT_A_DIGIT)])
-        self.classifier = LogisticRegression(max_iter=5000, random_state=seed)
-        self.classifier.fit(features, labels)
+    @staticmethod
+    def cross_validated_scores(folds: int = 5, seed: int = 0) -> dict[str, float]:
+        """Accuracy and confident share (p >= 0.9, a digit) on real 16x16 digits the classifier did not see."""
+        from sklearn.model_selection import StratifiedKFold
+
+        digits, features = _digit_features()
+        accuracy, confident = [], []
+        for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(digits.data, digits.target):
+            images, labels = recognizer_training_set(seed, indices=train)
+            probabilities = make_digit_classifier().fit(images, labels).predict_proba(features[test])
+            best = probabilities.argmax(axis=1)
+            accuracy.append(float((best == digits.target[test]).mean()))
+            confident.append(float(((best != 10) & (probabilities.max(axis=1) >= 0.9)).mean()))
+        return {"accuracy": float(np.mean(accuracy)), "confident_share": float(np.mean(confident))}
 
     @staticmethod
     def _features(images: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -74,6 +86,33 @@ class DigitRecognizer:
         probabilities = self.probabilities(images)
         best = probabilities.argmax(axis=1)
         return float(((best != self.NOT_A_DIGIT) & (probabilities.max(axis=1) >= threshold)).mean())
+
+
+def make_digit_classifier():
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.svm import SVC
+
+    return CalibratedClassifierCV(SVC(C=10, gamma="scale"), ensemble=False)
+
+
+def _digit_features() -> tuple[Any, np.ndarray]:
+    """scikit-learn's digits and the 8x8 features of their 16x16 round trip (bicubic up, box down)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    upscaled = np.stack([_resize(image / 16.0, 16, Image.Resampling.BICUBIC) for image in digits.images])
+    return digits, DigitRecognizer._features(upscaled)
+
+
+def recognizer_training_set(seed: int, training_digits: int | None = None, indices=None):
+    """Features and labels the recognizer is fitted on: the chosen digits as they are and as they come back from
+    16x16, plus twice as many random blobs labelled "not a digit"."""
+    digits, round_trip = _digit_features()
+    chosen = np.arange(len(digits.target))[:training_digits] if indices is None else np.asarray(indices)
+    blobs = DigitRecognizer._features(blob_images(2 * len(digits.target), seed=seed + 1))
+    features = np.concatenate([digits.data[chosen] / 16.0, round_trip[chosen], blobs])
+    labels = np.concatenate([digits.target[chosen], digits.target[chosen], np.full(len(blobs), 10)])
+    return features, labels
 
 
 class DigitFeatureNet(torch.nn.Module):
