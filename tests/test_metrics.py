@@ -13,6 +13,10 @@ def test_real_digits_are_recognised_and_blobs_are_not():
     real, _ = digits_images(16)  # real digits, upscaled as the demo trains on them
     blobs = torch.from_numpy(blob_images(300, size=16, seed=1234))[:, None].float()  # not the fitted ones
     assert recognizer.confident_share(real) > 0.95
+    real_with_labels, labels = digits_images(16)
+    assert recognizer.class_coverage(real_with_labels) == 1.0
+    assert recognizer.class_coverage(real_with_labels[labels == 1]) == 0.1  # a model that draws only ones
+    assert recognizer.class_coverage(blobs) == 0.0
     assert recognizer.confident_share(blobs) < 0.05  # the old digits-only classifier recognised ~23% of these
     noise = torch.rand(200, 1, 16, 16, generator=torch.Generator().manual_seed(0))
     assert recognizer.confident_share(noise) < 0.05

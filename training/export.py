@@ -125,6 +125,7 @@ def run_metrics(args, record: RunRecord, images: torch.Tensor, in_channels: int)
         logger.info("Scoring the samples with the digit recognizer ...")
         recognizer = DigitRecognizer(seed=args.seed)
         metrics["recognisable samples (digit classifier p >= 0.9)"] = round(recognizer.confident_share(images), 3)
+        metrics["digit classes among them"] = recognizer.class_coverage(images)
     return metrics
 
 
