@@ -36,7 +36,11 @@ from .common import load_ema, sample
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_RECIPE = yaml.safe_load((ROOT / "training" / "configs" / "digits.yaml").read_text())  # make demo's
-METHODS = {"ddpm": {}, "edm": {"preconditioning": "edm"}, "edm-fdm": {"preconditioning": "edm-fdm"}}
+METHODS = {
+    "ddpm": {"preconditioning": "none"},
+    "edm": {"preconditioning": "edm"},
+    "edm-fdm": {"preconditioning": "edm-fdm"},
+}
 LABELS = {"ddpm": "DDPM (eps, cosine)", "edm": "EDM", "edm-fdm": "EDM-FDM (m = 1)"}
 # Which part of EDM-FDM does what: its input scaling without the warm-up, and the warm-up on plain EDM.
 ABLATIONS = {
