@@ -248,11 +248,21 @@ def test_ddpm_pipeline_on_an_edm_model_fails_loudly_not_silently():
     make_tiny()(torch.zeros(1, 3, 8, 8), 999)  # and DDPM-style models keep integer timesteps
 
 
-def test_denoise_pipeline_refuses_edm_models():
+def test_denoise_pipeline_takes_edm_models_with_an_edm_scheduler_only():
+    from diffusers import DDIMScheduler
+
+    from diffusers_cunet.step_schedule import SolverStepSchedule
+
     model = make_tiny(preconditioning={"type": "edm"})
-    pipe = ContinuousUNetDenoisePipeline(unet=model, scheduler=edm_scheduler(model))
-    with pytest.raises(ValueError, match="not supported"):
+    pipe = ContinuousUNetDenoisePipeline(unet=model, scheduler=DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="needs an EDM scheduler"):
         pipe(torch.zeros(1, 3, 8, 8), noise_std=0.1)
+    pipe.scheduler = edm_scheduler(model)
+    out = pipe(torch.zeros(1, 3, 8, 8), noise_std=0.1, num_inference_steps=2)
+    assert out.start_timestep == 0.1 and out.images.shape == (1, 3, 8, 8)
+    with pytest.raises(ValueError, match="c_noise"):  # a schedule binned by integer timesteps cannot apply
+        pipe(torch.zeros(1, 3, 8, 8), noise_std=0.1, solver_schedule=SolverStepSchedule(({"steps": 1},), 1000))
 
 
 def test_step_schedule_is_refused_with_edm_schedulers():
