@@ -22,10 +22,10 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules each file is made of, each after the ones it imports ("pipelines." = diffusers_cunet.pipelines).
-MODEL_MODULES = ("fixed_grid", "solvers", "ode_blocks", "preconditioning", "unet_continuous_2d")
+MODEL_MODULES = ("atomic_write", "fixed_grid", "solvers", "ode_blocks", "preconditioning", "unet_continuous_2d")
 PIPELINE_MODULES = (
-    "fixed_grid", "solvers", "step_schedule", "pipelines.scheduler_support", "pipelines.pipeline_utils",
-    "pipelines.hub_layout", "pipelines.pipeline_continuous_unet",
+    "atomic_write", "fixed_grid", "solvers", "step_schedule", "pipelines.scheduler_support",
+    "pipelines.pipeline_utils", "pipelines.hub_layout", "pipelines.pipeline_continuous_unet",
 )  # fmt: skip
 
 

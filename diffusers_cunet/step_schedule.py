@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic_write import replace_text
 from .solvers import SolverConfig
 
 SCHEDULE_FILE = "solver_schedule.json"
@@ -70,9 +71,7 @@ class SolverStepSchedule:
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
         path = Path(folder) / SCHEDULE_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        os.replace(tmp, path)  # atomic: a reader never sees half a file
+        replace_text(path, json.dumps(self.to_dict(), indent=2))
         return path
 
     @classmethod

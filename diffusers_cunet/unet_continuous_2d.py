@@ -28,6 +28,7 @@ from diffusers.models.upsampling import Upsample2D
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .atomic_write import replace_text
 from .ode_blocks import NORM_TYPES, ODE_ORDERS, ODEBlock, make_norm
 from .preconditioning import EDMPreconditioning, preconditioning_from_config
 from .solvers import SolverConfig
@@ -472,15 +473,8 @@ def write_model_code(folder: str | os.PathLike) -> Path:
     (each written to a temporary file first, then renamed)."""
     folder = Path(folder)
     path = folder / MODEL_CODE_FILE
-    _replace_text(path, model_code_text())
+    replace_text(path, model_code_text())
     config = json.loads((folder / "config.json").read_text())
     config["auto_map"] = dict(AUTO_MAP)
-    _replace_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
+    replace_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
-
-
-def _replace_text(path: Path, text: str) -> None:
-    """Write `path` through a temporary file and a rename, so a reader never sees half of it."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)

@@ -16,6 +16,8 @@ import json
 import os
 from pathlib import Path
 
+from ..atomic_write import replace_text
+
 MODEL_CLASS = "ContinuousUNet2DModel"
 MODEL_CODE_MODULE = "modeling_cunet"  # unet/modeling_cunet.py
 PIPELINE_CLASS = "ContinuousUNetPipeline"
@@ -47,10 +49,3 @@ def write_code_layout(folder: str | os.PathLike, with_pipeline_code: bool) -> No
         replace_text(folder / PIPELINE_CODE_FILE, pipeline_code_text())
         index["_class_name"] = [PIPELINE_CODE_MODULE, PIPELINE_CLASS]
     replace_text(folder / INDEX_FILE, json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
-def replace_text(path: Path, text: str) -> None:
-    """Write `path` through a temporary file and a rename, so a reader never sees half of it."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
