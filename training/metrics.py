@@ -48,7 +48,8 @@ class DigitRecognizer:
     NOT_A_DIGIT = 10
 
     def __init__(self, seed: int = 0, training_digits: int | None = None):
-        images, labels = recognizer_training_set(seed, training_digits)
+        pieces = _training_pieces(seed)
+        images, labels = _training_set(pieces, np.arange(len(pieces[0].target))[:training_digits])
         self.classifier = make_digit_classifier().fit(images, labels)
 
     @staticmethod
@@ -56,14 +57,14 @@ class DigitRecognizer:
         """Accuracy and confident share (p >= 0.9, a digit) on real 16x16 digits the classifier did not see."""
         from sklearn.model_selection import StratifiedKFold
 
-        digits, features = _digit_features()
+        pieces = _training_pieces(seed)  # computed once, shared by the folds
+        digits, round_trip, _ = pieces
         accuracy, confident = [], []
         for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(digits.data, digits.target):
-            images, labels = recognizer_training_set(seed, indices=train)
-            probabilities = make_digit_classifier().fit(images, labels).predict_proba(features[test])
-            best = probabilities.argmax(axis=1)
+            images, labels = _training_set(pieces, train)
+            best, sure = _confident(make_digit_classifier().fit(images, labels).predict_proba(round_trip[test]))
             accuracy.append(float((best == digits.target[test]).mean()))
-            confident.append(float(((best != 10) & (probabilities.max(axis=1) >= 0.9)).mean()))
+            confident.append(float(sure.mean()))
         return {"accuracy": float(np.mean(accuracy)), "confident_share": float(np.mean(confident))}
 
     @staticmethod
@@ -83,17 +84,14 @@ class DigitRecognizer:
     def confident_share(self, images: torch.Tensor | np.ndarray, threshold: float = 0.9) -> float:
         """Share of `images` that the classifier assigns to one digit (not to "not a digit") with probability
         >= `threshold`."""
-        probabilities = self.probabilities(images)
-        best = probabilities.argmax(axis=1)
-        return float(((best != self.NOT_A_DIGIT) & (probabilities.max(axis=1) >= threshold)).mean())
+        _, sure = _confident(self.probabilities(images), threshold)
+        return float(sure.mean())
 
     def class_coverage(self, images: torch.Tensor | np.ndarray, threshold: float = 0.9) -> float:
         """Share of the ten digits that at least one of `images` is confidently recognised as (a model that draws
         only ones scores 0.1)."""
-        probabilities = self.probabilities(images)
-        best = probabilities.argmax(axis=1)
-        confident = best[(best != self.NOT_A_DIGIT) & (probabilities.max(axis=1) >= threshold)]
-        return len(set(confident.tolist())) / 10
+        best, sure = _confident(self.probabilities(images), threshold)
+        return len(set(best[sure].tolist())) / 10
 
 
 def make_digit_classifier():
@@ -103,21 +101,27 @@ def make_digit_classifier():
     return CalibratedClassifierCV(SVC(C=10, gamma="scale"), ensemble=False)
 
 
-def _digit_features() -> tuple[Any, np.ndarray]:
-    """scikit-learn's digits and the 8x8 features of their 16x16 round trip (bicubic up, box down)."""
+def _confident(probabilities: np.ndarray, threshold: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's most probable class, and whether that is a digit held with probability >= `threshold`."""
+    best = probabilities.argmax(axis=1)
+    return best, (best != DigitRecognizer.NOT_A_DIGIT) & (probabilities.max(axis=1) >= threshold)
+
+
+def _training_pieces(seed: int) -> tuple[Any, np.ndarray, np.ndarray]:
+    """scikit-learn's digits, the 8x8 features of their 16x16 round trip (bicubic up, box down), and the features
+    of twice as many random blobs (the "not a digit" class)."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
     upscaled = np.stack([_resize(image / 16.0, 16, Image.Resampling.BICUBIC) for image in digits.images])
-    return digits, DigitRecognizer._features(upscaled)
-
-
-def recognizer_training_set(seed: int, training_digits: int | None = None, indices=None):
-    """Features and labels the recognizer is fitted on: the chosen digits as they are and as they come back from
-    16x16, plus twice as many random blobs labelled "not a digit"."""
-    digits, round_trip = _digit_features()
-    chosen = np.arange(len(digits.target))[:training_digits] if indices is None else np.asarray(indices)
     blobs = DigitRecognizer._features(blob_images(2 * len(digits.target), seed=seed + 1))
+    return digits, DigitRecognizer._features(upscaled), blobs
+
+
+def _training_set(pieces: tuple[Any, np.ndarray, np.ndarray], chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels the recognizer is fitted on: the `chosen` digits as they are and as they come back
+    from 16x16, plus the blobs labelled "not a digit"."""
+    digits, round_trip, blobs = pieces
     features = np.concatenate([digits.data[chosen] / 16.0, round_trip[chosen], blobs])
     labels = np.concatenate([digits.target[chosen], digits.target[chosen], np.full(len(blobs), 10)])
     return features, labels
