@@ -21,6 +21,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EDMDPMSolverMu
 from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline
 from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
+from diffusers_cunet.pipelines.scheduler_support import EDM_SCHEDULERS
 from training.checkpointing import checkpoint_step, list_checkpoints
 from training.loop import train
 from training.metrics import HELD_OUT_DIGITS, DigitRecognizer, frechet_and_kid, held_out_digits
@@ -103,7 +104,7 @@ def variants(mode: str) -> list[Variant]:
 
 def evaluate(unet, noise_config, real, feature_net, recognizer, settings: Settings) -> dict[str, float]:
     """Scores of `settings.samples` samples: DDIM for DDPM-style models, EDM DPM-Solver++ for EDM-trained ones."""
-    if noise_config.get("_class_name", "").startswith("EDM"):
+    if noise_config.get("_class_name") in EDM_SCHEDULERS:
         scheduler, steps = EDMDPMSolverMultistepScheduler.from_config(noise_config), settings.edm_sampling_steps
     else:
         scheduler, steps = DDIMScheduler.from_config(noise_config), settings.sampling_steps

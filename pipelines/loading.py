@@ -18,7 +18,7 @@ from diffusers_cunet.unet_continuous_2d import ContinuousUNet2DModel
 
 from .code_files import code_file_problems
 from .hub_layout import INDEX_FILE, MODEL_CLASS
-from .pipeline_utils import HUB_OPTIONS, load_solver_schedule
+from .pipeline_utils import HUB_OPTIONS, hub_options, load_solver_schedule
 
 MODEL_OPTIONS = ("torch_dtype", "variant", "use_safetensors")
 # `trust_remote_code` is accepted (and not needed): loading code written for diffusers' loader keeps working.
@@ -67,8 +67,7 @@ def pipeline_folder(name_or_path: str | os.PathLike, options: dict[str, Any]) ->
         return path
     from huggingface_hub import snapshot_download
 
-    hub_options = {key: options[key] for key in HUB_OPTIONS if options.get(key) is not None}
-    return Path(snapshot_download(str(name_or_path), allow_patterns=PIPELINE_FILES, **hub_options))
+    return Path(snapshot_download(str(name_or_path), allow_patterns=PIPELINE_FILES, **hub_options(options)))
 
 
 def component_class(index: dict[str, Any], name: str, index_path: Path) -> type:

@@ -94,6 +94,11 @@ def class_labels_for(unet, class_labels, batch_size: int, device) -> torch.Tenso
 HUB_OPTIONS = ("cache_dir", "revision", "token", "local_files_only", "proxies", "force_download")
 
 
+def hub_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The Hugging Face Hub download options among `from_pretrained`'s, those that are set."""
+    return {key: options[key] for key in HUB_OPTIONS if options.get(key) is not None}
+
+
 def load_solver_schedule(name_or_path, **options):
     """The `SolverStepSchedule` saved with a pipeline, from a local folder or a Hub repository (through the cache,
     or a download), or `None` if it has none. `options` are `from_pretrained`'s (cache_dir, revision, token, ...)."""
@@ -110,9 +115,8 @@ def load_solver_schedule(name_or_path, **options):
     folder = Path(str(name_or_path))
     if folder.is_dir():
         return SolverStepSchedule.from_pretrained(folder) if (folder / SCHEDULE_FILE).is_file() else None
-    hub_options = {key: options[key] for key in HUB_OPTIONS if options.get(key) is not None}
     try:
-        path = hf_hub_download(str(name_or_path), SCHEDULE_FILE, **hub_options)
+        path = hf_hub_download(str(name_or_path), SCHEDULE_FILE, **hub_options(options))
     except (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError):
         return None  # the repository has no schedule (or, offline, none was ever downloaded)
     except HFValidationError:
