@@ -40,6 +40,10 @@ class Variant:
     solver: tuple[str, int] | None = None  # (method, steps) for the cUNet
     extra: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    # (this model's run at the mode's steps, the run to match, share of its training time): trained separately for
+    # that many seconds, converted to steps at the first run's measured seconds per step
+    equal_time: tuple[str, str, float] | None = None
+    denoise: bool = False  # also score denoising held-out digits and photo patches (DDPM-trained models)
 
     def train_options(self) -> dict[str, Any]:
         options = {"model_type": self.model_type, "block_out_channels": list(self.block_out_channels)}
@@ -60,12 +64,16 @@ class Settings:
     learning_rate: float = 1e-3
     seed: int = 0
     edm_sampling_steps: int = 20  # EDM-trained models: their saved EDM DPM-Solver++ sampler
+    # the fractions of training whose checkpoints are sampled and scored (the nearest checkpoint to each); None:
+    # every checkpoint. The held-out error is measured at every checkpoint either way.
+    scored_fractions: tuple[float, ...] | None = None
 
 
 MODES = {
     "tiny": Settings(steps=6, batch_size=16, samples=16, sampling_steps=3, curve_points=2, resolution=8),
     "quick": Settings(steps=200, batch_size=64, samples=256, sampling_steps=25, curve_points=2),
-    "full": Settings(steps=3000, batch_size=64, samples=500, sampling_steps=50, curve_points=6),
+    # to convergence on 2 CPU cores in ~100 minutes; 70% is the convergence check's comparison point
+    "full": Settings(1000, batch_size=64, samples=500, sampling_steps=50, curve_points=10, scored_fractions=(0.7, 1)),
     # one process per model side by side on one GPU (python -m benchmarks.parallel): defaults and seed spread
     "gpu": Settings(steps=1200, batch_size=128, samples=1000, sampling_steps=50, curve_points=4),
 }
@@ -74,13 +82,18 @@ EDM = {"preconditioning": "edm"}
 
 def variants(mode: str) -> list[Variant]:
     if mode == "tiny":
-        return [Variant("cunet-x1", "cunet", (16, 32), ("euler", 2)), Variant("unet2d-x1", "unet2d", (16, 32))]
-    widths = {"x0.5": (16, 32, 64), "x1": (32, 64, 128), "x1.5": (48, 96, 192)}
+        cunet, unet2d = ("cunet", (16, 32), ("euler", 1)), ("unet2d", (16, 32))
+        return [
+            Variant("cunet-x1", *cunet, denoise=True),
+            Variant("unet2d-x1", *unet2d, denoise=True),
+            Variant("cunet-x1-0.7t", *cunet, equal_time=("cunet-x1", "unet2d-x1", 0.7)),
+        ]
+    widths = {"x0.25": (8, 16, 32), "x0.5": (16, 32, 64), "x1": (32, 64, 128), "x1.5": (48, 96, 192)}
     if mode == "gpu":  # most important first: a run out of time keeps the first ones
         x1, half = widths["x1"], widths["x0.5"]
         return [
             Variant("cunet-x1-euler1-edm", "cunet", x1, ("euler", 1), EDM),
-            Variant("unet2d-x1", "unet2d", x1),
+            Variant("unet2d-x1", "unet2d", x1, denoise=True),
             Variant("cunet-x1-euler1", "cunet", x1, ("euler", 1)),
             Variant("cunet-x1-euler2", "cunet", x1, ("euler", 2)),
             Variant("cunet-x1-euler2-edm", "cunet", x1, ("euler", 2), EDM),
@@ -92,14 +105,50 @@ def variants(mode: str) -> list[Variant]:
             Variant("unet2d-x0.5", "unet2d", half),
             Variant("cunet-x1-euler1-s1", "cunet", x1, ("euler", 1), seed=1),
         ]
-    if mode == "full":
-        widths["x2"] = (64, 128, 256)
-    out = [Variant(f"cunet-{w}", "cunet", c, ("euler", 2)) for w, c in widths.items()]
+    if mode == "full":  # EDM and DDPM-style objectives; three sizes of each model; the cUNet's three block solvers
+        x1, euler1 = widths["x1"], ("euler", 1)
+        x1_pair, half_pair = ("cunet-x1-euler1-edm", "unet2d-x1-edm"), ("cunet-x0.5-euler1-edm", "unet2d-x0.5-edm")
+        return [
+            Variant("cunet-x1-euler1-edm", "cunet", x1, euler1, EDM),
+            Variant("unet2d-x1-edm", "unet2d", x1, extra=EDM),
+            Variant("cunet-x1-euler1-edm-s1", "cunet", x1, euler1, EDM, seed=1),
+            Variant("unet2d-x1-edm-s1", "unet2d", x1, extra=EDM, seed=1),
+            Variant("cunet-x1-euler1", "cunet", x1, euler1, denoise=True),
+            Variant("cunet-x1-euler2-edm", "cunet", x1, ("euler", 2), EDM),
+            Variant("cunet-x1-rk4-edm", "cunet", x1, ("rk4", 1), EDM),
+            Variant("cunet-x0.5-euler1-edm", "cunet", widths["x0.5"], euler1, EDM),
+            Variant("cunet-x1.5-euler1-edm", "cunet", widths["x1.5"], euler1, EDM),
+            Variant("unet2d-x0.25-edm", "unet2d", widths["x0.25"], extra=EDM),
+            Variant("unet2d-x0.5-edm", "unet2d", widths["x0.5"], extra=EDM),
+            # the target's test, trained for its own seconds: the cUNet at 0.7x the UNet2DModel's training time
+            Variant("cunet-x1-euler1-edm-0.7t", "cunet", x1, euler1, EDM, equal_time=(*x1_pair, 0.7)),
+            Variant("cunet-x0.5-euler1-edm-0.7t", "cunet", widths["x0.5"], euler1, EDM, equal_time=(*half_pair, 0.7)),
+        ]
+    del widths["x0.25"]
+    out = [Variant(f"cunet-{w}", "cunet", c, ("euler", 2), denoise=w == "x1") for w, c in widths.items()]
     out.append(Variant("cunet-x1-rk4", "cunet", widths["x1"], ("rk4", 1)))
-    if mode == "full":
-        out.append(Variant("cunet-x1-euler1", "cunet", widths["x1"], ("euler", 1)))
-    out += [Variant(f"unet2d-{w}", "unet2d", c) for w, c in widths.items()]
+    out += [Variant(f"unet2d-{w}", "unet2d", c, denoise=w == "x1") for w, c in widths.items()]
     return out
+
+
+def variant_steps(variant: Variant, rows: dict[str, dict[str, Any]], settings: Settings) -> int:
+    """The mode's steps, or for an equal-time variant the steps that take its share of the matched run's training
+    seconds at the measured seconds per step of the same model's run (both trained earlier in this run)."""
+    if variant.equal_time is None:
+        return settings.steps
+    same_model, matched, share = variant.equal_time
+    missing = [name for name in (same_model, matched) if name not in rows]
+    if missing:
+        raise ValueError(f"{variant.name} is timed from {missing}: train them first (in the same run).")
+    seconds_per_step = rows[same_model]["train_seconds"] / rows[same_model]["steps"]
+    return max(1, round(share * rows[matched]["train_seconds"] / seconds_per_step))
+
+
+def scored_steps(steps: list[int], total: int, fractions: tuple[float, ...] | None) -> set[int]:
+    """The checkpoint steps nearest to each fraction of `total` (all of them when `fractions` is None)."""
+    if fractions is None or not steps:
+        return set(steps)
+    return {min(steps, key=lambda step: abs(step - fraction * total)) for fraction in fractions}
 
 
 def evaluate(unet, noise_config, real, feature_net, recognizer, settings: Settings) -> dict[str, float]:
@@ -168,37 +217,41 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
     recognizer = DigitRecognizer(seed=settings.seed, training_digits=len(train_images))
     reference = frechet_and_kid(real, train_images[: settings.samples], feature_net)
     reference["recognisable"] = recognizer.confident_share(real)
-    interval = max(1, settings.steps // settings.curve_points)
-    rows = []
+    rows: dict[str, dict[str, Any]] = {}
     for variant in chosen:
+        steps = variant_steps(variant, rows, settings)
+        interval = max(1, steps // settings.curve_points)
         output = output_root / variant.name
         config = make_config(
             output_dir=output, dataset_name="digits", resolution=settings.resolution,
             held_out_samples=HELD_OUT_DIGITS, train_batch_size=settings.batch_size,
-            max_train_steps=settings.steps, learning_rate=settings.learning_rate,
-            lr_warmup_steps=max(1, settings.steps // 20), checkpointing_steps=interval,
-            checkpoints_total_limit=100, validation_steps=0, num_validation_images=16,
-            validation_inference_steps=settings.sampling_steps, report_to="none",
-            logging_steps=10, **variant.train_options(),
+            max_train_steps=steps, learning_rate=settings.learning_rate,
+            lr_warmup_steps=max(1, steps // 20), checkpointing_steps=interval, checkpoints_total_limit=100,
+            validation_steps=interval, num_validation_images=16, validation_inference_steps=10,
+            report_to="none", logging_steps=10, **variant.train_options(),
         )  # fmt: skip
-        print(f"\n=== training {variant.name} ({settings.steps} steps) ===", flush=True)
+        print(f"\n=== training {variant.name} ({steps} steps) ===", flush=True)
         result = train(config)
         unet = result.unet.eval()
         noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
         train_seconds = result.train_seconds
+        held_out = {entry["step"]: entry["mean"] for entry in result.held_out_error}
+        checkpoints = {checkpoint_step(c): c for c in list_checkpoints(output)}
+        scored = scored_steps(sorted(checkpoints), steps, settings.scored_fractions)
         curve = []
-        for checkpoint in list_checkpoints(output):
-            step = checkpoint_step(checkpoint)
-            model = load_ema(checkpoint, variant.model_type).to(unet.device)
-            scores = evaluate(model, noise_config, real, feature_net, recognizer, settings)
-            curve.append({"step": step, "train_seconds": train_seconds * step / settings.steps, **scores})
+        for step, checkpoint in sorted(checkpoints.items()):
+            point = {"step": step, "train_seconds": train_seconds * step / steps, "held_out_error": held_out.get(step)}
+            if step in scored:
+                model = load_ema(checkpoint, variant.model_type).to(unet.device)
+                point.update(evaluate(model, noise_config, real, feature_net, recognizer, settings))
+            curve.append(point)
         flops_per_call = count_forward_flops(unet)
-        denoise = variant.name.endswith("-x1")
         photos = photo_patches(64, settings.resolution, settings.seed)
         final = curve[-1] if curve else evaluate(unet, noise_config, real, feature_net, recognizer, settings)
         print(f"{variant.name}: {json.dumps(final)}", flush=True)
-        rows.append({
+        rows[variant.name] = {
             **asdict(variant),
+            "steps": steps,
             "params": count_parameters(unet),
             "gflops_per_call": flops_per_call / 1e9,
             "gflops_per_sample": flops_per_call * final["sampling_steps"] / 1e9,
@@ -208,14 +261,14 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
             "held_out_error": result.held_out_error[-1]["mean"],  # EMA denoising MSE on the 300 held-out digits
             "final": final,
             "curve": curve,
-            "denoise_digits": denoise_scores(unet, noise_config, real[:64], settings) if denoise else None,
-            "denoise_photos": denoise_scores(unet, noise_config, photos, settings) if denoise else None,
-        })  # fmt: skip
+            "denoise_digits": denoise_scores(unet, noise_config, real[:64], settings) if variant.denoise else None,
+            "denoise_photos": denoise_scores(unet, noise_config, photos, settings) if variant.denoise else None,
+        }  # fmt: skip
     result = {
         "mode": mode,
         "settings": asdict(settings),
         "reference_real_vs_real": reference,
-        "runs": rows,
+        "runs": list(rows.values()),
         "date": time.strftime("%Y-%m-%d"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -13,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from . import frontier  # noqa: E402
 from .paths import shown  # noqa: E402
 
 COST_KEYS = [
@@ -82,21 +83,22 @@ def quality_section(quality: dict[str, Any], results: Path) -> list[str]:
         f"{ref['kid_mean']:.1f}; {ref['recognisable']:.0%} of held-out digits recognised. "
         f"{quality['date']}, torch {quality['torch']}, {quality.get('device', 'cpu')}, "
         f"{quality['threads']} threads.\n",
-        "| model | params | GFLOPs/call | train time (s) | train img/s | final loss | held-out error ↓ | FD ↓ | KID ↓ "
-        "| recognised ↑ | sampling s/image | ODE evals/image |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | params | GFLOPs/call | steps | train time (s) | train img/s | final loss | held-out error ↓ | FD ↓ "
+        "| KID ↓ | recognised ↑ | sampling s/image | ODE evals/image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in quality["runs"]:
         f = r["final"]
         lines.append(
-            f"| {r['name']} | {r['params']:,} | {r['gflops_per_call']:.3f} | {r['train_seconds']:.0f} | "
+            f"| {r['name']} | {r['params']:,} | {r['gflops_per_call']:.3f} | {r.get('steps', s['steps'])} | "
+            f"{r['train_seconds']:.0f} | "
             f"{r['train_images_per_s']:.0f} | {r['final_loss']:.4f} | {held_out_text(r)} | "
             f"{f['frechet_distance']:.1f} | "
             f"{f['kid_mean']:.1f} | {f['recognisable']:.2f} | {f['sampling_s_per_image'] * 1000:.1f} ms | "
             f"{f['ode_evaluations_per_image'] or '-'} |"
         )
     lines += [
-        f"\n![quality against training steps]({shown(results)}/quality_curves.png)",
+        f"\n![quality against training time]({shown(results)}/quality_curves.png)",
         f"\n![Pareto frontiers]({shown(results)}/frontier.png)\n",
     ]
     for key, title in (("denoise_digits", "held-out digits"), ("denoise_photos", "grey patches of real photos")):
@@ -258,15 +260,15 @@ def plot_solver_cost(cost: dict[str, Any], path: Path) -> None:
 
 def plot_quality(quality: dict[str, Any], curves_path: Path, frontier_path: Path) -> None:
     fig, ax = plt.subplots(1, 2, figsize=(10, 4))
-    for r in quality["runs"]:
-        style = "o-" if r["model_type"] == "cunet" else "s--"
-        ax[0].plot(
-            [c["step"] for c in r["curve"]], [c["frechet_distance"] for c in r["curve"]], style, label=r["name"]
-        )
-        ax[1].plot([c["train_seconds"] for c in r["curve"]], [c["frechet_distance"] for c in r["curve"]], style)
-    ax[0].set(xlabel="training steps", ylabel="Fréchet distance (lower is better)", yscale="log")
-    ax[1].set(xlabel="training wall time (s)", ylabel="Fréchet distance", yscale="log")
-    ax[0].legend(fontsize=7)
+    panels = [("held_out_error", "held-out denoising error (lower is better)"),
+              ("frechet_distance", "Fréchet distance (lower is better)")]  # fmt: skip
+    for axis, (key, label) in zip(ax, panels):
+        for r in quality["runs"]:
+            points = [c for c in r["curve"] if c.get(key) is not None]
+            style = "o-" if r["model_type"] == "cunet" else "s--"
+            axis.plot([c["train_seconds"] for c in points], [c[key] for c in points], style, label=r["name"])
+        axis.set(xlabel="training wall time (s)", ylabel=label, yscale="log")
+    ax[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(curves_path, dpi=110)
     plt.close(fig)
@@ -315,7 +317,7 @@ def quality_report(quality: dict[str, Any], results: Path) -> list[str]:
                        ("GFLOPs per sample", lambda r: r["gflops_per_sample"]),
                        ("sampling latency", lambda r: r["final"]["sampling_s_per_image"])):  # fmt: skip
         lines.append(f"- {label}: " + ", ".join(pareto(quality["runs"], key)))
-    return lines
+    return lines + frontier.section(quality["runs"])
 
 
 def step_search_report(search: dict[str, Any], results: Path) -> list[str]:

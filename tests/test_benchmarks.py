@@ -14,11 +14,18 @@ def test_tiny_benchmark_writes_results_report_and_plots(tmp_path):
     ratio = cost["sizes"]["digits-16"]["ratio"]
     assert 0 < ratio["params"] < 1 and 0 < ratio["gflops_per_call"] < 1
     quality = json.loads((results / "quality.json").read_text())
-    assert {r["model_type"] for r in quality["runs"]} == {"cunet", "unet2d"}
-    for run in quality["runs"]:
-        assert len(run["curve"]) == 2 and run["final"]["frechet_distance"] > 0
-        assert run["denoise_digits"][0]["psnr"] > 0
-        assert run["held_out_error"] > 0  # the EMA model's denoising error on the 300 held-out digits
+    runs = {r["name"]: r for r in quality["runs"]}
+    assert {r["model_type"] for r in runs.values()} == {"cunet", "unet2d"}
+    for run in runs.values():
+        assert run["curve"][-1]["step"] == run["steps"] and run["final"]["frechet_distance"] > 0
+        assert all(point["held_out_error"] > 0 for point in run["curve"])  # at every checkpoint, on held-out digits
+        assert run["held_out_error"] == run["curve"][-1]["held_out_error"]
+        assert (run["denoise_digits"] is not None) == run["denoise"]
+    assert runs["cunet-x1"]["denoise_digits"][0]["psnr"] > 0
+    # trained separately for 0.7x the UNet2DModel's seconds, at the cUNet's own measured seconds per step
+    paired, cunet, unet2d = runs["cunet-x1-0.7t"], runs["cunet-x1"], runs["unet2d-x1"]
+    seconds_per_step = cunet["train_seconds"] / cunet["steps"]
+    assert paired["steps"] == max(1, round(0.7 * unet2d["train_seconds"] / seconds_per_step))
     text = report.read_text()
     assert "| parameters |" in text and "Fréchet" in text and "Pareto frontier" in text
     assert "held-out error" in text
@@ -75,3 +82,44 @@ def test_benchmarks_write_outside_the_tracked_results_unless_asked(tmp_path, mon
     assert json.loads((tmp_path / "outputs" / "results" / "cost.json").read_text())["sizes"]
     assert tracked.read_bytes() == before
     assert paths.results_dir(publish=True) == tracked.parent and paths.report_path(True).name == "BENCHMARKS.md"
+
+
+def _run(name, model_type, seconds, held_out, fd, sampling=0.01, curve=(), equal_time=None):
+    """A quality-benchmark run as `benchmarks.frontier` reads it; `curve` holds (step, held-out, FD) points."""
+    points = [{"step": step, "held_out_error": h, "frechet_distance": f} for step, h, f in curve]
+    points.append({"step": 10, "held_out_error": held_out, "frechet_distance": fd})
+    final = {"frechet_distance": fd, "recognisable": 0.9, "sampling_s_per_image": sampling}
+    return {"name": name, "model_type": model_type, "train_seconds": seconds, "steps": 10, "held_out_error": held_out,
+            "final": final, "curve": points, "equal_time": equal_time}  # fmt: skip
+
+
+def test_frontier_reads_seed_spread_convergence_pairs_and_dominance():
+    from benchmarks import frontier
+
+    runs = [
+        _run("cunet", "cunet", 50, 0.050, 100, curve=[(7, 0.0505, 101)]),  # moved less than the spread
+        _run("cunet-s1", "cunet", 50, 0.052, 104),
+        _run("unet2d", "unet2d", 100, 0.049, 99, sampling=0.02, curve=[(7, 0.060, 130)]),  # still improving
+        _run("unet2d-s1", "unet2d", 100, 0.050, 101, sampling=0.02),
+        _run("cunet-0.7t", "cunet", 69, 0.047, 98, equal_time=("cunet", "unet2d", 0.7)),
+        _run("cunet-big", "cunet", 90, 0.040, 90),  # better, but at 0.9x the time
+    ]
+    spread = frontier.seed_spread(runs)
+    assert spread["pairs"] == [["cunet", "cunet-s1"], ["unet2d", "unet2d-s1"]]
+    assert abs(spread["held_out_error"] - 0.002) < 1e-12 and spread["frechet_distance"] == 4
+    verdicts = {run["name"]: frontier.convergence(run, spread)["converged"] for run in runs}
+    assert verdicts["cunet"] is True and verdicts["unet2d"] is False and verdicts["cunet-s1"] is None
+    (pair,) = frontier.equal_time_pairs(runs, spread)
+    assert pair["matched"]["name"] == "unet2d" and pair["as_good"] and abs(pair["time_ratio"] - 0.69) < 1e-12
+    by_time = {row["unet2d"]["name"]: row for row in frontier.dominance(runs, spread, frontier.training_seconds)}
+    # within the seed spread "cunet" ties the UNet2DModel (cunet-s1 does not), cheapest first; cunet-big is too slow
+    assert [r["name"] for r in by_time["unet2d"]["within"]] == ["cunet", "cunet-0.7t"]
+    assert by_time["unet2d"]["cheapest"]["name"] == "cunet"
+    worse = [_run("cunet", "cunet", 50, 0.09, 150), _run("cunet-s1", "cunet", 50, 0.09, 151)]
+    worse.append(_run("unet2d", "unet2d", 100, 0.01, 20))
+    (row,) = frontier.dominance(worse, frontier.seed_spread(worse), frontier.training_seconds)
+    assert row["within"] == [] and row["cheapest"] is None
+    text = "\n".join(frontier.section(runs))
+    assert "Equal-time pairs" in text and "| cunet-0.7t (10, 69) | unet2d (10, 100) | 0.69 |" in text
+    assert "**no**" in text and "Against sampling time" in text
+    assert "no cUNet is at least as good" in "\n".join(frontier.section(worse))
