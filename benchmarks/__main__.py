@@ -1,7 +1,7 @@
 """Run the benchmarks side by side and write BENCHMARKS.md.
 
     python -m benchmarks                 # quick mode: under 20 minutes on 2 CPU cores (make bench)
-    python -m benchmarks --mode full     # the frontier to convergence: 11 models x 1,000 steps and 2 equal-time pairs, ~1.5 h on 2 CPU cores
+    python -m benchmarks --mode full     # to convergence: 14 runs of 1,000 steps or equal time, ~1.6 h on 2 cores
     python -m benchmarks --mode tiny     # seconds: the smoke test of the benchmark code
     python -m benchmarks.parallel        # the gpu mode: one process per model, side by side on one GPU
 

@@ -27,12 +27,17 @@ def sample(unet, scheduler, count: int, steps: int, seed: int) -> tuple[torch.Te
     return out.images.cpu(), seconds, out.ode_evaluations  # every image passes through every evaluation
 
 
+def model_class(model_type: str) -> type:
+    """The model class of a benchmark's `model_type`: "cunet" or "unet2d"."""
+    return ContinuousUNet2DModel if model_type == "cunet" else UNet2DModel
+
+
 def load_ema(checkpoint: Path, model_type: str):
     """The EMA weights of a training checkpoint (diffusers' EMAModel folder: its decay settings sit in the config,
     which diffusers reports as unexpected keys; that warning is silenced here)."""
     from diffusers.utils import logging as diffusers_logging
 
-    cls = ContinuousUNet2DModel if model_type == "cunet" else UNet2DModel
+    cls = model_class(model_type)
     level = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     try:

@@ -18,16 +18,17 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler
 
+from diffusers_cunet.atomic_write import replace_text
 from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline
 from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
 from diffusers_cunet.pipelines.scheduler_support import EDM_SCHEDULERS
 from training.checkpointing import checkpoint_step, list_checkpoints
-from training.loop import train
+from training.loop import TrainingResult, train
 from training.metrics import HELD_OUT_DIGITS, DigitRecognizer, frechet_and_kid, held_out_digits
 from training.options import make_config
 
-from .common import load_ema, sample
+from .common import load_ema, model_class, sample
 
 
 @dataclass
@@ -78,6 +79,7 @@ MODES = {
     "gpu": Settings(steps=1200, batch_size=128, samples=1000, sampling_steps=50, curve_points=4),
 }
 EDM = {"preconditioning": "edm"}
+X1_EDM, X05_EDM = "cunet-x1-euler1-edm", "cunet-x0.5-euler1-edm"
 
 
 def variants(mode: str) -> list[Variant]:
@@ -105,27 +107,29 @@ def variants(mode: str) -> list[Variant]:
             Variant("unet2d-x0.5", "unet2d", half),
             Variant("cunet-x1-euler1-s1", "cunet", x1, ("euler", 1), seed=1),
         ]
-    if mode == "full":  # EDM and DDPM-style objectives; three sizes of each model; the cUNet's three block solvers
-        x1, euler1 = widths["x1"], ("euler", 1)
-        x1_pair, half_pair = ("cunet-x1-euler1-edm", "unet2d-x1-edm"), ("cunet-x0.5-euler1-edm", "unet2d-x0.5-edm")
+    if mode == "full":  # most important first; the UNet2DModel trains DDPM-style only (EDM is a cUNet config)
+        x1, half, euler1 = widths["x1"], widths["x0.5"], ("euler", 1)
         return [
             Variant("cunet-x1-euler1-edm", "cunet", x1, euler1, EDM),
-            Variant("unet2d-x1-edm", "unet2d", x1, extra=EDM),
-            Variant("cunet-x1-euler1-edm-s1", "cunet", x1, euler1, EDM, seed=1),
-            Variant("unet2d-x1-edm-s1", "unet2d", x1, extra=EDM, seed=1),
+            Variant("unet2d-x1", "unet2d", x1, denoise=True),
             Variant("cunet-x1-euler1", "cunet", x1, euler1, denoise=True),
+            # the target's test, each trained for its own seconds: cUNets at 0.7x the UNet2DModel's training time
+            Variant("cunet-x1-euler1-edm-0.7t", "cunet", x1, euler1, EDM, equal_time=(X1_EDM, "unet2d-x1", 0.7)),
+            Variant("cunet-x1-euler1-0.7t", "cunet", x1, euler1, equal_time=("cunet-x1-euler1", "unet2d-x1", 0.7)),
+            Variant("cunet-x1-euler1-edm-s1", "cunet", x1, euler1, EDM, seed=1),
+            Variant("unet2d-x1-s1", "unet2d", x1, seed=1),
             Variant("cunet-x1-euler2-edm", "cunet", x1, ("euler", 2), EDM),
+            Variant("cunet-x0.5-euler1-edm", "cunet", half, euler1, EDM),
+            Variant("unet2d-x0.5", "unet2d", half),
+            Variant(
+                "cunet-x0.5-euler1-edm-0.7t", "cunet", half, euler1, EDM, equal_time=(X05_EDM, "unet2d-x0.5", 0.7)
+            ),
+            Variant("cunet-x0.25-euler1-edm", "cunet", widths["x0.25"], euler1, EDM),
+            Variant("unet2d-x0.25", "unet2d", widths["x0.25"]),
             Variant("cunet-x1-rk4-edm", "cunet", x1, ("rk4", 1), EDM),
-            Variant("cunet-x0.5-euler1-edm", "cunet", widths["x0.5"], euler1, EDM),
-            Variant("cunet-x1.5-euler1-edm", "cunet", widths["x1.5"], euler1, EDM),
-            Variant("unet2d-x0.25-edm", "unet2d", widths["x0.25"], extra=EDM),
-            Variant("unet2d-x0.5-edm", "unet2d", widths["x0.5"], extra=EDM),
-            # the target's test, trained for its own seconds: the cUNet at 0.7x the UNet2DModel's training time
-            Variant("cunet-x1-euler1-edm-0.7t", "cunet", x1, euler1, EDM, equal_time=(*x1_pair, 0.7)),
-            Variant("cunet-x0.5-euler1-edm-0.7t", "cunet", widths["x0.5"], euler1, EDM, equal_time=(*half_pair, 0.7)),
         ]
     del widths["x0.25"]
-    out = [Variant(f"cunet-{w}", "cunet", c, ("euler", 2), denoise=w == "x1") for w, c in widths.items()]
+    out = [Variant(f"cunet-{w}", "cunet", c, ("euler", 1), denoise=w == "x1") for w, c in widths.items()]
     out.append(Variant("cunet-x1-rk4", "cunet", widths["x1"], ("rk4", 1)))
     out += [Variant(f"unet2d-{w}", "unet2d", c, denoise=w == "x1") for w, c in widths.items()]
     return out
@@ -228,10 +232,12 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
             max_train_steps=steps, learning_rate=settings.learning_rate,
             lr_warmup_steps=max(1, steps // 20), checkpointing_steps=interval, checkpoints_total_limit=100,
             validation_steps=interval, num_validation_images=16, validation_inference_steps=10,
-            report_to="none", logging_steps=10, **variant.train_options(),
+            report_to="none", logging_steps=10, resume_from_checkpoint="latest", **variant.train_options(),
         )  # fmt: skip
         print(f"\n=== training {variant.name} ({steps} steps) ===", flush=True)
         result = train(config)
+        if result.already_done:  # a finished run of an earlier, interrupted benchmark: read back, not retrained
+            result = finished_run(result, variant.model_type)
         unet = result.unet.eval()
         noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
         train_seconds = result.train_seconds
@@ -264,16 +270,32 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
             "denoise_digits": denoise_scores(unet, noise_config, real[:64], settings) if variant.denoise else None,
             "denoise_photos": denoise_scores(unet, noise_config, photos, settings) if variant.denoise else None,
         }  # fmt: skip
+        write_results(results_path, mode, settings, reference, list(rows.values()))  # after each model: kept on a stop
+    return json.loads(results_path.read_text())
+
+
+def finished_run(result: TrainingResult, model_type: str) -> TrainingResult:
+    """`result` of a run `train` found finished, completed from what that run wrote (metrics.json, the EMA model)."""
+    saved = json.loads((result.output_dir / "metrics.json").read_text())
+    metrics = saved["metrics"]
+    result.unet = model_class(model_type).from_pretrained(result.output_dir / "unet")
+    result.train_seconds = metrics["training wall time (s)"]
+    result.images_per_second = metrics["training throughput (images/s)"]
+    result.final_loss = metrics["final_loss (mean of last 10% of batches)"]
+    result.held_out_error = saved["held_out_error"]
+    return result
+
+
+def write_results(path: Path, mode: str, settings: Settings, reference: dict, runs: list[dict]) -> None:
     result = {
         "mode": mode,
         "settings": asdict(settings),
         "reference_real_vs_real": reference,
-        "runs": list(rows.values()),
+        "runs": runs,
         "date": time.strftime("%Y-%m-%d"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
     }
-    results_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(result, indent=2))
-    return result
+    path.parent.mkdir(parents=True, exist_ok=True)
+    replace_text(path, json.dumps(result, indent=2))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from benchmarks import quality as quality_benchmark
 from benchmarks.__main__ import main
 
 
@@ -26,6 +27,13 @@ def test_tiny_benchmark_writes_results_report_and_plots(tmp_path):
     paired, cunet, unet2d = runs["cunet-x1-0.7t"], runs["cunet-x1"], runs["unet2d-x1"]
     seconds_per_step = cunet["train_seconds"] / cunet["steps"]
     assert paired["steps"] == max(1, round(0.7 * unet2d["train_seconds"] / seconds_per_step))
+    # an interrupted benchmark run again: finished models are read back from their folders, not retrained
+    again = quality_benchmark.run("tiny", tmp_path / "runs", tmp_path / "again.json", only=["cunet-x1"])["runs"][0]
+    assert again["final"]["frechet_distance"] == cunet["final"]["frechet_distance"]
+    assert again["train_seconds"] == round(cunet["train_seconds"], 1)
+    assert [(p["step"], p["held_out_error"]) for p in again["curve"]] == [
+        (p["step"], p["held_out_error"]) for p in cunet["curve"]
+    ]
     text = report.read_text()
     assert "| parameters |" in text and "Fréchet" in text and "Pareto frontier" in text
     assert "held-out error" in text
