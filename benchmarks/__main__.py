@@ -1,12 +1,14 @@
 """Run the benchmarks side by side and write BENCHMARKS.md.
 
     python -m benchmarks                 # quick mode: under 20 minutes on 2 CPU cores (make bench)
-    python -m benchmarks --mode full     # to convergence: 14 runs of 1,000 steps or equal time, ~1.6 h on 2 cores
+    python -m benchmarks --mode full     # to convergence: 14 runs of 1,000 steps or equal time, ~1.8 h on 2 cores
     python -m benchmarks --mode tiny     # seconds: the smoke test of the benchmark code
     python -m benchmarks.parallel        # the gpu mode: one process per model, side by side on one GPU
 
 Results go to outputs/benchmarks/results/ (JSON + PNG) and outputs/benchmarks/BENCHMARKS.md; with --publish to
-the tracked benchmarks/results/ and BENCHMARKS.md. Training runs go to outputs/bench/<mode>/.
+the tracked benchmarks/results/ and BENCHMARKS.md. Training runs go to outputs/bench/<mode>/ (or --runs): a run
+started again resumes each model from its latest checkpoint and reads finished models back instead of retraining
+them; delete that folder to train from scratch.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ class Settings:
 MODES = {
     "tiny": Settings(steps=6, batch_size=16, samples=16, sampling_steps=3, curve_points=2, resolution=8),
     "quick": Settings(steps=200, batch_size=64, samples=256, sampling_steps=25, curve_points=2),
-    # to convergence on 2 CPU cores in ~100 minutes; 70% is the convergence check's comparison point
+    # to convergence on 2 CPU cores in ~1.8 h; 70% is the convergence check's comparison point
     "full": Settings(1000, batch_size=64, samples=500, sampling_steps=50, curve_points=10, scored_fractions=(0.7, 1)),
     # one process per model side by side on one GPU (python -m benchmarks.parallel): defaults and seed spread
     "gpu": Settings(steps=1200, batch_size=128, samples=1000, sampling_steps=50, curve_points=4),
