@@ -81,7 +81,6 @@ def equal_time_pairs(runs: list[dict[str, Any]], spread: dict[str, Any]) -> list
         pairs.append({
             "run": run,
             "matched": matched,
-            "share": run["equal_time"][2],
             "time_ratio": run["train_seconds"] / matched["train_seconds"],
             "as_good": at_least_as_good(run, matched, spread),
         })  # fmt: skip

@@ -221,7 +221,9 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
     recognizer = DigitRecognizer(seed=settings.seed, training_digits=len(train_images))
     reference = frechet_and_kid(real, train_images[: settings.samples], feature_net)
     reference["recognisable"] = recognizer.confident_share(real)
+    photos = photo_patches(64, settings.resolution, settings.seed)  # the denoising test's photo patches
     rows: dict[str, dict[str, Any]] = {}
+    results: dict[str, Any] = {}
     for variant in chosen:
         steps = variant_steps(variant, rows, settings)
         interval = max(1, steps // settings.curve_points)
@@ -252,7 +254,6 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
                 point.update(evaluate(model, noise_config, real, feature_net, recognizer, settings))
             curve.append(point)
         flops_per_call = count_forward_flops(unet)
-        photos = photo_patches(64, settings.resolution, settings.seed)
         final = curve[-1] if curve else evaluate(unet, noise_config, real, feature_net, recognizer, settings)
         print(f"{variant.name}: {json.dumps(final)}", flush=True)
         rows[variant.name] = {
@@ -270,8 +271,9 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
             "denoise_digits": denoise_scores(unet, noise_config, real[:64], settings) if variant.denoise else None,
             "denoise_photos": denoise_scores(unet, noise_config, photos, settings) if variant.denoise else None,
         }  # fmt: skip
-        write_results(results_path, mode, settings, reference, list(rows.values()))  # after each model: kept on a stop
-    return json.loads(results_path.read_text())
+        # after each model, so that a stopped run keeps the finished ones
+        results = write_results(results_path, mode, settings, reference, list(rows.values()))
+    return results
 
 
 def finished_run(result: TrainingResult, model_type: str) -> TrainingResult:
@@ -286,7 +288,8 @@ def finished_run(result: TrainingResult, model_type: str) -> TrainingResult:
     return result
 
 
-def write_results(path: Path, mode: str, settings: Settings, reference: dict, runs: list[dict]) -> None:
+def write_results(path: Path, mode: str, settings: Settings, reference: dict, runs: list[dict]) -> dict[str, Any]:
+    """Write the results of `runs` so far to `path` (atomically) and return them."""
     result = {
         "mode": mode,
         "settings": asdict(settings),
@@ -299,3 +302,4 @@ def write_results(path: Path, mode: str, settings: Settings, reference: dict, ru
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_text(path, json.dumps(result, indent=2))
+    return result
