@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import torch
-from diffusers import UNet2DModel
 
 from diffusers_cunet import ContinuousUNet2DModel
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from diffusers_cunet.preconditioned_unet_2d import PreconditionedUNet2DModel
 from training.checkpointing import EMA_FOLDER
 
 
@@ -28,8 +28,9 @@ def sample(unet, scheduler, count: int, steps: int, seed: int) -> tuple[torch.Te
 
 
 def model_class(model_type: str) -> type:
-    """The model class of a benchmark's `model_type`: "cunet" or "unet2d"."""
-    return ContinuousUNet2DModel if model_type == "cunet" else UNet2DModel
+    """The model class of a benchmark's `model_type`: "cunet" or "unet2d" (which loads DDPM-style and EDM-trained
+    UNet2DModels alike)."""
+    return ContinuousUNet2DModel if model_type == "cunet" else PreconditionedUNet2DModel
 
 
 def load_ema(checkpoint: Path, model_type: str):

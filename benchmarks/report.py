@@ -334,10 +334,17 @@ def momentum_report(momentum_result: dict[str, Any], results: Path) -> list[str]
     return momentum_section(momentum_result, ablation)
 
 
+def fashion_report(fashion_result: dict[str, Any], results: Path) -> list[str]:
+    from .fashion_report import section as fashion_section
+
+    return fashion_section(fashion_result, results)
+
+
 # The report, in order: each section is written when its results file is in the results folder.
 SECTIONS = (
     ("cost.json", cost_report),
     ("gpu.json", gpu_report),
+    ("fashion.json", fashion_report),
     ("quality.json", quality_report),
     ("step_search.json", step_search_report),
     ("momentum.json", momentum_report),

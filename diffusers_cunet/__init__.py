@@ -1,6 +1,7 @@
 """diffusers-cunet: the continuous U-Net (arXiv 2310.20092) as a Hugging Face diffusers model."""
 
 from .objectives import DDPMObjective, EDMObjective
+from .preconditioned_unet_2d import PreconditionedUNet2DModel
 from .preconditioning import EDMPreconditioning, FDMPreconditioning
 from .solvers import SolverConfig
 from .unet_continuous_2d import ContinuousUNet2DModel, ContinuousUNet2DOutput
@@ -13,6 +14,7 @@ __all__ = [
     "EDMObjective",
     "EDMPreconditioning",
     "FDMPreconditioning",
+    "PreconditionedUNet2DModel",
     "SolverConfig",
     "__version__",
 ]

@@ -14,6 +14,7 @@ from typing import Any
 
 import diffusers
 
+from diffusers_cunet.preconditioned_unet_2d import PreconditionedUNet2DModel
 from diffusers_cunet.unet_continuous_2d import ContinuousUNet2DModel
 
 from .code_files import code_file_problems
@@ -78,6 +79,8 @@ def component_class(index: dict[str, Any], name: str, index_path: Path) -> type:
     library, class_name = entry
     if class_name == MODEL_CLASS:  # whichever module the folder names: the installed class serves
         return ContinuousUNet2DModel
+    if class_name == PreconditionedUNet2DModel.__name__:  # the EDM-trained baseline
+        return PreconditionedUNet2DModel
     if library == "diffusers" and hasattr(diffusers, class_name):
         return getattr(diffusers, class_name)
     raise ValueError(f"{index_path} names {name} = {entry}: neither a ContinuousUNet2DModel nor a diffusers class.")

@@ -61,5 +61,6 @@ def unet2d_config(
 # Baselines "of similar role" to our presets: the same widths, two residual blocks per level.
 UNET2D_PRESETS: dict[str, dict[str, Any]] = {
     "digits-16": unet2d_config(16, 1, (32, 64, 128)),
+    "fashion-32": unet2d_config(32, 1, (32, 64, 128)),
     "cifar10-32": dict(DDPM_CIFAR10_CONFIG),
 }

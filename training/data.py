@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from training import fashion_mnist
+
 IMAGE_COLUMN_CANDIDATES = ("image", "img", "images", "pixel_values")
 INDEX_COLUMN = "_example_index"
 
@@ -49,8 +51,10 @@ def load_image_dataset(
     train_data_dir: str | None = None,
     split: str = "train",
     cache_dir: str | None = None,
+    fashion_mnist_dir: str | None = None,
 ):
     """Load the training images: `train_data_dir` (an `imagefolder`), else `dataset_name`, else the digits.
+    `fashion_mnist` is read from local IDX files where they are found (`training.fashion_mnist`), else from the Hub.
 
     Raises:
         ValueError: if the folder is missing or empty, or the data set cannot be loaded (the message says which).
@@ -66,6 +70,8 @@ def load_image_dataset(
             raise ValueError(f"Could not read images from --train_data_dir {train_data_dir!r}: {error}") from error
     elif dataset_name is None or dataset_name == "digits":
         return digits_dataset()
+    elif dataset_name in fashion_mnist.HUB_NAMES and fashion_mnist.local_folder(fashion_mnist_dir) is not None:
+        return fashion_mnist.fashion_mnist_dataset(split, fashion_mnist_dir)
     else:
         try:
             dataset = datasets.load_dataset(dataset_name, dataset_config_name, cache_dir=cache_dir, split=split)
@@ -159,6 +165,19 @@ def resize_short_side(image: Image.Image, size: int) -> Image.Image:
     return image.resize(new_size, resample=Image.Resampling.BICUBIC)
 
 
+IMAGE_FITS = ("resize", "pad")
+
+
+def pad_to_fit(image: Image.Image, size: int) -> Image.Image:
+    """`image` centred on a black canvas at least `size` wide and high (unchanged if it is already)."""
+    width, height = image.size
+    if width >= size and height >= size:
+        return image
+    canvas = Image.new(image.mode, (max(width, size), max(height, size)))
+    canvas.paste(image, ((canvas.width - width) // 2, (canvas.height - height) // 2))
+    return canvas
+
+
 class ImageTransform:
     """Resize, crop, flip and normalise a batch of PIL images to a `(batch, channels, size, size)` tensor.
 
@@ -170,6 +189,8 @@ class ImageTransform:
         random_flip (`bool`): flip horizontally with probability 1/2.
         class_column (`str`, *optional*): column of integer class labels to pass through as `class_labels`.
         seed (`int`): seed of the augmentations; see the module docstring.
+        fit (`str`): how an image of another size comes to `resolution`: "resize" (short side, bicubic) or "pad"
+            (a smaller image is centred on a black canvas, a larger one cropped: no resampling, every pixel kept).
     """
 
     def __init__(
@@ -181,9 +202,13 @@ class ImageTransform:
         random_flip: bool = False,
         class_column: str | None = None,
         seed: int = 0,
+        fit: str = "resize",
     ):
         if channels not in (1, 3):
             raise ValueError(f"Images must have 1 or 3 channels, got {channels}.")
+        if fit not in IMAGE_FITS:
+            raise ValueError(f"fit must be one of {IMAGE_FITS}, got {fit!r}.")
+        self.fit = fit
         self.resolution = resolution
         self.mode = "L" if channels == 1 else "RGB"
         self.image_column = image_column
@@ -197,7 +222,8 @@ class ImageTransform:
         return np.random.default_rng([self.seed, self.epoch, index])
 
     def image_to_tensor(self, image: Image.Image, index: int) -> torch.Tensor:
-        image = resize_short_side(image.convert(self.mode), self.resolution)
+        image = image.convert(self.mode)
+        image = pad_to_fit(image, self.resolution) if self.fit == "pad" else resize_short_side(image, self.resolution)
         width, height = image.size
         rng = self._generator(index) if (not self.center_crop or self.random_flip) else None
         if self.center_crop:
@@ -317,6 +343,7 @@ def load_training_images(args, warn: Callable[[str], None] | None = None) -> Tra
         args.train_data_dir,
         args.split,
         args.cache_dir,
+        args.fashion_mnist_dir,
     )
     image_column = find_image_column(dataset.column_names, args.image_column)
     n_classes = num_classes(dataset, args.class_column) if args.class_column else None
@@ -325,7 +352,22 @@ def load_training_images(args, warn: Callable[[str], None] | None = None) -> Tra
     source = args.train_data_dir or args.dataset_name
     dataset = drop_unreadable_images(dataset, image_column, args.skip_bad_images, source, warn=warn)
     held_out = None
-    if args.held_out_samples:
+    if args.held_out_samples and args.held_out_split:  # the first N of another split, e.g. the test images
+        other = load_image_dataset(
+            None if args.train_data_dir else args.dataset_name,
+            args.dataset_config_name,
+            args.train_data_dir,
+            args.held_out_split,
+            args.cache_dir,
+            args.fashion_mnist_dir,
+        )
+        if args.held_out_samples > len(other):
+            raise ValueError(
+                f"--held_out_samples {args.held_out_samples}: split {args.held_out_split!r} of {source} "
+                f"has only {len(other)} examples."
+            )
+        held_out = other.select(range(args.held_out_samples))
+    elif args.held_out_samples:
         if args.held_out_samples >= len(dataset):
             raise ValueError(
                 f"--held_out_samples {args.held_out_samples} leaves nothing to train on: {source} has "
@@ -355,6 +397,7 @@ def make_dataloader(images: TrainingImages, resolution: int, channels: int, args
         args.random_flip,
         args.class_column,
         seed=args.seed,
+        fit=args.image_fit,
     )
     train_data = prepare_dataset(images.dataset, transform)
     loader = torch.utils.data.DataLoader(

@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 from diffusers_cunet.objectives import EDMObjective, Objective
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.pipelines.scheduler_support import loading_advice
+from training.fashion_scores import NEIGHBOURS
 from training.hub import upload_or_explain
 from training.model_card import render_model_card
 
@@ -129,6 +130,36 @@ def run_metrics(args, record: RunRecord, images: torch.Tensor, in_channels: int)
     return metrics
 
 
+def judge_metrics(model, objective: Objective, args) -> dict[str, Any]:
+    """Fashion-MNIST scores of `--score_samples` samples (the sample grid's sampler and steps) against the test
+    images, each with its sample size, and the floor at the same size (real training images)."""
+    from training.fashion_judge import load_judge
+    from training.fashion_mnist import split_tensors
+    from training.fashion_scores import generate, judge_features, sample_scores
+
+    logger.info("Scoring %d samples against the Fashion-MNIST test images ...", args.score_samples)
+    judge = load_judge()
+    test_images, _ = split_tensors("test", args.fashion_mnist_dir)
+    pipeline = ContinuousUNetPipeline(unet=model, scheduler=objective.sampling_scheduler(model))
+    samples, seconds = generate(pipeline, args.score_samples, args.validation_inference_steps, args.seed)
+    test_features = judge_features(judge, test_images)
+    scores = sample_scores(judge, None, samples, real_features=test_features)
+    real_samples = split_tensors("train", args.fashion_mnist_dir)[0][: len(samples)]
+    floor = sample_scores(judge, None, real_samples, real_features=test_features)
+    where = f"{len(samples)} samples vs {len(test_images)} test images"
+    return {
+        f"FID ({where}; judge features)": round(scores["fid"], 3),
+        "FID floor (as many real training images)": round(floor["fid"], 3),
+        f"KID ({where})": round(scores["kid_mean"], 5),
+        f"precision / recall (k={NEIGHBOURS}, {len(samples)} vs {len(samples)})": (
+            f"{scores['precision']:.3f} / {scores['recall']:.3f}"
+        ),
+        "confidently recognised garments (judge p >= 0.9)": f"{scores['confident']} of {len(samples)}",
+        "garment classes among them": f"{scores['classes_found']} of 10",
+        "sampling time per image (s)": round(seconds, 4),
+    }
+
+
 def training_settings(args, objective: Objective, record: RunRecord, accelerator, resolution: int) -> dict[str, Any]:
     """The card's "Training" table."""
     return {
@@ -172,6 +203,8 @@ def export_run(
     grid_path = output_dir / "samples.png"
     grid.save(grid_path)
     metrics = run_metrics(args, record, images, model.config.in_channels)
+    if args.score_samples:
+        metrics.update(judge_metrics(model, objective, args))
     summary = {"training_data": args.train_data_dir or args.dataset_name, "objective": objective.to_config(),
                "metrics": metrics, "loss_history": record.history, "held_out_error": record.held_out}  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))

@@ -53,13 +53,13 @@ from training.held_out import HeldOutError
 from training.hub import check_hub_access
 from training.launcher import warn_if_fewer_processes
 from training.model_setup import (
-    MODEL_CLASSES,
     build_model,
     check_resolution,
     compile_in_place,
     data_channels,
     make_objective,
     model_arguments,
+    model_class_for,
 )
 
 logger = logging.getLogger("diffusers_cunet.train")
@@ -140,7 +140,7 @@ def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingRe
     images = load_training_images(args, warn=logger.warning)
     model_config = model_arguments(args, images.num_classes, data_channels(args, images.dataset, images.image_column))
     check_resolution(model_config["sample_size"], model_config)
-    model_class = MODEL_CLASSES[args.model_type]
+    model_class = model_class_for(args)
     set_seed(args.seed)  # before the model: identical initial weights in every run and every process
     unet = build_model(model_class, model_config, args.model_config)  # validates architecture and solver
     if args.torch_compile:
@@ -252,7 +252,8 @@ def make_held_out_error(args: argparse.Namespace, images: TrainingImages, config
     if images.held_out is None:
         return None
     transform = ImageTransform(config.sample_size, config.in_channels, images.image_column, center_crop=True,
-                               random_flip=False, class_column=args.class_column, seed=args.seed)  # fmt: skip
+                               random_flip=False, class_column=args.class_column, seed=args.seed,
+                               fit=args.image_fit)  # fmt: skip
     tensors, labels = image_tensors(images.held_out, transform)
     return HeldOutError(tensors, labels, seed=args.seed)
 

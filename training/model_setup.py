@@ -15,12 +15,21 @@ from diffusers_cunet import ContinuousUNet2DModel
 from diffusers_cunet.acceleration import check_capturable
 from diffusers_cunet.noise_schedule import make_noise_scheduler
 from diffusers_cunet.objectives import DDPMObjective, EDMObjective, Objective
+from diffusers_cunet.preconditioned_unet_2d import PreconditionedUNet2DModel
 from diffusers_cunet.presets import preset_config
 from training.baselines import UNET2D_PRESETS, unet2d_config
 from training.data import infer_channels
 from training.options import names_with_hints
 
 MODEL_CLASSES = {"cunet": ContinuousUNet2DModel, "unet2d": UNet2DModel}
+
+
+def model_class_for(args: argparse.Namespace) -> type:
+    """The class a run builds: an EDM-trained UNet2DModel records its preconditioning, as a cUNet does; a
+    DDPM-style one stays diffusers' own class (so `DDPMPipeline` and any diffusers code load it)."""
+    if args.model_type == "unet2d" and args.preconditioning != "none":
+        return PreconditionedUNet2DModel
+    return MODEL_CLASSES[args.model_type]
 
 
 def data_channels(args: argparse.Namespace, dataset, image_column: str) -> int:
@@ -31,7 +40,7 @@ def data_channels(args: argparse.Namespace, dataset, image_column: str) -> int:
 def model_arguments(args: argparse.Namespace, n_classes: int | None, channels: int | None = None) -> dict[str, Any]:
     cunet = args.model_type == "cunet"
     config = preset_config(args.model_preset) if cunet else dict(UNET2D_PRESETS[args.model_preset])
-    model_class = MODEL_CLASSES[args.model_type]
+    model_class = model_class_for(args)
     user_config = read_model_config(args.model_config, model_class) if args.model_config is not None else {}
     if channels is not None and "in_channels" not in user_config:
         config.update(in_channels=channels, out_channels=channels)

@@ -18,6 +18,8 @@ import yaml
 from diffusers_cunet.noise_schedule import BETA_SCHEDULES, PREDICTION_TYPES
 from diffusers_cunet.preconditioning import PRECONDITIONING_TYPES
 from diffusers_cunet.presets import PRESETS
+from training.data import IMAGE_FITS
+from training.fashion_mnist import HUB_NAMES as FASHION_NAMES
 
 MODEL_TYPES = ("cunet", "unet2d")
 DESCRIPTION = """Train a continuous U-Net (ContinuousUNet2DModel) on a `datasets` image set.
@@ -37,12 +39,25 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     data = p.add_argument_group("data")
     data.add_argument("--dataset_name", default="digits", help="Hub data set name, or 'digits' (embedded).")
     data.add_argument("--dataset_config_name", default=None)
+    data.add_argument(
+        "--fashion_mnist_dir",
+        default=None,
+        help="Folder of Fashion-MNIST's four IDX files for --dataset_name fashion_mnist (default: $FASHION_MNIST_DIR, "
+        "else Debian's /usr/share/datasets/fashion-mnist; the Hub when neither has them).",
+    )
     data.add_argument("--train_data_dir", default=None, help="Local image folder (datasets' imagefolder).")
     data.add_argument("--split", default="train")
     data.add_argument("--cache_dir", default=None)
     data.add_argument("--image_column", default=None, help="Image column; found automatically if omitted.")
     data.add_argument("--class_column", default=None, help="Column of class labels: trains class-conditionally.")
     data.add_argument("--resolution", type=int, default=None, help="Image size; the model's sample_size if omitted.")
+    data.add_argument(
+        "--image_fit",
+        choices=IMAGE_FITS,
+        default="resize",
+        help="resize: the short side to --resolution (bicubic); pad: smaller images centred on black, larger ones "
+        "cropped, no resampling (Fashion-MNIST's 28x28 -> 32x32).",
+    )
     data.add_argument("--center_crop", action=argparse.BooleanOptionalAction, default=True)
     data.add_argument("--random_flip", action=argparse.BooleanOptionalAction, default=False)
     data.add_argument("--max_train_samples", type=int, default=None)
@@ -50,8 +65,14 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
         "--held_out_samples",
         type=int,
         default=0,
-        help="Keep the last N examples out of training and report the EMA model's denoising error on them at fixed "
-        "noise levels (at the start, at every validation and at the end): a low-noise quality signal.",
+        help="Keep N examples out of training (the last N, or the first N of --held_out_split) and report the EMA "
+        "model's denoising error on them at fixed noise levels (at the start, at every validation and at the end): "
+        "a low-noise quality signal.",
+    )
+    data.add_argument(
+        "--held_out_split",
+        default=None,
+        help="Take the --held_out_samples examples from this split (e.g. test), not from the end of the training one.",
     )
     data.add_argument(
         "--skip_bad_images",
@@ -167,6 +188,13 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     out.add_argument("--validation_steps", type=int, default=500, help="Sample a grid every N steps (0: only at end).")
     out.add_argument("--num_validation_images", type=int, default=64)
     out.add_argument("--validation_inference_steps", type=int, default=50, help="DDIM steps for sample grids.")
+    out.add_argument(
+        "--score_samples",
+        type=int,
+        default=0,
+        help="Fashion-MNIST: at the end, score this many samples against the 10,000 test images in the committed "
+        "judge's features (FID, KID, precision/recall, classes found) for metrics.json and the card (0: off).",
+    )
     out.add_argument("--checkpointing_steps", type=int, default=500)
     out.add_argument("--checkpoints_total_limit", type=int, default=2)
     out.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder.")
@@ -263,6 +291,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--config {first.config!r} does not exist.")
         argv = config_tokens(parser, path) + argv  # later tokens win: the command line overrides the file
     args = parser.parse_args(argv)
+    if args.score_samples < 0:
+        parser.error(f"--score_samples must be >= 0, got {args.score_samples}.")
+    if args.score_samples and (args.train_data_dir or args.dataset_name not in FASHION_NAMES):
+        parser.error("--score_samples needs --dataset_name fashion_mnist: the judge knows only Fashion-MNIST.")
     if args.held_out_samples < 0:
         parser.error(f"--held_out_samples must be >= 0, got {args.held_out_samples}.")
     positive = ["train_batch_size", "max_train_steps", "gradient_accumulation_steps", "num_validation_images"]
@@ -277,8 +309,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     else:
         if args.prediction_type != "epsilon":
             parser.error("--prediction_type applies to DDPM-style training (--preconditioning none) only.")
-        if args.model_type != "cunet":
-            parser.error("--preconditioning edm|edm-fdm is recorded in the ContinuousUNet2DModel config: cunet only.")
         if args.fdm_normalize_input and args.preconditioning != "edm-fdm":
             parser.error("--fdm_normalize_input applies to --preconditioning edm-fdm only.")
         if args.loss_weight_warmup_steps is None:

@@ -1,0 +1,253 @@
+"""Fashion-MNIST decides the quality claims: cUNets against diffusers' UNet2DModel, each pair on one objective,
+scored by FID, KID, precision/recall and class coverage in the committed judge's features (`training.fashion_judge`)
+against the 10,000 test images, with the floor (as many real training images) beside them.
+
+    python -m benchmarks.fashion --mode cpu        # 2 CPU cores, ~95 min: x1 pairs (EDM, two seeds; DDPM-style),
+                                                   # x0.5 pair, an equal-time cUNet, EDM-FDM, a sampler-step sweep
+    python -m benchmarks.fashion --mode tiny       # seconds: the smoke test
+    python -m benchmarks.parallel --benchmark fashion   # gpu mode, one process per model side by side
+
+The data comes from the local IDX files (`training.fashion_mnist`; Debian's `dataset-fashion-mnist`, or
+`--fashion_mnist_dir` / `$FASHION_MNIST_DIR`). Runs go to outputs/bench/fashion-<mode>/; a stopped benchmark started
+again resumes each model from its latest checkpoint and reads finished ones back. Results: fashion.json (+ plots)
+in outputs/benchmarks/results/ (with --publish: the tracked benchmarks/results/ and BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from diffusers import DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler
+
+from diffusers_cunet.atomic_write import replace_text
+from diffusers_cunet.flops import count_forward_flops, count_parameters
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from diffusers_cunet.pipelines.scheduler_support import EDM_SCHEDULERS
+from training.checkpointing import checkpoint_step, list_checkpoints
+from training.fashion_judge import judge_metadata, load_judge
+from training.fashion_mnist import split_tensors
+from training.fashion_scores import generate, judge_features, sample_scores
+from training.loop import train
+from training.options import make_config
+
+from . import paths
+from .common import load_ema
+from .quality import Variant, finished_run, scored_steps, variant_steps, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_FILE = "fashion.json"
+
+
+@dataclass
+class FashionVariant(Variant):
+    """A model of the comparison; `curve`: also scored at the mode's intermediate fractions of training;
+    `sweep`: also sampled at these sampler step counts (FID against sampling time)."""
+
+    curve: bool = False
+    sweep: tuple[int, ...] = ()
+
+
+@dataclass
+class FashionSettings:
+    steps: int
+    batch_size: int
+    samples: int  # generated images scored against the test images
+    sampling_steps: int = 20  # DPM-Solver++ (EDM's for EDM-trained models, diffusers' for DDPM-style ones)
+    scored_fractions: tuple[float, ...] = (0.5, 1.0)  # for `curve` variants; the others at the end only
+    checkpoints: int = 4  # held-out error at each
+    held_out: int = 256  # test images of the held-out denoising error
+    test_images: int = 10_000  # real images FID/KID are measured against
+    learning_rate: float = 1e-3
+    max_train_samples: int | None = None
+    sample_batch: int = 250
+    seed: int = 0
+
+
+MODES = {
+    "tiny": FashionSettings(
+        steps=4,
+        batch_size=8,
+        samples=24,
+        sampling_steps=3,
+        scored_fractions=(0.5, 1.0),
+        checkpoints=2,
+        held_out=8,
+        test_images=48,
+        max_train_samples=256,
+    ),  # fmt: skip
+    # one CPU run each, most important first (a stopped run keeps the finished models): ~0.53 epoch per model
+    "cpu": FashionSettings(steps=500, batch_size=64, samples=2000),
+    # trained far longer, 10,000 samples: one process per model side by side on one GPU
+    "gpu": FashionSettings(
+        steps=12_000, batch_size=128, samples=10_000, scored_fractions=(0.35, 0.7, 1.0), checkpoints=10, held_out=1000
+    ),  # fmt: skip
+}
+EDM, FDM, DDPM = {"preconditioning": "edm"}, {"preconditioning": "edm-fdm"}, {}
+EULER1 = ("euler", 1)
+
+
+def variants(mode: str) -> list[FashionVariant]:
+    if mode == "tiny":
+        return [
+            FashionVariant("cunet-x1-edm", "cunet", (16, 32), EULER1, EDM, curve=True, sweep=(2,)),
+            FashionVariant("unet2d-x1-edm", "unet2d", (16, 32), None, EDM),
+            FashionVariant(
+                "cunet-x1-edm-equal-time",
+                "cunet",
+                (16, 32),
+                EULER1,
+                EDM,
+                equal_time=("cunet-x1-edm", "unet2d-x1-edm", 1.0),
+            ),  # fmt: skip
+        ]
+    x1, half, wide = (32, 64, 128), (16, 32, 64), (48, 96, 192)
+    out = [
+        FashionVariant("cunet-x1-edm", "cunet", x1, EULER1, EDM, curve=True, sweep=(10,)),
+        FashionVariant("unet2d-x1-edm", "unet2d", x1, None, EDM, curve=True, sweep=(10,)),
+        FashionVariant("cunet-x1-edm-s1", "cunet", x1, EULER1, EDM, seed=1),
+        FashionVariant("unet2d-x1-edm-s1", "unet2d", x1, None, EDM, seed=1),
+        # trained separately for the UNet2DModel's measured seconds (its own warm-up and cosine schedule)
+        FashionVariant(
+            "cunet-x1-edm-equal-time", "cunet", x1, EULER1, EDM, equal_time=("cunet-x1-edm", "unet2d-x1-edm", 1.0)
+        ),  # fmt: skip
+        FashionVariant("cunet-x1-edm-fdm", "cunet", x1, EULER1, FDM, curve=True),
+        FashionVariant("cunet-x1-ddpm", "cunet", x1, EULER1, DDPM),
+        FashionVariant("unet2d-x1-ddpm", "unet2d", x1, None, DDPM),
+        FashionVariant("cunet-x0.5-edm", "cunet", half, EULER1, EDM),
+        FashionVariant("unet2d-x0.5-edm", "unet2d", half, None, EDM),
+    ]
+    if mode == "gpu":
+        out += [
+            FashionVariant("cunet-x1.5-edm", "cunet", wide, EULER1, EDM),
+            FashionVariant("unet2d-x1.5-edm", "unet2d", wide, None, EDM),
+            FashionVariant("cunet-x1-edm-fdm-s1", "cunet", x1, EULER1, FDM, seed=1, curve=True),
+        ]
+        for variant in out:
+            variant.sweep = (10, 50)
+    return out
+
+
+def sampler(noise_config: dict[str, Any], steps: int):
+    """DPM-Solver++ for the model's objective: EDM's for an EDM-trained model, diffusers' on a DDPM-style model's
+    own schedule otherwise (the same solver family, so a pair is sampled alike)."""
+    if noise_config.get("_class_name") in EDM_SCHEDULERS:
+        return EDMDPMSolverMultistepScheduler.from_config(noise_config)
+    return DPMSolverMultistepScheduler.from_config(noise_config)
+
+
+def evaluate(unet, noise_config, steps: int, test_features, judge, settings: FashionSettings) -> dict[str, Any]:
+    """The scores of `settings.samples` samples drawn in `steps` sampler steps, and the sampling time per image."""
+    pipeline = ContinuousUNetPipeline(unet=unet.eval(), scheduler=sampler(noise_config, steps))
+    images, seconds = generate(pipeline, settings.samples, steps, settings.seed, settings.sample_batch)
+    scores = sample_scores(judge, None, images, real_features=test_features)
+    scores.update(sampling_steps=steps, sampling_s_per_image=seconds)
+    return scores
+
+
+def train_options(variant: FashionVariant, steps: int, settings: FashionSettings, output: Path) -> dict[str, Any]:
+    interval = max(1, steps // settings.checkpoints)
+    return dict(
+        output_dir=output, dataset_name="fashion_mnist", image_fit="pad", model_preset="fashion-32",
+        held_out_samples=settings.held_out, held_out_split="test", max_train_samples=settings.max_train_samples,
+        train_batch_size=settings.batch_size, max_train_steps=steps, learning_rate=settings.learning_rate,
+        lr_warmup_steps=max(1, steps // 20), checkpointing_steps=interval, checkpoints_total_limit=100,
+        validation_steps=0, num_validation_images=64, validation_inference_steps=settings.sampling_steps,
+        report_to="none", logging_steps=10, resume_from_checkpoint="latest", **variant.train_options(),
+    )  # fmt: skip
+
+
+def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None = None) -> dict[str, Any]:
+    """Train and score the models of `mode` (those named in `only`, if given) and write `results_path` after each."""
+    settings = MODES[mode]
+    names = [variant.name for variant in variants(mode)]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        raise ValueError(f"No {mode}-mode models named {unknown}; they are {names}.")
+    chosen = [variant for variant in variants(mode) if not only or variant.name in only]
+    judge = load_judge()
+    test_images = split_tensors("test")[0][: settings.test_images]
+    train_images = split_tensors("train")[0]
+    test_features = judge_features(judge, test_images)
+    reference = sample_scores(judge, None, train_images[: settings.samples], real_features=test_features)
+    print(f"floor (real training images vs test): {json.dumps(reference)}", flush=True)
+    rows: dict[str, dict[str, Any]] = {}
+    if results_path.exists():  # models of an earlier, partial run of this benchmark (--only runs add to it)
+        previous = json.loads(results_path.read_text())
+        if previous.get("mode") == mode:
+            rows = {row["name"]: row for row in previous["runs"]}
+    results: dict[str, Any] = {}
+    for variant in chosen:
+        steps = variant_steps(variant, rows, settings)
+        output = output_root / variant.name
+        print(f"\n=== training {variant.name} ({steps} steps) ===", flush=True)
+        result = train(make_config(**train_options(variant, steps, settings, output)))
+        if result.already_done:
+            result = finished_run(result, variant.model_type)
+        unet = result.unet.eval()
+        noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
+        held_out = {entry["step"]: entry["mean"] for entry in result.held_out_error}
+        checkpoints = {checkpoint_step(c): c for c in list_checkpoints(output)}
+        scored = scored_steps(sorted(checkpoints), steps, settings.scored_fractions if variant.curve else (1.0,))
+        curve = []
+        for step, checkpoint in sorted(checkpoints.items()):
+            point = {"step": step, "train_seconds": result.train_seconds * step / steps,
+                     "held_out_error": held_out.get(step)}  # fmt: skip
+            if step in scored:
+                model = unet if step == steps else load_ema(checkpoint, variant.model_type)
+                point.update(evaluate(model, noise_config, settings.sampling_steps, test_features, judge, settings))
+                print(f"{variant.name} step {step}: FID {point['fid']:.2f}", flush=True)
+            curve.append(point)
+        final = curve[-1]
+        sweep = [evaluate(unet, noise_config, n, test_features, judge, settings) for n in variant.sweep]
+        flops = count_forward_flops(unet)
+        rows[variant.name] = {
+            **asdict(variant),
+            "steps": steps,
+            "params": count_parameters(unet),
+            "gflops_per_call": flops / 1e9,
+            "train_seconds": result.train_seconds,
+            "train_images_per_s": result.images_per_second,
+            "final_loss": result.final_loss,
+            "held_out_error": result.held_out_error[-1]["mean"],
+            "final": final,
+            "curve": curve,
+            "sweep": sorted([final, *sweep], key=lambda point: point["sampling_steps"]),
+            "samples_grid": str(paths.shown(output / "samples.png")),
+        }
+        print(f"{variant.name}: FID {final['fid']:.2f} (floor {reference['fid']:.2f})", flush=True)
+        results = write_results(results_path, mode, settings, reference, list(rows.values()))
+        results["judge"] = judge_metadata()
+        replace_text(results_path, json.dumps(results, indent=2))
+    return results
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from . import report
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
+    paths.add_publish_option(parser)
+    parser.add_argument("--results", type=Path, default=None, help="results folder (overrides --publish)")
+    parser.add_argument("--report", type=Path, default=None, help="report file (overrides --publish)")
+    parser.add_argument("--runs", type=Path, default=None, help="where the training runs go")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="train and score only these models")
+    args = parser.parse_args(argv)
+    results = args.results or paths.results_dir(args.publish)
+    results.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    run(args.mode, args.runs or ROOT / "outputs" / "bench" / f"fashion-{args.mode}", results / RESULTS_FILE, args.only)
+    command = f"python -m benchmarks.fashion --mode {args.mode}" + (" --publish" if args.publish else "")
+    path = report.write(results, args.report or paths.report_path(args.publish), command)
+    print(f"\nFashion-MNIST benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s; report: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()

@@ -1,0 +1,54 @@
+"""diffusers' `UNet2DModel` with a `preconditioning` entry in its config: the baseline trained with EDM.
+
+A cUNet records the EDM / EDM-FDM preconditioning its weights were trained with in its config, and the pipelines,
+objectives and schedulers read it from `model.preconditioning`. This subclass gives the `UNet2DModel` the same
+entry and nothing else (forward, blocks and weights are diffusers'), so a cUNet-vs-UNet2DModel pair can share its
+objective. Its constructor takes every `UNet2DModel` argument of the installed diffusers, plus `preconditioning`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from diffusers import UNet2DModel
+from diffusers.configuration_utils import register_to_config
+
+from .preconditioning import EDMPreconditioning, preconditioning_from_config
+
+__all__ = ["PreconditionedUNet2DModel"]
+
+
+def _init(self, *args: Any, preconditioning: dict[str, Any] | None = None, **unet_arguments: Any) -> None:
+    built = preconditioning_from_config(preconditioning)  # checked before any weight is allocated
+    UNet2DModel.__init__(self, *args, **unet_arguments)
+    self._preconditioning = built
+    # the normalised form (every field spelled out), as ContinuousUNet2DModel records it
+    self.register_to_config(preconditioning=None if built is None else built.to_config())
+
+
+# The config *is* the constructor signature (diffusers reads it to save and load): UNet2DModel's, plus one argument.
+_base = inspect.signature(UNet2DModel.__init__)
+_init.__signature__ = _base.replace(
+    parameters=[
+        *_base.parameters.values(),
+        inspect.Parameter("preconditioning", inspect.Parameter.KEYWORD_ONLY, default=None),
+    ]
+)
+
+
+class PreconditionedUNet2DModel(UNet2DModel):
+    """A `UNet2DModel` whose config records the EDM-style preconditioning its weights were trained with.
+
+    Args:
+        preconditioning (`dict`, *optional*): e.g. `{"type": "edm", "sigma_data": 0.5}` (see
+            `diffusers_cunet.preconditioning`); `None` gives a plain DDPM-style `UNet2DModel`.
+        **unet_arguments: the arguments of diffusers' `UNet2DModel`.
+    """
+
+    __init__ = register_to_config(_init)
+
+    @property
+    def preconditioning(self) -> EDMPreconditioning | None:
+        """The EDM / EDM-FDM preconditioning recorded in the config, or `None` for a DDPM-style model."""
+        return self._preconditioning

@@ -1,0 +1,121 @@
+"""Sample quality on Fashion-MNIST in the committed judge's feature space (`training.fashion_judge`).
+
+- FID and KID: torchmetrics' `FrechetInceptionDistance` / `KernelInceptionDistance` on the judge's features (no
+  Inception download).
+- Precision and recall (Kynkaanniemi et al. 2019, arXiv 1904.06991): the share of samples inside the real images'
+  k-nearest-neighbour manifold (fidelity) and of real images inside the samples' (diversity).
+- Class coverage: how many of the ten classes the judge confidently finds among the samples, and the confident share.
+
+The floor of each score is the same measurement with as many real training images in place of the samples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from training.fashion_judge import FashionJudge
+
+CONFIDENT = 0.9  # the judge's probability for a sample to count as a recognisable garment
+NEIGHBOURS = 3  # k of the precision/recall manifolds (the paper's default)
+
+
+@torch.no_grad()
+def judge_features(judge: FashionJudge, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The judge's 128-d features of `images` (in [0, 1]), in float64."""
+    return torch.cat([judge(images[i : i + batch_size]).double() for i in range(0, len(images), batch_size)])
+
+
+def manifold_radii(features: torch.Tensor, k: int = NEIGHBOURS) -> torch.Tensor:
+    """Each point's distance to its k-th nearest neighbour among the others (the radius of its ball)."""
+    distances = torch.cdist(features, features)
+    return distances.kthvalue(k + 1, dim=1).values  # the 0-th neighbour is the point itself
+
+
+def in_manifold(points: torch.Tensor, manifold: torch.Tensor, radii: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    """Whether each of `points` lies within some ball of `manifold` (centres and radii)."""
+    inside = [(torch.cdist(points[i : i + chunk], manifold) <= radii[None]).any(dim=1)
+              for i in range(0, len(points), chunk)]  # fmt: skip
+    return torch.cat(inside)
+
+
+def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = NEIGHBOURS) -> dict[str, float]:
+    """Improved precision and recall of `fake` against `real` features (equal counts give the unbiased reading)."""
+    if len(real) <= k or len(fake) <= k:
+        raise ValueError(f"Precision/recall with k={k} needs more than {k} real and fake images.")
+    precision = in_manifold(fake, real, manifold_radii(real, k)).double().mean()
+    recall = in_manifold(real, fake, manifold_radii(fake, k)).double().mean()
+    return {"precision": float(precision), "recall": float(recall)}
+
+
+class _GivenFeatures(torch.nn.Identity):
+    """The "feature network" of torchmetrics' FID/KID when the judge's features are computed once beforehand."""
+
+    num_features = FashionJudge.num_features
+
+
+@torch.no_grad()
+def fid_and_kid(real: torch.Tensor, fake: torch.Tensor, kid_subset_size: int = 1000) -> dict[str, float]:
+    """FID and KID (mean, std over subsets) between `real` and `fake` judge features (torchmetrics' estimators)."""
+    import warnings
+
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    with warnings.catch_warnings():  # KID keeps every feature in memory: a few MB here
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        fid = FrechetInceptionDistance(feature=_GivenFeatures())
+        kid = KernelInceptionDistance(feature=_GivenFeatures(), subset_size=min(kid_subset_size, len(real), len(fake)))
+    for metric in (fid, kid):
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+    kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
+
+
+def class_coverage(judge: FashionJudge, images: torch.Tensor) -> dict[str, Any]:
+    """Confidently recognised samples and the classes among them, as counts beside their totals."""
+    best, confidence = judge.predict(images)
+    sure = confidence >= CONFIDENT
+    return {
+        "confident": int(sure.sum()),
+        "confident_share": float(sure.double().mean()),
+        "classes_found": len(set(best[sure].tolist())),
+        "class_counts": torch.bincount(best, minlength=10).tolist(),
+        "images": len(images),
+    }
+
+
+def sample_scores(judge: FashionJudge, real: torch.Tensor, fake: torch.Tensor,
+                  real_features: torch.Tensor | None = None) -> dict[str, Any]:  # fmt: skip
+    """Every score of `fake` samples against `real` test images (both in [0, 1], `(N, 1, 32, 32)` or 28x28):
+    FID and KID against all of `real`, precision and recall against as many real images as samples.
+    `real_features` (`judge_features(judge, real)`) saves computing them again for every model."""
+    real_features = judge_features(judge, real) if real_features is None else real_features
+    fake_features = judge_features(judge, fake)
+    scores: dict[str, Any] = fid_and_kid(real_features, fake_features)
+    count = min(len(real_features), len(fake_features))
+    scores.update(precision_recall(real_features[:count], fake_features[:count]))
+    scores.update(class_coverage(judge, fake))
+    scores["samples"] = len(fake)
+    scores["real_images"] = len(real_features)
+    return scores
+
+
+@torch.no_grad()
+def generate(pipeline, count: int, steps: int, seed: int, batch_size: int = 250) -> tuple[torch.Tensor, float]:
+    """`count` samples in [0, 1] from `pipeline` (ours, any scheduler) in batches, batch k seeded `seed + k`, and
+    the sampling seconds per image."""
+    import time
+
+    pipeline.set_progress_bar_config(disable=True)
+    images, seconds = [], 0.0
+    for k, start in enumerate(range(0, count, batch_size)):
+        size = min(batch_size, count - start)
+        begin = time.perf_counter()
+        out = pipeline(batch_size=size, num_inference_steps=steps, output_type="pt",
+                       generator=torch.Generator().manual_seed(seed + k))  # fmt: skip
+        seconds += time.perf_counter() - begin
+        images.append(out.images.cpu())
+    return torch.cat(images), seconds / count
