@@ -183,7 +183,7 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
             rows = {row["name"]: row for row in previous["runs"]}
     results: dict[str, Any] = {}
     for variant in chosen:
-        steps = variant_steps(variant, rows, settings)
+        steps = variant_steps(variant, rows, settings, time_key="train_seconds_median")
         output = output_root / variant.name
         print(f"\n=== training {variant.name} ({steps} steps) ===", flush=True)
         result = train(make_config(**train_options(variant, steps, settings, output)))
@@ -196,7 +196,7 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
         scored = scored_steps(sorted(checkpoints), steps, settings.scored_fractions if variant.curve else (1.0,))
         curve = []
         for step, checkpoint in sorted(checkpoints.items()):
-            point = {"step": step, "train_seconds": result.train_seconds * step / steps,
+            point = {"step": step, "train_seconds": result.median_step_seconds * step,
                      "held_out_error": held_out.get(step)}  # fmt: skip
             if step in scored:
                 model = unet if step == steps else load_ema(checkpoint, variant.model_type)
@@ -211,7 +211,9 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
             "steps": steps,
             "params": count_parameters(unet),
             "gflops_per_call": flops / 1e9,
-            "train_seconds": result.train_seconds,
+            "train_seconds": result.train_seconds,  # wall time of the training steps
+            # what the ratios use: the median step times the steps, robust to other work on a shared machine
+            "train_seconds_median": result.median_step_seconds * steps,
             "train_images_per_s": result.images_per_second,
             "final_loss": result.final_loss,
             "held_out_error": result.held_out_error[-1]["mean"],

@@ -135,17 +135,18 @@ def variants(mode: str) -> list[Variant]:
     return out
 
 
-def variant_steps(variant: Variant, rows: dict[str, dict[str, Any]], settings: Settings) -> int:
+def variant_steps(variant: Variant, rows: dict[str, dict[str, Any]], settings, time_key: str = "train_seconds") -> int:
     """The mode's steps, or for an equal-time variant the steps that take its share of the matched run's training
-    seconds at the measured seconds per step of the same model's run (both trained earlier in this run)."""
+    seconds (`time_key` of its row) at the measured seconds per step of the same model's run (both trained earlier
+    in this run)."""
     if variant.equal_time is None:
         return settings.steps
     same_model, matched, share = variant.equal_time
     missing = [name for name in (same_model, matched) if name not in rows]
     if missing:
         raise ValueError(f"{variant.name} is timed from {missing}: train them first (in the same run).")
-    seconds_per_step = rows[same_model]["train_seconds"] / rows[same_model]["steps"]
-    return max(1, round(share * rows[matched]["train_seconds"] / seconds_per_step))
+    seconds_per_step = rows[same_model][time_key] / rows[same_model]["steps"]
+    return max(1, round(share * rows[matched][time_key] / seconds_per_step))
 
 
 def scored_steps(steps: list[int], total: int, fractions: tuple[float, ...] | None) -> set[int]:
@@ -284,6 +285,7 @@ def finished_run(result: TrainingResult, model_type: str) -> TrainingResult:
     result.train_seconds = metrics["training wall time (s)"]
     result.images_per_second = metrics["training throughput (images/s)"]
     result.final_loss = metrics["final_loss (mean of last 10% of batches)"]
+    result.median_step_seconds = metrics.get("training time per step (median, s)", float("nan"))
     result.held_out_error = saved["held_out_error"]
     return result
 

@@ -25,7 +25,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 MODEL_MODULES = ("atomic_write", "fixed_grid", "solvers", "ode_blocks", "preconditioning", "unet_continuous_2d")
 PIPELINE_MODULES = (
     "atomic_write", "fixed_grid", "solvers", "step_schedule", "pipelines.scheduler_support",
-    "pipelines.pipeline_utils", "pipelines.hub_layout", "pipelines.pipeline_continuous_unet",
+    "pipelines.objective_bridge", "pipelines.pipeline_utils", "pipelines.hub_layout",
+    "pipelines.pipeline_continuous_unet",
 )  # fmt: skip
 
 

@@ -12,6 +12,7 @@ import inspect
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,6 +123,7 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         self._solver = self._validate_arguments(locals())  # locals(): every constructor argument, by name
         # Built once (forward checks timesteps against it); every setting, defaults included, goes to the config.
         self._preconditioning = preconditioning_from_config(preconditioning)
+        self._warned_edm_timesteps = False  # a DDPM-style model warns once about an EDM scheduler's timesteps
         if self._preconditioning is not None:
             self.register_to_config(preconditioning=self._preconditioning.to_config())
         block_out_channels = tuple(block_out_channels)
@@ -390,6 +392,15 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         sampler (e.g. `DDPMPipeline`, which never scales its inputs) would silently give wrong images."""
         preconditioning = self.preconditioning
         if preconditioning is None:
+            # no VP timestep is negative; c_noise = log(sigma) / 4 is, below sigma = 1, at the end of every EDM run
+            if timestep.is_floating_point() and bool((timestep < 0).any()) and not self._warned_edm_timesteps:
+                self._warned_edm_timesteps = True
+                warnings.warn(
+                    f"This DDPM-style model got negative timesteps ({timestep.tolist()[:4]}): an EDM scheduler's "
+                    "c_noise. Its pipeline must convert them (diffusers' DDPMPipeline cannot): sample with "
+                    "diffusers_cunet.pipelines.ContinuousUNetPipeline, which drives it with EDM schedulers too.",
+                    stacklevel=4,
+                )
             return
         low = math.log(preconditioning.sigma_min / 100) / 4
         high = math.log(preconditioning.sigma_max * 100) / 4

@@ -49,8 +49,11 @@ class ContinuousUNetPipeline(DiffusionPipeline):
 
     Args:
         unet: the denoising model.
-        scheduler: any diffusers scheduler that serves a discrete-time epsilon / v / sample model, or, for a model
-            trained with EDM / EDM-FDM preconditioning, `EDMEulerScheduler` or `EDMDPMSolverMultistepScheduler`.
+        scheduler: any supported diffusers scheduler (`scheduler_support.SUPPORTED_SCHEDULERS`: DDIM, DPM-Solver++,
+            UniPC, Euler, ...) or `EDMEulerScheduler` / `EDMDPMSolverMultistepScheduler`, whichever objective the
+            model was trained with: an EDM-trained model (`preconditioning` in its config) is driven by a discrete
+            scheduler, and a DDPM-style one by an EDM scheduler, through `objective_bridge` (the latter needs the
+            model's training schedule, `model_schedule`: the discrete scheduler the pipeline was built with).
     """
 
     model_cpu_offload_seq = "unet"
@@ -59,6 +62,11 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
         self._solver_schedule: SolverSchedule | None | object = _NOT_LOOKED_UP
+        # A DDPM-style model's training schedule (the discrete scheduler it was built or loaded with): what lets an
+        # EDM scheduler swapped in later drive it (objective_bridge). Set it by hand for a pipeline built otherwise.
+        self.model_schedule = (
+            scheduler if hasattr(scheduler, "alphas_cumprod") and not is_edm_scheduler(scheduler) else None
+        )
 
     @property
     def solver_schedule(self) -> SolverSchedule | None:

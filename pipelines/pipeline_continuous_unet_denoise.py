@@ -137,7 +137,7 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
         check_output_type(output_type)
-        check_scheduler(self.scheduler, self.unet)
+        check_scheduler(self.scheduler, self.unet, cross_objective=False)
         device = self._execution_device
         channels = self.unet.config.in_channels
         noisy = to_model_range(noisy_images, channels).to(device, self.unet.dtype)

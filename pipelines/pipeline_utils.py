@@ -9,18 +9,24 @@ import torch
 from diffusers import DiffusionPipeline
 
 from ..step_schedule import SCHEDULE_FILE, SolverStepSchedule
+from .objective_bridge import ObjectiveBridge
 from .scheduler_support import is_edm_scheduler, seed_noise_sampler, step_kwargs
 
 # `solver_schedule(step_index, timestep)` -> ODE-solver settings for that denoising step, or None.
 SolverSchedule = Callable[[int, int], Mapping[str, Any] | None]
 
 
-def run_model(unet, sample, t, labels, settings: Mapping[str, Any] | None) -> torch.Tensor:
-    """One network call, with the class labels and this denoising step's solver settings (if any)."""
+def model_kwargs(labels, settings: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The keyword arguments of a network call: class labels and this denoising step's solver settings, if any."""
     kwargs: dict[str, Any] = {} if labels is None else {"class_labels": labels}
     if settings is not None:
         kwargs["solver"] = settings
-    return unet(sample, t, **kwargs).sample
+    return kwargs
+
+
+def run_model(unet, sample, t, labels, settings: Mapping[str, Any] | None) -> torch.Tensor:
+    """One network call, with the class labels and this denoising step's solver settings (if any)."""
+    return unet(sample, t, **model_kwargs(labels, settings)).sample
 
 
 class EvaluationTally:
@@ -126,25 +132,33 @@ def load_solver_schedule(name_or_path, **options):
 
 def reverse_process(pipeline, sample, timesteps, labels, solver_schedule, generator):
     """Run `pipeline.unet` and `pipeline.scheduler` over `timesteps` from `sample`; returns the final sample and
-    the ODE function evaluations per image. The scheduler decides how its input is scaled and how a step is taken."""
+    the ODE function evaluations per image. The scheduler decides how its input is scaled and how a step is taken;
+    a model trained on the other objective (EDM vs discrete VP) is bridged to it (`objective_bridge`)."""
     scheduler, unet = pipeline.scheduler, pipeline.unet
     extra = step_kwargs(scheduler, generator)
     seed_noise_sampler(scheduler, generator)
     tally = EvaluationTally(unet)
     edm = is_edm_scheduler(scheduler)
+    bridge = ObjectiveBridge(unet, scheduler, getattr(pipeline, "model_schedule", None), timesteps)
     preconditioning = getattr(unet, "preconditioning", None) if edm else None
     # A schedule is given the integer timestep of discrete schedulers, or c_noise = log(sigma) / 4 with an EDM
     # scheduler. They are read to the host once here, not once per step (each read would stall a GPU).
     host_timesteps = timesteps.tolist() if solver_schedule is not None else None
     for i, t in enumerate(pipeline.progress_bar(timesteps)):
         model_input = scheduler.scale_model_input(sample, t)  # also advances the scheduler's step index
-        if preconditioning is not None:  # the model's own c_in: EDM's (the same as above) or FDM's momentum one
-            sigma = scheduler.sigmas[scheduler.step_index].to(sample.device)
-            model_input = (preconditioning.c_in(sigma) * sample).to(sample.dtype)
         settings = None
         if solver_schedule is not None:
             settings = solver_schedule(i, float(host_timesteps[i]) if edm else int(host_timesteps[i]))
-        prediction = run_model(unet, model_input, t, labels, settings)
+        if bridge.mode == "edm_model_vp_scheduler":
+            prediction = bridge.edm_model_for_vp(i, model_input, model_kwargs(labels, settings))
+        elif bridge.mode == "vp_model_edm_scheduler":  # EDM schedulers keep their sigmas on the CPU
+            sigma = scheduler.sigmas[scheduler.step_index]
+            prediction = bridge.vp_model_for_edm(sample, sigma, model_kwargs(labels, settings))
+        else:
+            if preconditioning is not None:  # the model's own c_in: EDM's (the same as above) or FDM's momentum one
+                sigma = scheduler.sigmas[scheduler.step_index].to(sample.device)
+                model_input = (preconditioning.c_in(sigma) * sample).to(sample.dtype)
+            prediction = run_model(unet, model_input, t, labels, settings)
         tally.add(settings)
         sample = scheduler.step(prediction, t, sample, **extra).prev_sample
     return sample, tally.total

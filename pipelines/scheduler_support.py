@@ -89,19 +89,22 @@ def is_edm_scheduler(scheduler) -> bool:
     return type(scheduler).__name__ in EDM_SCHEDULERS
 
 
-def check_scheduler(scheduler, unet=None) -> str:
-    """Return the scheduler's prediction type, or raise `ValueError` if the pipeline cannot drive it correctly
-    (for `unet`, when given: an EDM-preconditioned model needs an EDM scheduler with its sigma_data, and a
-    DDPM-style model cannot be driven by one)."""
+def check_scheduler(scheduler, unet=None, cross_objective: bool = True) -> str:
+    """Return the scheduler's prediction type, or raise `ValueError` if the pipeline cannot drive it correctly.
+
+    With `cross_objective` (the generation pipeline), an EDM-trained `unet` may be driven by a discrete scheduler and
+    a DDPM-style one by an EDM scheduler (`objective_bridge` converts); otherwise (the denoising pipeline, which
+    starts from a noise level on the model's own scale) each model needs a scheduler of its own objective."""
     name = type(scheduler).__name__
     preconditioning = getattr(unet, "preconditioning", None)
     if name in EDM_SCHEDULERS:
-        return _check_edm_pair(scheduler, preconditioning)
-    if preconditioning is not None:
+        return _check_edm_pair(scheduler, preconditioning, cross_objective)
+    if preconditioning is not None and not cross_objective:
         raise ValueError(
             f"The model was trained with {preconditioning.type!r} preconditioning, so it needs an EDM scheduler "
-            f"({' or '.join(EDM_SCHEDULERS)}), not {name}; `diffusers_cunet.preconditioning.edm_scheduler(model)` "
-            "builds one that matches it."
+            f"({' or '.join(EDM_SCHEDULERS)}) here, not {name}; "
+            "`diffusers_cunet.preconditioning.edm_scheduler(model)` builds one that matches it "
+            "(ContinuousUNetPipeline drives it with every scheduler)."
         )
     if name not in SUPPORTED_SCHEDULERS:
         reason = UNSUPPORTED_REASONS.get(name, "it has not been checked against this pipeline")
@@ -118,13 +121,18 @@ def check_scheduler(scheduler, unet=None) -> str:
     return prediction_type
 
 
-def _check_edm_pair(scheduler, preconditioning) -> str:
+def _check_edm_pair(scheduler, preconditioning, cross_objective: bool) -> str:
     name = type(scheduler).__name__
+    if preconditioning is None and cross_objective:
+        if scheduler.config.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
+            raise ValueError(f"{name} takes prediction_type 'epsilon' or 'v_prediction' (its sign of c_out).")
+        return scheduler.config.get("prediction_type", "epsilon")
     if preconditioning is None:
         raise ValueError(
-            f"{name} needs a model trained with EDM preconditioning (c_in, c_skip, c_out, c_noise; a config with "
-            "`preconditioning`, as `training/train.py --preconditioning edm` or `edm-fdm` writes); this model is a "
-            f"DDPM-style one. Use one of: {', '.join(sorted(SUPPORTED_SCHEDULERS))}."
+            f"{name} needs a model trained with EDM preconditioning here (c_in, c_skip, c_out, c_noise; a config "
+            "with `preconditioning`, as `training/train.py --preconditioning edm` or `edm-fdm` writes); this model "
+            f"is a DDPM-style one. Use one of: {', '.join(sorted(SUPPORTED_SCHEDULERS))} (ContinuousUNetPipeline "
+            "drives it with the EDM schedulers too)."
         )
     prediction_type = scheduler.config.get("prediction_type", "epsilon")
     if prediction_type != "epsilon":

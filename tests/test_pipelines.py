@@ -50,6 +50,42 @@ def test_gaussian_data_is_reproduced(name, prediction_type):
     assert abs(samples.std().item() / S - 1) < STD_TOLERANCE, samples.std().item()
 
 
+def assert_gaussian(pipe, steps: int) -> None:
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=64, generator=torch.Generator().manual_seed(0), num_inference_steps=steps,
+                  output_type="pt").images  # fmt: skip
+    samples = images * 2 - 1
+    assert abs(samples.mean().item() - MU) < MEAN_TOLERANCE, samples.mean().item()
+    assert abs(samples.std().item() / S - 1) < STD_TOLERANCE, samples.std().item()
+
+
+EDM_CASES = [(kind, name, pt) for kind in ("edm", "edm-fdm") for name, pt in CASES]
+
+
+@pytest.mark.parametrize("kind, name, prediction_type", EDM_CASES, ids=[f"{k}-{n}-{p}" for k, n, p in EDM_CASES])
+def test_edm_models_run_with_every_discrete_scheduler(kind, name, prediction_type):
+    """An EDM-trained model (the exact F of EDM / EDM-FDM preconditioning) driven by a discrete VP scheduler
+    through the objective bridge returns N(mu, s^2), whatever prediction type the scheduler asks for."""
+    pytest.importorskip("torchsde") if name == "DPMSolverSDEScheduler" else None
+    oracle = EDMGaussianOracle(MU, S, {"type": kind})
+    assert_gaussian(ContinuousUNetPipeline(unet=oracle, scheduler=scheduler(name, prediction_type)), steps_for(name))
+
+
+VP_EDM_CASES = [(sampler, pt) for sampler in ("dpmsolver++", "euler") for pt in ("epsilon", "v_prediction", "sample")]
+
+
+@pytest.mark.parametrize("sampler, prediction_type", VP_EDM_CASES, ids=[f"{s}-{p}" for s, p in VP_EDM_CASES])
+def test_ddpm_models_run_with_the_edm_schedulers(sampler, prediction_type):
+    """A DDPM-style model (the exact VP denoiser) driven by an EDM scheduler swapped into its pipeline: the
+    pipeline keeps the training schedule it was built with, and the bridge gives the scheduler D's raw output."""
+    from diffusers_cunet.preconditioning import EDMPreconditioning, edm_scheduler
+
+    pipe = ContinuousUNetPipeline(unet=GaussianOracle(MU, S, prediction_type), scheduler=scheduler("DDIMScheduler",
+                                  prediction_type))  # fmt: skip
+    pipe.scheduler = edm_scheduler(EDMPreconditioning(), sampler)
+    assert_gaussian(pipe, 400 if sampler == "euler" else 100)
+
+
 @pytest.mark.parametrize("name", sorted(SUPPORTED_SCHEDULERS))
 def test_every_scheduler_runs_the_real_model(name):
     pytest.importorskip("torchsde") if name == "DPMSolverSDEScheduler" else None

@@ -217,9 +217,9 @@ def test_trained_style_model_runs_with_both_edm_schedulers_and_saves(tmp_path):
 def test_mismatched_model_and_scheduler_are_refused():
     ddpm_model, edm_model = make_tiny(), make_tiny(preconditioning={"type": "edm"})
     cases = [
-        (ddpm_model, EDMEulerScheduler(), "needs a model trained with EDM preconditioning"),
-        (ddpm_model, EDMDPMSolverMultistepScheduler(), "needs a model trained with EDM preconditioning"),
-        (edm_model, DDIMScheduler(), "needs an EDM scheduler"),
+        # an EDM scheduler can drive a DDPM-style model only with its training schedule (none here)
+        (ddpm_model, EDMEulerScheduler(), "training schedule is known"),
+        (ddpm_model, EDMDPMSolverMultistepScheduler(), "training schedule is known"),
         (edm_model, EDMEulerScheduler(sigma_data=1.0), "sigma_data"),
         (edm_model, EDMEulerScheduler(prediction_type="v_prediction"), "flips the sign of c_out"),
     ]
@@ -248,8 +248,23 @@ def test_ddpm_pipeline_on_an_edm_model_fails_loudly_not_silently():
     make_tiny()(torch.zeros(1, 3, 8, 8), 999)  # and DDPM-style models keep integer timesteps
 
 
+def test_ddpm_pipeline_with_an_edm_scheduler_on_a_ddpm_model_warns_once():
+    """DDPMPipeline cannot convert between objectives: a DDPM-style model handed an EDM scheduler's c_noise (negative
+    below sigma = 1, which no VP timestep is) says so, once, and names the pipeline that can."""
+    import warnings
+
+    from diffusers import DDPMPipeline
+
+    pipe = DDPMPipeline(unet=make_tiny(), scheduler=EDMEulerScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe(batch_size=1, num_inference_steps=8)
+    messages = [str(w.message) for w in caught if "negative timesteps" in str(w.message)]
+    assert len(messages) == 1 and "ContinuousUNetPipeline" in messages[0]
+
+
 def test_denoise_pipeline_takes_edm_models_with_an_edm_scheduler_only():
-    from diffusers import DDIMScheduler
 
     from diffusers_cunet.step_schedule import SolverStepSchedule
 
@@ -258,6 +273,9 @@ def test_denoise_pipeline_takes_edm_models_with_an_edm_scheduler_only():
     pipe.set_progress_bar_config(disable=True)
     with pytest.raises(ValueError, match="needs an EDM scheduler"):
         pipe(torch.zeros(1, 3, 8, 8), noise_std=0.1)
+    ddpm = ContinuousUNetDenoisePipeline(unet=make_tiny(), scheduler=edm_scheduler(model))
+    with pytest.raises(ValueError, match="needs a model trained with EDM"):
+        ddpm(torch.zeros(1, 3, 8, 8), noise_std=0.1)
     pipe.scheduler = edm_scheduler(model)
     out = pipe(torch.zeros(1, 3, 8, 8), noise_std=0.1, num_inference_steps=2)
     assert out.start_timestep == 0.1 and out.images.shape == (1, 3, 8, 8)

@@ -38,6 +38,13 @@ class RunRecord:
     start_step: int = 0
     global_step: int = 0
     held_out: list[dict[str, float]] = field(default_factory=list)  # held-out denoising errors by step
+    # seconds of each optimizer step (validation and checkpoints excluded): their median, times the steps, is a
+    # training time that a burst of other work on the machine hardly moves, unlike the wall-time sum
+    step_seconds: list[float] = field(default_factory=list)
+
+    def median_step_seconds(self) -> float:
+        ordered = sorted(self.step_seconds)
+        return ordered[len(ordered) // 2] if ordered else math.nan
 
     def final_loss(self) -> float:
         """The mean loss of this session's last 10% of batches."""
@@ -50,7 +57,7 @@ class RunRecord:
     def saved(self) -> dict[str, Any]:
         """The part kept in checkpoints."""
         return {"history": self.history, "train_time": self.train_time, "images_seen": self.images_seen,
-                "held_out": self.held_out}  # fmt: skip
+                "held_out": self.held_out, "step_seconds": self.step_seconds}  # fmt: skip
 
 
 def sample_grid(
@@ -115,6 +122,7 @@ def run_metrics(args, record: RunRecord, images: torch.Tensor, in_channels: int)
         "training steps": record.global_step,
         "training throughput (images/s)": round(record.images_per_second(), 1),
         "training wall time (s)": round(record.train_time, 1),
+        "training time per step (median, s)": round(record.median_step_seconds(), 4),
     }
     if record.start_step:
         metrics["resumed at step"] = record.start_step

@@ -106,16 +106,16 @@ def sample_scores(judge: FashionJudge, real: torch.Tensor, fake: torch.Tensor,
 @torch.no_grad()
 def generate(pipeline, count: int, steps: int, seed: int, batch_size: int = 250) -> tuple[torch.Tensor, float]:
     """`count` samples in [0, 1] from `pipeline` (ours, any scheduler) in batches, batch k seeded `seed + k`, and
-    the sampling seconds per image."""
+    the sampling seconds per image (the median over batches: robust to a burst of other work on the machine)."""
     import time
 
     pipeline.set_progress_bar_config(disable=True)
-    images, seconds = [], 0.0
+    images, per_image = [], []
     for k, start in enumerate(range(0, count, batch_size)):
         size = min(batch_size, count - start)
         begin = time.perf_counter()
         out = pipeline(batch_size=size, num_inference_steps=steps, output_type="pt",
                        generator=torch.Generator().manual_seed(seed + k))  # fmt: skip
-        seconds += time.perf_counter() - begin
+        per_image.append((time.perf_counter() - begin) / size)
         images.append(out.images.cpu())
-    return torch.cat(images), seconds / count
+    return torch.cat(images), sorted(per_image)[len(per_image) // 2]

@@ -79,6 +79,7 @@ class TrainingResult:
     held_out_error: list[dict[str, float]] = field(default_factory=list)  # by step, with --held_out_samples
     final_loss: float = math.nan  # mean of this session's last 10% of batches
     images_per_second: float = 0.0  # training throughput over the whole run
+    median_step_seconds: float = math.nan  # the median optimizer step over the whole run (see RunRecord)
     grid_path: Path | None = None
     push_error: str | None = None  # set when --push_to_hub failed after training (the folder is saved)
 
@@ -230,7 +231,7 @@ def set_up(args: argparse.Namespace, output_dir: Path, prepared: Prepared) -> Se
         saved = read_run_record(prepared.checkpoint)
         step = checkpoint_step(prepared.checkpoint)
         session.record = RunRecord(saved["history"], saved["train_time"], saved["images_seen"], [], step, step,
-                                   saved.get("held_out", []))  # fmt: skip
+                                   saved.get("held_out", []), saved.get("step_seconds", []))  # fmt: skip
         logger.info("Resumed from %s at step %d", prepared.checkpoint, step)
     if accelerator.is_main_process and args.report_to != "none":
         config = {k: v for k, v in vars(args).items() if v is not None and not isinstance(v, list)}
@@ -340,7 +341,7 @@ def run_loop(s: Session) -> list[list[int]]:
     seen_indices: list[list[int]] = []
     if record.global_step == 0:
         evaluate_held_out(s)  # the untrained model: the baseline of the held-out curve
-    tick = time.perf_counter()
+    tick = step_start = time.perf_counter()
     for epoch in range(first_epoch, math.ceil(args.max_train_steps / steps_per_epoch)):
         s.transform.epoch = epoch
         loader = s.dataloader
@@ -364,7 +365,9 @@ def run_loop(s: Session) -> list[list[int]]:
                 s.ema.step(accelerator.unwrap_model(s.unet).parameters())
             progress.update(1)
             log_step(s, progress)
+            record.step_seconds.append(time.perf_counter() - step_start)
             tick = checkpoint_and_validate(s, tick)
+            step_start = time.perf_counter()
             if record.global_step >= args.max_train_steps:
                 break
         if record.global_step >= args.max_train_steps:
@@ -400,6 +403,7 @@ def finish(s: Session, seen_indices: list[list[int]]) -> TrainingResult:
     accelerator.wait_for_everyone()
     result = TrainingResult(record.global_step, s.output_dir, loss_history=record.history,
                             train_seconds=record.train_time, final_loss=record.final_loss(),
+                            median_step_seconds=record.median_step_seconds(),
                             held_out_error=record.held_out, images_per_second=record.images_per_second())  # fmt: skip
     if accelerator.is_main_process:
         model = accelerator.unwrap_model(s.unet)

@@ -1,0 +1,126 @@
+"""Every model with every scheduler: a network's output re-expressed in the language of the scheduler that drives it.
+
+Two objectives describe the same family of noisy images. A discrete variance-preserving (VP) schedule has
+x_t = sqrt(abar) x0 + sqrt(1 - abar) n; EDM has x = x0 + sigma n. They are one image up to scale: x = x_t / sqrt(abar)
+at sigma = sqrt((1 - abar) / abar) (k-diffusion wraps VP models as EDM denoisers this way). So
+
+- an **EDM-trained** model (a `preconditioning` in its config) driven by a discrete scheduler (DDIM, DPM-Solver++,
+  UniPC, Euler, ...) is given x = x_t / sqrt(abar) at that sigma; its denoiser D(x; sigma) is turned into the
+  epsilon, v or x0 prediction the scheduler asks for;
+- a **DDPM-style** model driven by an EDM scheduler is given x_t = x sqrt(abar) at the fractional timestep whose sigma
+  is the scheduler's (interpolated on the model's own training schedule, as diffusers' Euler schedulers do); its
+  prediction is turned into D, and D into the raw output F that the EDM scheduler expects
+  (D = c_skip x + c_out F, with the scheduler's sigma_data).
+
+The model's training schedule (alphas_cumprod and prediction type) is needed for the second case only: a pipeline
+remembers the discrete scheduler it was built with (`model_schedule`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .scheduler_support import EDM_SCHEDULERS
+
+
+def vp_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
+    """sigma = sqrt((1 - abar) / abar) of every training timestep, in float64."""
+    abar = alphas_cumprod.double().cpu().numpy()
+    return np.sqrt((1 - abar) / abar)
+
+
+def sigma_at_timesteps(alphas_cumprod: torch.Tensor, timesteps) -> np.ndarray:
+    """The EDM noise level of (possibly fractional) VP timesteps, interpolated linearly in t as diffusers' Euler,
+    Heun and LMS schedulers do."""
+    table = vp_sigmas(alphas_cumprod)
+    return np.interp(np.asarray(timesteps, dtype=np.float64), np.arange(len(table)), table)
+
+
+def timestep_at_sigmas(alphas_cumprod: torch.Tensor, sigmas) -> np.ndarray:
+    """The fractional VP timestep of each EDM noise level (log-sigma interpolation, clipped to the schedule)."""
+    log_table = np.log(np.maximum(vp_sigmas(alphas_cumprod), 1e-12))  # increasing in t
+    log_sigmas = np.log(np.maximum(np.asarray(sigmas, dtype=np.float64), 1e-12))
+    return np.interp(log_sigmas, log_table, np.arange(len(log_table)))
+
+
+def _per_image(value: float, sample: torch.Tensor) -> torch.Tensor:
+    return torch.full((sample.shape[0], 1, 1, 1), float(value), device=sample.device, dtype=torch.float64)
+
+
+class ObjectiveBridge:
+    """What the network is asked at each step of `timesteps`, and its answer in the scheduler's terms.
+
+    Args:
+        unet: the network; an EDM-trained one has a `preconditioning` (c_in, c_skip, c_out, c_noise).
+        scheduler: the diffusers scheduler that drives it.
+        model_schedule: the discrete scheduler a DDPM-style model was trained on (its `alphas_cumprod` and
+            `prediction_type`), needed when an EDM scheduler drives such a model.
+        timesteps: the scheduler's timesteps for this call (read to the host once, here).
+
+    Raises:
+        ValueError: if an EDM scheduler is to drive a DDPM-style model whose training schedule is unknown.
+    """
+
+    def __init__(self, unet, scheduler, model_schedule, timesteps: torch.Tensor):
+        self.unet = unet
+        self.preconditioning = getattr(unet, "preconditioning", None)
+        self.edm_scheduler = type(scheduler).__name__ in EDM_SCHEDULERS
+        self.scheduler = scheduler
+        self.mode = "native"
+        if self.preconditioning is not None and not self.edm_scheduler:
+            self.mode = "edm_model_vp_scheduler"
+            # the noise level of each step's x_t, on the scheduler's own schedule
+            self.sigmas = sigma_at_timesteps(scheduler.alphas_cumprod, timesteps.cpu().tolist())
+        elif self.preconditioning is None and self.edm_scheduler:
+            if model_schedule is None or not hasattr(model_schedule, "alphas_cumprod"):
+                raise ValueError(
+                    f"{type(scheduler).__name__} can drive a DDPM-style model only when its training schedule is "
+                    "known: build the pipeline with the scheduler it was saved with (from_pretrained does), or set "
+                    "`pipeline.model_schedule` to that DDPMScheduler before swapping in the EDM scheduler."
+                )
+            self.mode = "vp_model_edm_scheduler"
+            self.model_alphas = model_schedule.alphas_cumprod
+            self.model_prediction = model_schedule.config.get("prediction_type", "epsilon")
+            self.sigma_data = scheduler.config.sigma_data
+            self.output_sign = -1.0 if scheduler.config.get("prediction_type") == "v_prediction" else 1.0
+
+    # -- the two conversions
+    def edm_model_for_vp(self, step: int, model_input: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """An EDM denoiser answering a VP scheduler: x_t -> x = x_t / sqrt(abar), D(x; sigma) -> its prediction."""
+        sigma = float(self.sigmas[step])
+        per_image = _per_image(sigma, model_input)
+        abar = 1.0 / (1.0 + per_image**2)
+        x = model_input.double() / abar.sqrt()
+        denoised = self.preconditioning.denoise(self.unet, x.to(model_input.dtype), sigma, **kwargs).double()
+        prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
+        if prediction_type == "sample":
+            out = denoised
+        else:
+            epsilon = (x - denoised) / per_image
+            out = epsilon if prediction_type == "epsilon" else abar.sqrt() * epsilon - (1 - abar).sqrt() * denoised
+        return out.to(model_input.dtype)
+
+    def vp_model_for_edm(self, sample: torch.Tensor, sigma: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """A VP model answering an EDM scheduler: x -> x_t = x sqrt(abar) at the matching fractional timestep,
+        its prediction -> D -> F = (D - c_skip x) / c_out."""
+        sigma_value = float(sigma)
+        per_image = _per_image(sigma_value, sample)
+        abar = 1.0 / (1.0 + per_image**2)
+        x = sample.double()
+        x_t = (x * abar.sqrt()).to(sample.dtype)
+        t = float(timestep_at_sigmas(self.model_alphas, [sigma_value])[0])
+        timestep = torch.full((sample.shape[0],), t, device=sample.device)
+        output = self.unet(x_t, timestep, **kwargs).sample.double()
+        if self.model_prediction == "sample":
+            denoised = output
+        elif self.model_prediction == "v_prediction":
+            denoised = abar.sqrt() * x_t.double() - (1 - abar).sqrt() * output
+        else:
+            denoised = x - per_image * output
+        sd = self.sigma_data
+        c_skip = sd**2 / (per_image**2 + sd**2)
+        c_out = per_image * sd / (per_image**2 + sd**2).sqrt()
+        return (self.output_sign * (denoised - c_skip * x) / c_out).to(sample.dtype)
