@@ -384,7 +384,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sections", nargs="*", default=list(EAGER_SECTIONS), choices=EAGER_SECTIONS)
     parser.add_argument("--channels-last", action="store_true", help="compiled forward in channels_last")
     parser.add_argument("--profile-kernels", action="store_true", help="kernel time by kind of the compiled calls")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                        help="cpu: time the full sizes on the CPU on purpose")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.mode != "tiny" and args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA device here: this benchmark measures a GPU. Use --mode tiny for the CPU smoke test, "
+                     "or --device cpu to time the full sizes on the CPU on purpose.")  # fmt: skip
     name = "gpu.json" if args.mode == "full" else f"gpu_{args.mode}.json"
     output = args.output or paths.results_dir(args.publish) / name
     return run(args.mode, output, args.time_budget, tuple(args.compile_modes), tuple(args.compiled_training),

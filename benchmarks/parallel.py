@@ -108,11 +108,11 @@ def main(argv: list[str] | None = None) -> dict:
             )
             print(f"{name}: {status[name]} after {time.monotonic() - start:.0f} s", flush=True)
         time.sleep(0.5)
-    merged = merge(args, [v.name for v in chosen], parts, results_file, time.monotonic() - start)
     failures = {name: why for name, why in status.items() if why != "ok"}
+    for name, why in failures.items():
+        print(f"FAILED {name}: {why}", file=sys.stderr)
+    merged = merge(args, [v.name for v in chosen], parts, results_file, time.monotonic() - start)
     if failures:
-        for name, why in failures.items():
-            print(f"FAILED {name}: {why}", file=sys.stderr)
         raise SystemExit(1)
     return merged
 

@@ -146,6 +146,11 @@ def best_forward(gpu: dict[str, Any], batch: int) -> dict[str, Any] | None:
 
 
 def gpu_section(gpu: dict[str, Any]) -> list[str]:
+    if not gpu_forward_rows(gpu):  # a run stopped before its first section ends, or a smoke test
+        return [
+            f"\n## GPU cost: {gpu.get('device', 'unknown device')}\n",
+            f"(partial result of {gpu.get('date', 'an unknown date')}: no forward latency was measured yet)\n",
+        ]
     counts = gpu["counts"]
     lines = [
         f"\n## GPU cost: {gpu['device']}\n",

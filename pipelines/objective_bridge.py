@@ -94,7 +94,11 @@ class ObjectiveBridge:
         per_image = _per_image(sigma, model_input)
         abar = 1.0 / (1.0 + per_image**2)
         x = model_input.double() / abar.sqrt()
-        denoised = self.preconditioning.denoise(self.unet, x.to(model_input.dtype), sigma, **kwargs).double()
+        # A schedule can start far above what an EDM model takes (squaredcos_cap_v2: sigma ~ 1e4); there D is the
+        # data mean at any such sigma, so the model is asked at the highest level it accepts (sigma_max * 100, as
+        # its own timestep check allows), while the conversion below keeps the true sigma.
+        asked = min(sigma, self.preconditioning.sigma_max * 100)
+        denoised = self.preconditioning.denoise(self.unet, x.to(model_input.dtype), asked, **kwargs).double()
         prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         if prediction_type == "sample":
             out = denoised

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+import torch
+
 from benchmarks import quality as quality_benchmark
 from benchmarks.__main__ import main
 
@@ -78,6 +81,18 @@ def test_gpu_benchmark_runs_on_cpu_with_small_sizes(tmp_path):
     assert all(r["throughput_ratio"] > 0 for r in result["training"])
     text = "\n".join(report.gpu_section(saved))
     assert "| fp32 | 4 | eager |" in text and "Fastest bf16 forward" in text and "| euler x2 | 14 |" in text
+    # a file stopped before its first section is reported as partial, not a crash
+    partial = {key: saved[key] for key in ("device", "torch", "date", "mode", "counts")}
+    assert "partial result" in "\n".join(report.gpu_section(partial))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_benchmark_refuses_full_sizes_without_cuda(tmp_path, capsys):
+    from benchmarks import gpu
+
+    with pytest.raises(SystemExit):
+        gpu.main(["--output", str(tmp_path / "gpu.json")])
+    assert "no CUDA device here" in capsys.readouterr().err and not (tmp_path / "gpu.json").exists()
 
 
 def test_benchmarks_write_outside_the_tracked_results_unless_asked(tmp_path, monkeypatch):
@@ -131,3 +146,31 @@ def test_frontier_reads_seed_spread_convergence_pairs_and_dominance():
     assert "Equal-time pairs" in text and "| cunet-0.7t (10, 69) | unet2d (10, 100) | 0.69 |" in text
     assert "**no**" in text and "Against sampling time" in text
     assert "no cUNet is at least as good" in "\n".join(frontier.section(worse))
+
+
+@pytest.mark.slow
+def test_parallel_starts_timed_runs_after_their_sources(tmp_path):
+    """benchmarks.parallel's own smoke test: the equal-time model starts once the two it is timed from have
+    finished, and the merged results hold each model's own row."""
+    from benchmarks import parallel
+
+    merged = parallel.main(["--mode", "tiny", "--output", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"),
+                            "--threads", "1"])  # fmt: skip
+    assert [run["name"] for run in merged["runs"]] == ["cunet-x1", "unet2d-x1", "cunet-x1-0.7t"]
+    assert merged["unfinished"] == [] and (tmp_path / "out" / "BENCHMARKS.md").is_file()
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "=== training cunet-x1-0.7t" in log
+
+
+@pytest.mark.slow
+def test_parallel_exits_non_zero_with_the_failing_runs_error(tmp_path, monkeypatch, capsys):
+    from benchmarks import parallel
+
+    monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path))  # no IDX files there: every run fails at once
+    with pytest.raises(SystemExit) as stop:
+        parallel.main(["--benchmark", "fashion", "--mode", "tiny", "--output", str(tmp_path / "out"),
+                       "--runs", str(tmp_path / "runs"), "--threads", "1"])  # fmt: skip
+    assert stop.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "FAILED cunet-x1-edm: exit 1:" in err and "lacks the Fashion-MNIST file(s)" in err
+    assert "FAILED cunet-x1-edm-equal-time: not started: cunet-x1-edm failed" in err

@@ -70,6 +70,9 @@ def test_model_card_has_the_real_numbers(trained):
     assert "pip install diffusers-cunet" not in card and "datasets:" not in card  # digits: no Hub data set
     assert "![samples](samples.png)" in card
     assert "recognisable samples" in card
+    recognised = metrics["recognisable samples (digit classifier p >= 0.9)"]
+    assert re.fullmatch(r"\d+ of 4", recognised), recognised  # a count beside its sample size
+    assert re.fullmatch(r"\d+ of 10", metrics["digit classes among them"])
 
 
 def test_model_card_usage_code_runs_as_written(trained):
@@ -108,6 +111,9 @@ def test_resume_is_exact(tmp_path):
     assert loss_history(resumed) == loss_history(full)  # the whole run's history, restored from checkpoint-4
     metrics = json.loads((resumed / "metrics.json").read_text())["metrics"]
     assert metrics["training steps"] == 10 and metrics["resumed at step"] == 4
+    full_metrics = json.loads((full / "metrics.json").read_text())["metrics"]
+    loss_key = "final_loss (mean of last 10% of batches)"
+    assert metrics[loss_key] == full_metrics[loss_key]  # from the whole run's history, not the last session
     card = (resumed / "README.md").read_text()
     assert "| steps | 10 |" in card and "| resumed at step | 4 |" in card
 

@@ -43,6 +43,14 @@ def test_local_image_folder_with_mixed_modes(tmp_path, module):
                    module=module)  # fmt: skip
     assert result.global_step == 2
     assert (output / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    # the card is meant for the Hub: the folder by its name, not this machine's path; the 8-image folder is
+    # smaller than the batch of 16, and the card says what a step really saw
+    card = (output / "README.md").read_text()
+    assert str(tmp_path) not in card and "local folder `images`" in card
+    small = train(tmp_path / "small", "--train_data_dir", str(folder), "--max_train_steps", "1",
+                  "--train_batch_size", "16", module=module)  # fmt: skip
+    assert small.global_step == 1
+    assert "16 x 1 x 1 (the data set is smaller: 8 images per step)" in (tmp_path / "small" / "README.md").read_text()
 
 
 def test_rgb_model_on_local_folder(tmp_path, module):

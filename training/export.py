@@ -47,8 +47,14 @@ class RunRecord:
         return ordered[len(ordered) // 2] if ordered else math.nan
 
     def final_loss(self) -> float:
-        """The mean loss of this session's last 10% of batches."""
-        tail = self.losses[-max(1, len(self.losses) // 10) :]
+        """The mean logged loss over the last 10% of the run's steps, from the whole run's history (kept across
+        resumes, so a resumed run reports what an uninterrupted one does); this session's batches if none was
+        logged."""
+        if self.history:
+            last = self.history[-1]["step"]
+            tail = [entry["loss"] for entry in self.history if entry["step"] > 0.9 * last] or [self.history[-1]["loss"]]
+        else:
+            tail = self.losses[-max(1, len(self.losses) // 10) :]
         return sum(tail) / len(tail)
 
     def images_per_second(self) -> float:
@@ -133,8 +139,9 @@ def run_metrics(args, record: RunRecord, images: torch.Tensor, in_channels: int)
 
         logger.info("Scoring the samples with the digit recognizer ...")
         recognizer = DigitRecognizer(seed=args.seed)
-        metrics["recognisable samples (digit classifier p >= 0.9)"] = round(recognizer.confident_share(images), 3)
-        metrics["digit classes among them"] = recognizer.class_coverage(images)
+        recognised = round(recognizer.confident_share(images) * len(images))
+        metrics["recognisable samples (digit classifier p >= 0.9)"] = f"{recognised} of {len(images)}"
+        metrics["digit classes among them"] = f"{round(recognizer.class_coverage(images) * 10)} of 10"
     return metrics
 
 
@@ -168,15 +175,26 @@ def judge_metrics(model, objective: Objective, args) -> dict[str, Any]:
     }
 
 
+def data_source(args) -> str:
+    """The training data as a card meant for the Hub names it: a Hub data set by its id, a local folder by its name
+    only (its absolute path means nothing on another machine)."""
+    if args.train_data_dir:
+        return f"local folder `{Path(args.train_data_dir).name}`"
+    return args.dataset_name
+
+
 def training_settings(args, objective: Objective, record: RunRecord, accelerator, resolution: int) -> dict[str, Any]:
     """The card's "Training" table."""
+    batch = f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}"
+    nominal = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    per_step = round(record.images_seen / record.global_step) if record.global_step else nominal
+    if per_step < nominal:  # a data set smaller than one batch: every step sees all of it
+        batch += f" (the data set is smaller: {per_step} images per step)"
     return {
-        "data set": args.train_data_dir or args.dataset_name,
+        "data set": data_source(args),
         "resolution": resolution,
         "steps": record.global_step,
-        "batch size (per process x processes x accumulation)": (
-            f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}"
-        ),
+        "batch size (per process x processes x accumulation)": batch,
         "optimizer": (
             f"AdamW, lr {args.learning_rate}, {args.lr_scheduler} schedule, {args.lr_warmup_steps} warm-up steps"
         ),
@@ -213,14 +231,14 @@ def export_run(
     metrics = run_metrics(args, record, images, model.config.in_channels)
     if args.score_samples:
         metrics.update(judge_metrics(model, objective, args))
-    summary = {"training_data": args.train_data_dir or args.dataset_name, "objective": objective.to_config(),
+    summary = {"training_data": data_source(args), "objective": objective.to_config(),
                "metrics": metrics, "loss_history": record.history, "held_out_error": record.held_out}  # fmt: skip
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     sampler_name = "EDM DPM-Solver++" if preconditioned else "DDIM"
     card = render_model_card(
         model,
         repo_id=args.hub_model_id or f"your-name/{output_dir.name}",
-        dataset_name=args.train_data_dir or args.dataset_name,
+        dataset_name=data_source(args),
         hub_dataset=None if args.train_data_dir or args.dataset_name == "digits" else args.dataset_name,
         training_settings=training_settings(args, objective, record, accelerator, model.config.sample_size),
         metrics=metrics,

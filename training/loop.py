@@ -77,7 +77,7 @@ class TrainingResult:
     loss_history: list[dict[str, float]] = field(default_factory=list)
     train_seconds: float = 0.0
     held_out_error: list[dict[str, float]] = field(default_factory=list)  # by step, with --held_out_samples
-    final_loss: float = math.nan  # mean of this session's last 10% of batches
+    final_loss: float = math.nan  # mean logged loss over the last 10% of the whole run's steps
     images_per_second: float = 0.0  # training throughput over the whole run
     median_step_seconds: float = math.nan  # the median optimizer step over the whole run (see RunRecord)
     grid_path: Path | None = None
