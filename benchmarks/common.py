@@ -11,7 +11,7 @@ import torch
 from diffusers_cunet import ContinuousUNet2DModel
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.preconditioned_unet_2d import PreconditionedUNet2DModel
-from training.checkpointing import EMA_FOLDER
+from training.checkpointing import EMA_FOLDER, load_ema_folder
 
 
 @torch.no_grad()
@@ -34,14 +34,5 @@ def model_class(model_type: str) -> type:
 
 
 def load_ema(checkpoint: Path, model_type: str):
-    """The EMA weights of a training checkpoint (diffusers' EMAModel folder: its decay settings sit in the config,
-    which diffusers reports as unexpected keys; that warning is silenced here)."""
-    from diffusers.utils import logging as diffusers_logging
-
-    cls = model_class(model_type)
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        return cls.from_pretrained(checkpoint / EMA_FOLDER)
-    finally:
-        diffusers_logging.set_verbosity(level)
+    """The EMA weights of a training checkpoint (diffusers' EMAModel folder, read quietly)."""
+    return load_ema_folder(checkpoint / EMA_FOLDER, model_class(model_type))[0]

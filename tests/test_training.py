@@ -254,3 +254,20 @@ def test_holding_out_everything_is_refused_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="--held_out_samples 1797 leaves nothing to train on"):
         train(tmp_path / "out", "--held_out_samples", "1797")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_resume_is_quiet(tmp_path, capfd):
+    """Resuming reads the EMA folder without diffusers' FutureWarning (a path passed to from_config) or its notice
+    about the EMA keys of the config; the only message is the resume itself."""
+    import warnings
+
+    module = load_train_module()
+    common = ["--max_train_steps", "4", "--checkpointing_steps", "2", "--lr_warmup_steps", "1"]
+    train(tmp_path, *common[:1], "2", *common[2:], module=module)
+    capfd.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(tmp_path, *common, "--resume_from_checkpoint", "latest", module=module)
+    printed = capfd.readouterr()
+    assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert "were passed to" not in printed.err + printed.out and "deprecated" not in printed.err

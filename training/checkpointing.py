@@ -7,6 +7,7 @@ writing leaves at most a partial folder, which is ignored and cleaned up, and th
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import re
@@ -108,6 +109,26 @@ def read_run_record(checkpoint: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def load_ema_folder(folder: str | os.PathLike, model_class: type):
+    """The model saved by diffusers' `EMAModel.save_pretrained` in `folder` (the EMA weights) and the EMA state it
+    wrote into the model's config (decay, step, ...), read without diffusers' warnings: `EMAModel.from_pretrained`
+    passes the folder to `from_config` (deprecated) and loads a config whose EMA keys the model does not take."""
+    from diffusers.training_utils import EMAModel
+    from diffusers.utils import logging as diffusers_logging
+
+    config = model_class.load_config(str(folder))
+    not_state = {"self", "parameters", "model_cls", "model_config", "foreach", "kwargs"}
+    state_keys = set(inspect.signature(EMAModel.__init__).parameters) - not_state
+    state = {key: config[key] for key in state_keys | {"optimization_step"} if key in config}
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # only the "not expected and will be ignored" notice for those keys
+    try:
+        model = model_class.from_pretrained(str(folder))
+    finally:
+        diffusers_logging.set_verbosity(level)
+    return model, state
+
+
 def register_checkpoint_hooks(accelerator, unet, ema, model_class, run_record) -> None:
     """Make accelerate's checkpoints carry the EMA weights (safetensors), the model config (checked on resume) and
     `run_record()`, the run's record at the time of saving."""
@@ -124,7 +145,9 @@ def register_checkpoint_hooks(accelerator, unet, ema, model_class, run_record) -
 
     def load_hook(models, folder):
         if ema is not None:
-            loaded = EMAModel.from_pretrained(str(Path(folder, EMA_FOLDER)), model_class)
+            model, state = load_ema_folder(Path(folder, EMA_FOLDER), model_class)
+            loaded = EMAModel(model.parameters(), model_cls=model_class, model_config=model.config)
+            loaded.load_state_dict(state)
             ema.load_state_dict(loaded.state_dict())
             ema.to(accelerator.device)
 

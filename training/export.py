@@ -52,7 +52,9 @@ class RunRecord:
         logged."""
         if self.history:
             last = self.history[-1]["step"]
-            tail = [entry["loss"] for entry in self.history if entry["step"] > 0.9 * last] or [self.history[-1]["loss"]]
+            tail = [entry["loss"] for entry in self.history if entry["step"] > 0.9 * last] or [
+                self.history[-1]["loss"]
+            ]
         else:
             tail = self.losses[-max(1, len(self.losses) // 10) :]
         return sum(tail) / len(tail)
