@@ -7,7 +7,6 @@ STAMP := $(VENV)/.installed
 
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 FASHION_STAMP := $(FASHION_MNIST_DIR)/t10k-labels-idx1-ubyte.gz
-export FASHION_MNIST_DIR
 
 .PHONY: setup demo fashion fashion-data test lint bench cost clean
 

@@ -5,7 +5,8 @@ call at batch 16, activation memory of a training step, and training throughput 
 ratio; at CIFAR-10 size (the default preset vs `google/ddpm-cifar10-32`'s architecture) and at digits size.
 Also the cUNet's cost against its solver steps.
 
-    python -m benchmarks.cost                 # counts + timings, writes benchmarks/results/cost.json
+    python -m benchmarks.cost                 # counts + timings -> outputs/benchmarks/results/cost.json
+    python -m benchmarks.cost --publish       # the same into the tracked benchmarks/results/cost.json
     python -m benchmarks.cost --no-latency    # counts only (seconds)
 """
 
@@ -172,7 +173,7 @@ def run(repeats: int = 5, sampling_steps: int = 50, counts_only: bool = False, t
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-latency", action="store_true", help="only count parameters and FLOPs")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (their median is kept)")
     paths.add_publish_option(parser)
     parser.add_argument("--output", type=Path, default=None, help="JSON file (overrides --publish)")
     args = parser.parse_args(argv)

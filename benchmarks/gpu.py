@@ -7,7 +7,8 @@ and a kernel count per forward call. Results go to a JSON file after every secti
 early keeps what it measured. Sections run cheapest first; `--time-budget` skips the compiled ones when time is
 short.
 
-    python -m benchmarks.gpu                           # on a CUDA machine -> benchmarks/results/gpu.json
+    python -m benchmarks.gpu                           # on a CUDA machine -> outputs/benchmarks/results/gpu.json
+    python -m benchmarks.gpu --publish                 # the same into the tracked benchmarks/results/gpu.json
     python -m benchmarks.gpu --mode tiny --output x.json   # the CPU smoke test: small models, few repeats
 """
 

@@ -1,14 +1,14 @@
 """DDPM-style vs EDM vs EDM-FDM training of the same cUNet on the embedded digits (issue: FDM, arXiv 2306.06991).
 
-    python -m benchmarks.momentum                # quick: the demo's recipe (1,500 steps), about 35 min on 2 cores
+    python -m benchmarks.momentum                # quick: the demo's recipe (1,500 steps), about 31 min on 2 cores
     python -m benchmarks.momentum --mode tiny    # seconds: the smoke test
 
 All three runs use `training/configs/digits.yaml` (batch, learning rate, EMA, seed) and differ only in
 `--preconditioning`. Quality is the Fréchet distance to the 300 held-out digits in a digit classifier's feature
 space (no download), with common random numbers: (1) against training steps, from the EMA weights of every
 checkpoint, each method with its own sampler at the same number of network calls; (2) against sampling steps
-(network calls) for the final models. Results: `benchmarks/results/momentum.json`, `momentum.png`, and a section
-of BENCHMARKS.md.
+(network calls) for the final models. Results: `momentum.json`, `momentum.png` and `momentum_samples.png` in
+outputs/benchmarks/results/ (with --publish: the tracked benchmarks/results/), and a section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -349,7 +349,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plot(result, args.results / "momentum.png")
         sample_grids(runs, args.results / "momentum_samples.png")
         print("\n".join(section(result)))
-    print(f"\nThe momentum benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s.")
+    print(f"\nThe momentum benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s; results in "
+          f"{paths.shown(args.results)}/.")  # fmt: skip
     return result
 
 

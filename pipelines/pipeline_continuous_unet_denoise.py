@@ -5,6 +5,7 @@ downstream task). The reverse process starts at the timestep whose noise level m
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,8 @@ class DenoisePipelineOutput(BaseOutput):
         psnr (`float`, *optional*): mean PSNR (dB, images in [0, 1]) against `clean_images`, when given.
         ssim (`float`, *optional*): mean SSIM against `clean_images`, when given.
         ode_evaluations (`int`, *optional*): ODE function evaluations per image.
+        noisy_psnr, noisy_ssim (`float`, *optional*): the same for the noisy input: the baseline that the output
+            must beat (a "denoised" image below it is worse than doing nothing).
     """
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
@@ -41,6 +44,8 @@ class DenoisePipelineOutput(BaseOutput):
     psnr: float | None = None
     ssim: float | None = None
     ode_evaluations: int | None = None
+    noisy_psnr: float | None = None
+    noisy_ssim: float | None = None
 
 
 def noise_std_of_timestep(alphas_cumprod: torch.Tensor, timestep: int) -> float:
@@ -58,22 +63,59 @@ def timestep_for_noise_std(alphas_cumprod: torch.Tensor, noise_std: float) -> in
     return int(above[0])
 
 
-def to_model_range(images, channels: int) -> torch.Tensor:
-    """PIL images, arrays in [0, 1] (NHWC) or tensors in [-1, 1] (NCHW) -> a float tensor in [-1, 1]."""
+VALUE_RANGES = {"tensor": (-1.0, 1.0), "array": (0.0, 1.0)}  # diffusers' image processors' conventions
+
+
+def to_model_range(images, channels: int, value_range: tuple[float, float] | None = None) -> torch.Tensor:
+    """PIL images, arrays (NHWC, [0, 1] unless `value_range` says otherwise) or tensors (NCHW, [-1, 1] unless
+    `value_range` says otherwise) -> a float tensor on the model's [-1, 1] scale.
+
+    Raises:
+        ValueError: for another type, or a tensor whose channels are not the model's.
+    """
     if isinstance(images, torch.Tensor):
-        tensor = images.float()
+        tensor, kind = images.float(), "tensor"
     elif isinstance(images, np.ndarray):
         array = images[..., None] if images.ndim == 3 else images
-        tensor = torch.from_numpy(array).float().permute(0, 3, 1, 2) * 2 - 1
+        tensor, kind = torch.from_numpy(np.ascontiguousarray(array)).float().permute(0, 3, 1, 2), "array"
     elif isinstance(images, (list, tuple)) and images and isinstance(images[0], PIL.Image.Image):
         mode = "L" if channels == 1 else "RGB"
+        converted = sorted({image.mode for image in images} - {mode})
+        if converted:
+            warnings.warn(f"Converted {'/'.join(converted)} images to {mode}: the model has {channels} channel(s).",
+                          stacklevel=3)  # fmt: skip
         arrays = [np.asarray(image.convert(mode), dtype=np.float32) / 255.0 for image in images]
-        return to_model_range(np.stack(arrays), channels)
+        return to_model_range(np.stack(arrays), channels, (0.0, 1.0))
     else:
-        raise ValueError("images must be a tensor in [-1, 1], an array in [0, 1] or a list of PIL images.")
+        raise ValueError("images must be a tensor ([-1, 1]), an array ([0, 1]) or a list of PIL images.")
     if tensor.ndim != 4 or tensor.shape[1] != channels:
         raise ValueError(f"images must have shape (batch, {channels}, height, width), got {tuple(tensor.shape)}.")
-    return tensor
+    low, high = value_range or VALUE_RANGES[kind]
+    return (tensor - low) / (high - low) * 2 - 1
+
+
+def check_value_range(noisy: torch.Tensor, noise_std: float, noisy_images, clean_images, value_range) -> None:
+    """Refuse inputs that cannot be on the scale they are read on; the commonest mistake is a [0, 1] tensor read as
+    [-1, 1]. A clean reference shows it plainly (no negative value: no dark half of the range); a noisy image alone
+    hints at it (nothing below -0.5 although the noise is small), which is a warning."""
+    if value_range is None and isinstance(clean_images, torch.Tensor) and bool((clean_images >= 0).all()):
+        raise ValueError(
+            "clean_images has no negative value: tensors are read on [-1, 1], so these look like [0, 1] tensors. "
+            "Pass value_range=(0, 1), or scale them to [-1, 1]."
+        )
+    if value_range is None and isinstance(noisy_images, torch.Tensor) and noise_std < 0.125:
+        if float(noisy.min()) > -0.5:
+            warnings.warn(
+                "The noisy tensor has no value below -0.5: tensors are read on [-1, 1]; if it is a [0, 1] tensor, "
+                "pass value_range=(0, 1).",
+                stacklevel=3,
+            )
+    reach = 1 + 8 * noise_std + 0.05  # eight standard deviations of noise beyond the image range
+    if bool((noisy.abs() > reach).any()):
+        raise ValueError(
+            f"Noisy values reach {float(noisy.abs().max()):.2f} on the [-1, 1] scale, beyond what images with noise "
+            f"of std {noise_std:g} can (|x| <= {reach:.2f}): check value_range and noise_std."
+        )
 
 
 class ContinuousUNetDenoisePipeline(DiffusionPipeline):
@@ -116,6 +158,7 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
         solver_schedule: SolverSchedule | None = None,
         output_type: str = "pt",
         return_dict: bool = True,
+        value_range: tuple[float, float] | None = None,
     ) -> DenoisePipelineOutput | tuple:
         r"""
         Args:
@@ -129,6 +172,9 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
             class_labels, solver_schedule: as in `ContinuousUNetPipeline`.
             output_type (`str`): `"pt"`, `"np"` or `"pil"`.
             return_dict (`bool`): return a `DenoisePipelineOutput` instead of a tuple.
+            value_range (`tuple`, *optional*): the range of `noisy_images` and `clean_images` values, e.g. `(0, 1)`
+                for tensors in [0, 1]; by default diffusers' conventions: tensors in [-1, 1], arrays in [0, 1].
+                `noise_std` is on the [-1, 1] scale either way.
         """
         if (noise_std is None) == (timestep is None):
             raise ValueError("Give exactly one of noise_std or timestep.")
@@ -140,13 +186,23 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
         check_scheduler(self.scheduler, self.unet, cross_objective=False)
         device = self._execution_device
         channels = self.unet.config.in_channels
-        noisy = to_model_range(noisy_images, channels).to(device, self.unet.dtype)
+        noisy = to_model_range(noisy_images, channels, value_range).to(device, self.unet.dtype)
+        size = self.unet.config.sample_size
+        expected = (size, size) if isinstance(size, int) else tuple(size)
+        if tuple(noisy.shape[-2:]) != expected:
+            warnings.warn(f"Denoising {noisy.shape[-2]}x{noisy.shape[-1]} images with a model trained at "
+                          f"{expected[0]}x{expected[1]}: it runs (convolutions), but it never saw this size.",
+                          stacklevel=2)  # fmt: skip
+        if noise_std is not None:
+            check_value_range(noisy, noise_std, noisy_images, clean_images, value_range)
+        # the noisy input's own PSNR/SSIM are reported beside the output's
+        reference = {"noisy": noisy, "clean_images": clean_images, "value_range": value_range}
         labels = class_labels_for(self.unet, class_labels, noisy.shape[0], device)
         if is_edm_scheduler(self.scheduler):
             if timestep is not None:
                 raise ValueError("An EDM scheduler has no training timesteps: give noise_std (its sigma) instead.")
             sample, evaluations = self._denoise_edm(noisy, noise_std, num_inference_steps, labels, solver_schedule)
-            return self._finish(sample, noise_std, evaluations, clean_images, output_type, return_dict)
+            return self._finish(sample, noise_std, evaluations, reference, output_type, return_dict)
         alphas_cumprod = self.scheduler.alphas_cumprod.cpu()
         num_train = len(alphas_cumprod)
         if timestep is not None:
@@ -171,7 +227,7 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
 
         # 3. reverse process
         sample, evaluations = reverse_process(self, sample, timesteps, labels, solver_schedule, generator)
-        return self._finish(sample, start_t, evaluations, clean_images, output_type, return_dict)
+        return self._finish(sample, start_t, evaluations, reference, output_type, return_dict)
 
     def _denoise_edm(self, noisy, noise_std: float, num_inference_steps: int, labels, solver_schedule):
         """EDM's forward process is x + sigma * noise: images carrying noise of std `noise_std` are its marginal at
@@ -195,19 +251,20 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
         finally:
             self.scheduler = saved
 
-    def _finish(self, sample, start, evaluations, clean_images, output_type, return_dict):
+    def _finish(self, sample, start, evaluations, reference: dict, output_type, return_dict):
         channels = self.unet.config.in_channels
         device = sample.device
         images = (sample / 2 + 0.5).clamp(0, 1)
-        psnr = ssim = None
-        if clean_images is not None:
-            psnr, ssim = image_quality(
-                images, (to_model_range(clean_images, channels).to(device) / 2 + 0.5).clamp(0, 1)
-            )
+        psnr = ssim = noisy_psnr = noisy_ssim = None
+        if reference["clean_images"] is not None:
+            clean = to_model_range(reference["clean_images"], channels, reference["value_range"]).to(device)
+            clean = (clean / 2 + 0.5).clamp(0, 1)
+            psnr, ssim = image_quality(images, clean)
+            noisy_psnr, noisy_ssim = image_quality((reference["noisy"].float() / 2 + 0.5).clamp(0, 1), clean)
         output = to_output_type(images, output_type)
         if not return_dict:
             return (output, start, psnr, ssim)
-        return DenoisePipelineOutput(output, start, psnr, ssim, evaluations)
+        return DenoisePipelineOutput(output, start, psnr, ssim, evaluations, noisy_psnr, noisy_ssim)
 
     def _tail_timesteps(self, target_t: int, num_inference_steps: int, device) -> torch.Tensor:
         """Set the scheduler so that its final `num_inference_steps` steps start at the first timestep >= target."""

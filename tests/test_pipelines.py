@@ -312,9 +312,33 @@ def test_trained_model_denoises_digits(trained_digits, noise_std, steps, least_g
     from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
 
     noisy_psnr, noisy_ssim = image_quality(((noisy + 1) / 2).clamp(0, 1), (clean + 1) / 2)
+    assert (out.noisy_psnr, out.noisy_ssim) == pytest.approx((noisy_psnr, noisy_ssim))  # reported beside the output
     assert out.psnr > noisy_psnr + least_gain, (out.psnr, noisy_psnr)
     assert out.ssim > noisy_ssim
     assert out.ode_evaluations == steps * pipe.unet.evaluations_per_call()
+    # the same images as a [0, 1] tensor, said so, give the same result; unsaid, they are refused
+    same = pipe((noisy + 1) / 2, noise_std=noise_std, num_inference_steps=steps, clean_images=(clean + 1) / 2,
+                value_range=(0, 1))  # fmt: skip
+    assert same.psnr == pytest.approx(out.psnr, abs=1e-4)
+    with pytest.raises(ValueError, match="look like \\[0, 1\\] tensors.*value_range=\\(0, 1\\)"):
+        pipe((noisy + 1) / 2, noise_std=noise_std, num_inference_steps=steps, clean_images=(clean + 1) / 2)
+
+
+def test_denoise_input_mistakes_are_named(recwarn):
+    from PIL import Image
+
+    pipe = ContinuousUNetDenoisePipeline(unet=make_tiny(in_channels=1, out_channels=1), scheduler=DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    with pytest.raises(ValueError, match="Noisy values reach 3.00"):  # far beyond images plus noise of std 0.1
+        pipe(torch.full((1, 1, 8, 8), 3.0), noise_std=0.1, num_inference_steps=2)
+    with pytest.raises(ValueError, match="shape \\(batch, 1, height, width\\)"):
+        pipe(torch.zeros(1, 3, 8, 8), noise_std=0.1, num_inference_steps=2)
+    pipe(torch.rand(1, 1, 8, 8) * 0.5, noise_std=0.05, num_inference_steps=2)  # nothing below -0.5: a hint
+    colour = [Image.new("RGB", (16, 16), (200, 30, 30))]
+    pipe(colour, noise_std=0.1, num_inference_steps=2)  # RGB to L, and 16x16 for an 8x8 model: both said
+    messages = " | ".join(str(w.message) for w in recwarn)
+    assert "no value below -0.5" in messages and "Converted RGB images to L" in messages
+    assert "Denoising 16x16 images with a model trained at 8x8" in messages
 
 
 def test_denoise_pipeline_refuses_an_unknown_output_type_before_sampling():

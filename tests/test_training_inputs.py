@@ -333,3 +333,48 @@ def test_a_data_folder_holding_training_outputs_is_refused(tmp_path, module):
     with pytest.raises(ValueError, match="contains a saved pipeline"):
         train(tmp_path / "out", "--train_data_dir", str(folder), "--max_train_steps", "1", module=module)
     assert not (tmp_path / "out").exists()
+
+
+def test_command_line_errors_are_one_line_with_a_hint(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--max_train_step", "3"])
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "usage:" not in error
+    assert "'max_train_step' (did you mean 'max_train_steps'?)" in error and "--help" in error
+    with pytest.raises(SystemExit):  # no abbreviations: --learning is not silently --learning_rate
+        parse_args(["--learning", "0.1"])
+    assert "unknown option(s) 'learning'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--learning_rate", "fast"])
+    assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_model_config_may_be_inline_json_or_a_yaml_mapping(tmp_path, module, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("model_config:\n  layers_per_block: 1\nmodel_type: unet2d\n")
+    args = parse_args(["--config", str(config)])
+    assert json.loads(args.model_config) == {"layers_per_block": 1}
+    result = train(tmp_path / "out", "--config", str(config), "--max_train_steps", "1", "--block_out_channels",
+                   "16", "32", module=module)  # fmt: skip
+    assert result.unet.config.layers_per_block == 1
+    (tmp_path / "bad.yaml").write_text("learning_rate:\n  value: 0.1\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(tmp_path / "bad.yaml")])
+    assert "learning_rate takes a value, not a mapping; only model_config" in capsys.readouterr().err
+
+
+def test_metadata_that_lists_fewer_images_is_a_warning(tmp_path, module, caplog):
+    folder = _image_folder(tmp_path / "images", modes=("L",), count=6)
+    (folder / "metadata.csv").write_text("file_name,caption\nimg_0.png,a\nimg_1.png,b\nimg_2.png,c\nimg_3.png,d\n")
+    with caplog.at_level("WARNING"):
+        train(tmp_path / "out", "--train_data_dir", str(folder), "--max_train_steps", "1", "--train_batch_size", "2",
+              module=module)  # fmt: skip
+    assert "lists 4 image(s) but the folder holds 6" in caplog.text
+
+
+def test_a_missing_local_path_as_dataset_name_is_no_such_folder(tmp_path, module):
+    with pytest.raises(ValueError, match="looks like a local path, but there is no such folder"):
+        train(tmp_path / "out", "--dataset_name", str(tmp_path / "my_images"), module=module)
+    with pytest.raises(ValueError, match="no such folder"):
+        train(tmp_path / "out", "--dataset_name", "./my_images", module=module)
+    assert not (tmp_path / "out").exists()

@@ -8,6 +8,7 @@ not from global random state, so a resumed run sees exactly the images an uninte
 from __future__ import annotations
 
 import io
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -68,6 +69,14 @@ def load_image_dataset(
             dataset = datasets.load_dataset("imagefolder", data_dir=train_data_dir, cache_dir=cache_dir, split=split)
         except Exception as error:  # datasets raises several types for an empty or unreadable folder
             raise ValueError(f"Could not read images from --train_data_dir {train_data_dir!r}: {error}") from error
+        warn_if_metadata_leaves_out_images(Path(train_data_dir), len(dataset))
+    elif (
+        dataset_name is not None and looks_local(dataset_name) and not os.path.exists(os.path.expanduser(dataset_name))
+    ):
+        raise ValueError(
+            f"--dataset_name {dataset_name!r} looks like a local path, but there is no such folder "
+            "(a folder of images is --train_data_dir; a Hub data set is named like 'org/name')."
+        )
     elif dataset_name is None or dataset_name == "digits":
         return digits_dataset()
     elif dataset_name in fashion_mnist.HUB_NAMES and fashion_mnist.local_folder(fashion_mnist_dir) is not None:
@@ -80,6 +89,28 @@ def load_image_dataset(
     if len(dataset) == 0:
         raise ValueError(f"The data set {dataset_name or train_data_dir!r} has no examples in split {split!r}.")
     return dataset
+
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def looks_local(name: str) -> bool:
+    """Whether a data set name is written as a path (absolute, ./, ../, ~): never a Hub id."""
+    return name.startswith(("/", "./", "../", "~")) or os.path.isabs(name)
+
+
+def warn_if_metadata_leaves_out_images(folder: Path, loaded: int) -> None:
+    """datasets' imagefolder keeps only the images a `metadata.csv` lists: say so when that drops some."""
+    if not any(folder.rglob("metadata.csv")) and not any(folder.rglob("metadata.jsonl")):
+        return
+    on_disk = sum(1 for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)
+    if loaded < on_disk:
+        logging.getLogger("diffusers_cunet.train").warning(
+            "%s: its metadata file lists %d image(s) but the folder holds %d; the unlisted ones are not trained on.",
+            folder,
+            loaded,
+            on_disk,
+        )
 
 
 def find_image_column(column_names: Sequence[str], requested: str | None = None) -> str:

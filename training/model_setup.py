@@ -77,12 +77,14 @@ def model_arguments(args: argparse.Namespace, n_classes: int | None, channels: i
 
 
 def read_model_config(path: str, model_class: type) -> dict[str, Any]:
-    """The `--model_config` JSON: constructor arguments of `model_class`, every name checked against it."""
+    """The `--model_config` JSON (a file, or inline): constructor arguments of `model_class`, every name checked
+    against it."""
+    inline = path.lstrip().startswith("{")  # inline JSON (or a YAML mapping, which the options pass as JSON)
     file = Path(path)
-    if not file.is_file():
+    if not inline and not file.is_file():
         raise ValueError(f"--model_config {path!r} does not exist.")
     try:
-        config = json.loads(file.read_text())
+        config = json.loads(path if inline else file.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"--model_config {path!r} is not valid JSON: {error}") from error
     if not isinstance(config, dict):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from training.data import IMAGE_FITS
 from training.fashion_mnist import HUB_NAMES as FASHION_NAMES
 
 MODEL_TYPES = ("cunet", "unet2d")
+JSON_OPTIONS = ("model_config",)  # options whose value may be a JSON object (a mapping in a YAML --config)
 DESCRIPTION = """Train a continuous U-Net (ContinuousUNet2DModel) on a `datasets` image set.
 
     accelerate launch training/train.py --config training/configs/digits.yaml --output_dir outputs/digits
@@ -98,7 +100,12 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="Image channels of the model: auto follows the data (3 if any probed image has colour), unless "
         "--model_config sets in_channels.",
     )
-    model.add_argument("--model_config", default=None, help="JSON file of model constructor arguments.")
+    model.add_argument(
+        "--model_config",
+        default=None,
+        help="Model constructor arguments: a JSON file, or inline JSON ('{\"layers_per_block\": 1}'; in a YAML "
+        "--config, a mapping).",
+    )
     model.add_argument("--block_out_channels", type=int, nargs="+", default=None)
     model.add_argument("--ode_order", choices=["first", "second"], default=None)
     model.add_argument("--solver_method", default=None)
@@ -212,8 +219,30 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (the usage dump is for --help), with no abbreviated options
+    (`--lr` is not silently `--lr_scheduler`) and a "did you mean" for options it does not know."""
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def error(self, message: str):  # noqa: D102  (argparse's hook)
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            flags = [token.split("=")[0].removeprefix("--") for token in unknown if token.startswith("--")]
+            known = [option.removeprefix("--") for action in self._actions for option in action.option_strings
+                     if option.startswith("--") and option != "--help"]  # fmt: skip
+            if flags:
+                self.error(f"unknown option(s) {names_with_hints(flags, known)}")
+            self.error(f"unexpected argument(s) {' '.join(unknown)}")
+        return parsed
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=str, default=None, help="YAML file of option defaults (command line wins).")
     add_data_options(p)
     add_model_options(p)
@@ -262,6 +291,11 @@ def option_tokens(parser: argparse.ArgumentParser, values: Any, path: str) -> li
                 tokens.append(flag)
             continue
         if value is None:
+            continue
+        if isinstance(value, dict):  # a YAML mapping: the inline JSON of an option that takes JSON, else refused
+            if name not in JSON_OPTIONS:
+                parser.error(f"{where} takes a value, not a mapping; only {', '.join(JSON_OPTIONS)} take(s) one.")
+            tokens += [flag, json.dumps(value)]
             continue
         items = value if isinstance(value, list) else [value]
         if isinstance(value, list) and action.nargs is None:
