@@ -108,7 +108,6 @@ def test_a_checkpoint_of_another_preconditioning_is_refused(tmp_path, module):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--preconditioning", "edm", "--model_type", "unet2d"], "cunet only"),
         (["--loss_weight_warmup_steps", "5"], "applies to --preconditioning edm or edm-fdm only"),
         (["--preconditioning", "edm", "--prediction_type", "v_prediction"], "DDPM-style training"),
         (["--preconditioning", "edm-fdm", "--loss_weight_warmup_steps", "-1"], "must be >= 0"),
