@@ -35,20 +35,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         solver_method="euler",
         solver_steps=1,
     ),
-    # Fashion-MNIST's 28x28 padded to 32x32 (training/configs/fashion-mnist.yaml): the digits widths, one level more
-    # of pixels
-    "fashion-32": dict(
-        sample_size=32,
-        in_channels=1,
-        out_channels=1,
-        block_out_channels=(32, 64, 128),
-        attention_levels=(False, False, True),
-        mid_attention=True,
-        norm_num_groups=8,
-        solver_method="euler",
-        solver_steps=1,
-    ),
 }
+# Fashion-MNIST's 28x28 padded to 32x32 (training/configs/fashion-mnist.yaml): the digits model, one level more of
+# pixels
+PRESETS["fashion-32"] = {**PRESETS["digits-16"], "sample_size": 32}
 
 
 def preset_config(name: str, **overrides: Any) -> dict[str, Any]:

@@ -368,14 +368,12 @@ class TrainingImages:
 def load_training_images(args, warn: Callable[[str], None] | None = None) -> TrainingImages:
     """The data the options name, checked before any compute: it loads, has the columns asked for, and every image
     decodes (or the unreadable ones are left out under `--skip_bad_images`)."""
-    dataset = load_image_dataset(
-        None if args.train_data_dir else args.dataset_name,
-        args.dataset_config_name,
-        args.train_data_dir,
-        args.split,
-        args.cache_dir,
-        args.fashion_mnist_dir,
-    )
+
+    def load_split(split: str):
+        return load_image_dataset(None if args.train_data_dir else args.dataset_name, args.dataset_config_name,
+                                  args.train_data_dir, split, args.cache_dir, args.fashion_mnist_dir)  # fmt: skip
+
+    dataset = load_split(args.split)
     image_column = find_image_column(dataset.column_names, args.image_column)
     n_classes = num_classes(dataset, args.class_column) if args.class_column else None
     if args.max_train_samples is not None:
@@ -384,14 +382,7 @@ def load_training_images(args, warn: Callable[[str], None] | None = None) -> Tra
     dataset = drop_unreadable_images(dataset, image_column, args.skip_bad_images, source, warn=warn)
     held_out = None
     if args.held_out_samples and args.held_out_split:  # the first N of another split, e.g. the test images
-        other = load_image_dataset(
-            None if args.train_data_dir else args.dataset_name,
-            args.dataset_config_name,
-            args.train_data_dir,
-            args.held_out_split,
-            args.cache_dir,
-            args.fashion_mnist_dir,
-        )
+        other = load_split(args.held_out_split)
         if args.held_out_samples > len(other):
             raise ValueError(
                 f"--held_out_samples {args.held_out_samples}: split {args.held_out_split!r} of {source} "

@@ -51,6 +51,14 @@ def local_folder(folder: str | os.PathLike | None = None) -> Path | None:
     return None
 
 
+def required_folder(folder: str | os.PathLike | None = None) -> Path:
+    """`local_folder`, or a `ValueError` saying how to get the files when none has them."""
+    found = local_folder(folder)
+    if found is None:
+        raise ValueError(f"No Fashion-MNIST files in {DEBIAN_FOLDER} (apt-get install dataset-fashion-mnist).")
+    return found
+
+
 def read_idx(path: Path, dimensions: int) -> np.ndarray:
     """The uint8 array of a (gzipped) IDX file: a big-endian magic number, one size per dimension, then the bytes.
 
@@ -90,9 +98,7 @@ def fashion_mnist_dataset(split: str = "train", folder: str | os.PathLike | None
     Raises:
         ValueError: if no folder with the files is found, or a file is damaged (the message names it).
     """
-    found = local_folder(folder)
-    if found is None:
-        raise ValueError(f"No Fashion-MNIST files in {DEBIAN_FOLDER} (apt-get install dataset-fashion-mnist).")
+    found = required_folder(folder)
     return _cached_dataset(found.resolve(), split)
 
 
@@ -127,9 +133,7 @@ def split_tensors(split: str = "train", folder: str | os.PathLike | None = None,
     without a round trip through PNG."""
     import torch
 
-    found = local_folder(folder)
-    if found is None:
-        raise ValueError(f"No Fashion-MNIST files in {DEBIAN_FOLDER} (apt-get install dataset-fashion-mnist).")
+    found = required_folder(folder)
     images, labels = read_split(found, split)
     pixels = torch.from_numpy(images.astype(np.float32) / 255.0)[:, None]
     return pad_to(pixels, resolution), torch.from_numpy(labels.astype(np.int64))
