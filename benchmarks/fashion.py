@@ -93,6 +93,9 @@ MODES = {
 }
 EDM, FDM, DDPM = {"preconditioning": "edm"}, {"preconditioning": "edm-fdm"}, {}
 EULER1 = ("euler", 1)
+# trained for block-skip schedules (benchmarks.step_aware): each batch leaves each ODE block out with this probability
+# (about one of the seven per batch; P(none) = 0.32)
+SKIP_TRAINING = {**EDM, "block_skip_prob": 0.15}
 
 
 def variants(mode: str) -> list[FashionVariant]:
@@ -108,6 +111,7 @@ def variants(mode: str) -> list[FashionVariant]:
                 EDM,
                 equal_time=("cunet-x1-edm", "unet2d-x1-edm", 1.0),
             ),  # fmt: skip
+            FashionVariant("cunet-x1-edm-skip", "cunet", (16, 32), EULER1, SKIP_TRAINING),
         ]
     x1, half, wide = (32, 64, 128), (16, 32, 64), (48, 96, 192)
     out = [
@@ -124,6 +128,7 @@ def variants(mode: str) -> list[FashionVariant]:
         FashionVariant("unet2d-x1-ddpm", "unet2d", x1, None, DDPM),
         FashionVariant("cunet-x0.5-edm", "cunet", half, EULER1, EDM),
         FashionVariant("unet2d-x0.5-edm", "unet2d", half, None, EDM),
+        FashionVariant("cunet-x1-edm-skip", "cunet", x1, EULER1, SKIP_TRAINING),
     ]
     if mode == "gpu":
         out += [

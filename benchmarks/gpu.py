@@ -28,7 +28,8 @@ from diffusers import DDIMScheduler, UNet2DModel
 from diffusers.utils import logging as diffusers_logging
 
 from diffusers_cunet.acceleration import CUDAGraphedModel, compile_model
-from diffusers_cunet.flops import count_forward_flops, count_parameters
+from diffusers_cunet.feature_cache import DeepFeatureCache
+from diffusers_cunet.flops import count_call_flops, count_forward_flops, count_parameters
 from diffusers_cunet.noise_schedule import make_noise_scheduler
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.presets import from_preset
@@ -203,6 +204,43 @@ def solver_sweep(model, settings, device, executions) -> list[dict[str, Any]]:
     return rows
 
 
+def block_skipping(model, settings, device, executions) -> list[dict[str, Any]]:
+    """The cUNet's forward time with more and more ODE blocks skipped (the deepest first), and a call that reuses
+    cached deep features (eager only: a CUDA graph cannot hold the cache), beside its counted FLOPs: a saving in
+    FLOPs that shows in time only if the skipped work was not hidden by launch overhead."""
+    rows = []
+    batch = settings["batches"][-1]
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    sample, t = inputs(model, batch, device)
+    levels = len(model.config.block_out_channels)
+    depth = {"mid_block": levels, **{f"down_blocks.{i}": i for i in range(levels)},
+             **{f"up_blocks.{k}": levels - 1 - k for k in range(levels)}}  # fmt: skip
+    deepest_first = sorted(model.ode_block_names, key=lambda name: -depth[name])
+    for count in (0, 2, 4):
+        solver = {"skip": deepest_first[:count]}
+        flops = count_call_flops(lambda e=solver: model(sample[:1], t[:1], solver=e))
+        row = {"skipped": solver["skip"], "gflops_per_call": flops / 1e9, "batch": batch, "precision": precision}
+        for execution in executions:
+            run = runner(model, execution)
+            with torch.no_grad(), precision_context(precision, device):
+                row[f"{execution}_ms"] = 1e3 * median_seconds(
+                    lambda r=run, s=sample, t=t, e=solver: r(s, t, solver=e), device, settings["repeats"]
+                )
+        rows.append(row)
+        print(f"skip {count} blocks: " + ", ".join(f"{e} {row[f'{e}_ms']:.2f} ms" for e in executions), flush=True)
+    cache = DeepFeatureCache(1)
+    with torch.no_grad():
+        model(sample, t, feature_cache=cache)
+    cache.refresh = False
+    flops = count_call_flops(lambda: model(sample, t, feature_cache=cache)) / batch
+    with torch.no_grad(), precision_context(precision, device):
+        milliseconds = 1e3 * median_seconds(lambda: model(sample, t, feature_cache=cache), device, settings["repeats"])
+    rows.append({"skipped": [], "cached_levels": 1, "gflops_per_call": flops / 1e9, "batch": batch,
+                 "precision": precision, "eager_ms": milliseconds})  # fmt: skip
+    print(f"cached call (top level only): eager {milliseconds:.2f} ms", flush=True)
+    return rows
+
+
 def graph_breaks(models, device) -> dict[str, dict[str, int]]:
     """Graphs and graph breaks `torch._dynamo.explain` finds in one batch-2 forward call of each model."""
     out = {}
@@ -298,7 +336,7 @@ def compiled_forward(
     return [row]
 
 
-EAGER_SECTIONS = ("graph_breaks", "forward", "kernels", "training", "sampling", "solver_sweep")
+EAGER_SECTIONS = ("graph_breaks", "forward", "kernels", "training", "sampling", "solver_sweep", "block_skipping")
 
 
 def run(
@@ -354,6 +392,7 @@ def run(
         "training": (training, models, settings, device),
         "sampling": (sampling, models, settings, device, executions),
         "solver_sweep": (solver_sweep, models["cunet"], settings, device, executions),
+        "block_skipping": (block_skipping, models["cunet"], settings, device, executions),
     }
     for section in sections:
         save(section, *eager_sections[section])

@@ -202,6 +202,17 @@ def gpu_section(gpu: dict[str, Any]) -> list[str]:
         for r in gpu["solver_sweep"]:
             lines.append(f"| {r['method']} x{r['steps']} | {r['evaluations_per_call']} | "
                          + " | ".join(f"{r[f'{e}_ms']:.2f}" for e in executions) + " |")  # fmt: skip
+    if gpu.get("block_skipping"):
+        rows = gpu["block_skipping"]
+        executions = [k[: -len("_ms")] for k in rows[0] if k.endswith("_ms")]
+        lines.append(f"\n| cUNet call (batch {rows[0]['batch']}, {rows[0]['precision']}) | GFLOPs per sample | "
+                     + " | ".join(f"{e} (ms)" for e in executions) + " |")  # fmt: skip
+        lines.append("|---|---:|" + "---:|" * len(executions))
+        for r in rows:
+            what = "reusing cached deep features (top level only)" if r.get("cached_levels") else (
+                f"skipping {', '.join(r['skipped'])}" if r["skipped"] else "whole network")  # fmt: skip
+            times = " | ".join(f"{r[f'{e}_ms']:.2f}" if f"{e}_ms" in r else "-" for e in executions)
+            lines.append(f"| {what} | {r['gflops_per_call']:.3f} | {times} |")
     if gpu.get("graph_breaks"):
         breaks = ", ".join(f"{n}: {v['graphs']} graph(s), {v['graph_breaks']} break(s)"
                            for n, v in gpu["graph_breaks"].items())  # fmt: skip
@@ -345,11 +356,18 @@ def fashion_report(fashion_result: dict[str, Any], results: Path) -> list[str]:
     return fashion_section(fashion_result, results)
 
 
+def step_aware_report(step_aware_result: dict[str, Any], results: Path) -> list[str]:
+    from .step_aware_report import section as step_aware_section
+
+    return step_aware_section(step_aware_result, results)
+
+
 # The report, in order: each section is written when its results file is in the results folder.
 SECTIONS = (
     ("cost.json", cost_report),
     ("gpu.json", gpu_report),
     ("fashion.json", fashion_report),
+    ("step_aware.json", step_aware_report),
     ("quality.json", quality_report),
     ("step_search.json", step_search_report),
     ("momentum.json", momentum_report),

@@ -33,7 +33,8 @@ def check_capturable(
     base = getattr(model, "solver", None)
     if base is None:
         return None
-    settings = SolverConfig.from_options(solver, base=base)
+    split = getattr(model, "split_effort", None)  # a call's settings may also name ODE blocks it skips
+    settings = split(solver)[0] if split is not None else SolverConfig.from_options(solver, base=base)
     if settings.is_adaptive:
         raise ValueError(
             f"{what} needs a fixed-grid ODE solver, but the model uses the adaptive {settings.method!r} (its step "
@@ -105,8 +106,15 @@ class CUDAGraphedModel(nn.Module):
         class_labels: torch.Tensor | None = None,
         return_dict: bool = True,
         solver: Mapping[str, Any] | SolverConfig | None = None,
+        feature_cache: Any = None,
     ):
-        """The wrapped model's forward pass (same arguments), replayed from the graph of this input signature."""
+        """The wrapped model's forward pass (same arguments), replayed from the graph of this input signature
+        (and of the solver settings and skipped blocks)."""
+        if feature_cache is not None:
+            raise ValueError(
+                "CUDAGraphedModel cannot reuse features across calls (the cached tensors would live in the graph's "
+                "own buffers); sample with cache_interval=None, or use compile_model."
+            )
         if sample.device.type != "cuda":
             raise ValueError(f"CUDAGraphedModel needs CUDA tensors, got a sample on {sample.device}.")
         if not torch.is_tensor(timestep):
@@ -119,13 +127,16 @@ class CUDAGraphedModel(nn.Module):
         if class_labels is not None:
             inputs["class_labels"] = class_labels.to(sample.device)
         autocast = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else None
+        effort = None
         if solver is not None:
-            solver = check_capturable(self.model, "CUDA-graph capture", solver)
-            if solver is None:
+            settings = check_capturable(self.model, "CUDA-graph capture", solver)
+            if settings is None:
                 raise ValueError(f"solver= applies to models with ODE blocks, not {type(self.model).__name__}.")
-        key = (autocast, solver, *((n, tuple(v.shape), v.dtype) for n, v in inputs.items()))
+            effort = (settings, tuple(sorted(self.model.split_effort(solver)[1])))  # (solver, skipped blocks)
+        key = (autocast, effort, *((n, tuple(v.shape), v.dtype) for n, v in inputs.items()))
         if key not in self._graphs:
-            self._graphs[key] = self._capture(inputs, {} if solver is None else {"solver": solver})
+            options = {} if effort is None else {"solver": {**vars(effort[0]), "skip": list(effort[1])}}
+            self._graphs[key] = self._capture(inputs, options)
         graph, static_inputs, static_output = self._graphs[key]
         for name, value in inputs.items():
             static_inputs[name].copy_(value)

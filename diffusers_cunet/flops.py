@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -30,4 +32,13 @@ def count_forward_flops(model: nn.Module, batch_size: int = 1, timestep: int | f
         call = call.forward
     with FlopCounterMode(display=False) as counter:
         call(sample, timestep, **kwargs)
+    return counter.get_total_flops()
+
+
+@torch.no_grad()
+def count_call_flops(function: Callable[[], object]) -> int:
+    """FLOPs of everything `function()` runs (e.g. a whole sampling call of a pipeline: every network call as it
+    ran, skipped blocks and reused features included), counted by the same counter as `count_forward_flops`."""
+    with FlopCounterMode(display=False) as counter:
+        function()
     return counter.get_total_flops()

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from .atomic_write import replace_text
+from .feature_cache import DeepFeatureCache
 from .ode_blocks import NORM_TYPES, ODE_ORDERS, ODEBlock, make_norm
 from .preconditioning import EDMPreconditioning, preconditioning_from_config
 from .solvers import SolverConfig
@@ -190,6 +191,12 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
 
         self.conv_norm_out = make_norm("group" if norm_type == "none" else norm_type, base, norm_num_groups, norm_eps)
         self.conv_out = nn.Conv2d(base, out_channels, kernel_size=3, padding=1)
+        # The ODE blocks by module name, in the order a forward call runs them (up_blocks.0 is the deepest level).
+        self.ode_block_names: tuple[str, ...] = (
+            *(f"down_blocks.{i}" for i in range(levels)),
+            "mid_block",
+            *(f"up_blocks.{i}" for i in range(levels)),
+        )
 
     @classmethod
     def _validate_arguments(cls, arguments: Mapping[str, Any]) -> SolverConfig:
@@ -266,12 +273,47 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
 
     @property
     def num_ode_blocks(self) -> int:
-        return len(self.down_blocks) + 1 + len(self.up_blocks)
+        return len(self.ode_block_names)
 
-    def evaluations_per_call(self, solver: Mapping[str, Any] | SolverConfig | None = None) -> int | None:
-        """ODE function evaluations of one forward call with `solver` (or the current settings); `None` if adaptive."""
-        per_block = SolverConfig.from_options(solver, base=self._solver).evaluations_per_solve
-        return None if per_block is None else per_block * self.num_ode_blocks
+    def split_effort(self, effort: Mapping[str, Any] | SolverConfig | None) -> tuple[SolverConfig, frozenset[str]]:
+        """A call's `solver` argument as (solver settings, names of the ODE blocks it skips).
+
+        Besides the solver options, the mapping may hold `skip`: ODE blocks (names from `ode_block_names`) that
+        this call integrates over zero time, i.e. leaves out (the block is the identity there), e.g.
+        `{"steps": 1, "skip": ["mid_block", "up_blocks.0"]}`.
+
+        Raises:
+            ValueError: for an unknown solver option or block name.
+        """
+        if effort is None:
+            return self._solver, frozenset()
+        if isinstance(effort, SolverConfig) or "skip" not in effort:
+            return SolverConfig.from_options(effort, base=self._solver), frozenset()
+        options = {name: value for name, value in effort.items() if name != "skip"}
+        skip = effort["skip"]
+        if isinstance(skip, str) or not isinstance(skip, Collection):
+            raise ValueError(f"skip must be a list of ODE block names, got {skip!r}.")
+        unknown = sorted(set(skip) - set(self.ode_block_names))
+        if unknown:
+            raise ValueError(f"Unknown ODE block(s) {unknown} in skip; this model has {list(self.ode_block_names)}.")
+        return SolverConfig.from_options(options, base=self._solver), frozenset(skip)
+
+    def active_ode_blocks(self, skip: Collection[str] = (), top_levels: int | None = None) -> tuple[str, ...]:
+        """The ODE blocks a call runs: all but those in `skip`, and with `top_levels` (a call that reuses cached deep
+        features) only those of the top levels of the encoder and decoder."""
+        names = self.ode_block_names
+        if top_levels is not None:
+            names = (*names[:top_levels], *names[len(names) - top_levels :])
+        return tuple(name for name in names if name not in skip)
+
+    def evaluations_per_call(
+        self, solver: Mapping[str, Any] | SolverConfig | None = None, top_levels: int | None = None
+    ) -> int | None:
+        """ODE function evaluations of one forward call with `solver` (or the current settings), skipped blocks
+        left out, only the top levels' blocks when `top_levels` is given (a cached call); `None` if adaptive."""
+        settings, skip = self.split_effort(solver)
+        per_block = settings.evaluations_per_solve
+        return None if per_block is None else per_block * len(self.active_ode_blocks(skip, top_levels))
 
     def ode_function_evaluations(self, reset: bool = False) -> int:
         """ODE function evaluations counted since the last reset (outside `torch.compile`d code)."""
@@ -290,6 +332,7 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         class_labels: torch.Tensor | None = None,
         return_dict: bool = True,
         solver: Mapping[str, Any] | SolverConfig | None = None,
+        feature_cache: DeepFeatureCache | None = None,
     ) -> ContinuousUNet2DOutput | tuple[torch.Tensor]:
         r"""
         Args:
@@ -301,13 +344,23 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
                 was built with `num_class_embeds`.
             return_dict (`bool`): return a `ContinuousUNet2DOutput` instead of a tuple.
             solver (`dict` or `SolverConfig`, *optional*): solver settings for this call only, e.g.
-                `{"steps": 1}`; the model's settings are left unchanged.
+                `{"steps": 1}`, and the ODE blocks it skips (`{"steps": 1, "skip": ["mid_block"]}`, see
+                `split_effort`); the model's settings are left unchanged.
+            feature_cache (`DeepFeatureCache`, *optional*): reuse of deep decoder features across calls: a call
+                with `feature_cache.refresh` runs whole and stores them; any other call runs only the top
+                `feature_cache.levels` levels (see `diffusers_cunet.feature_cache`).
 
         Returns:
             `ContinuousUNet2DOutput` or `tuple`: the prediction, shaped as `sample` with `out_channels` channels.
         """
-        solver = self._solver if solver is None else SolverConfig.from_options(solver, base=self._solver)
+        solver, skip = self.split_effort(solver)
         timesteps = self._check_inputs(sample, timestep, class_labels)
+        levels = len(self.down_blocks)
+        reuse = feature_cache is not None and self._check_cache(feature_cache, sample)
+        kept_from = levels - feature_cache.levels if feature_cache is not None else None  # first up level recomputed
+
+        def run_block(name: str, block: ODEBlock, hidden: torch.Tensor) -> torch.Tensor:
+            return hidden if name in skip else block(hidden, emb, solver)  # zero ODE time: the identity
 
         # 1. time (and class) embedding
         t_emb = self.time_proj(timesteps).to(dtype=self.dtype)
@@ -318,28 +371,58 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         # 2. pre-process
         hidden = self.conv_in(sample)
 
-        # 3. down
+        # 3. down (a cached call stops after the levels it recomputes)
         skips = []
-        for block, attention, downsample in zip(self.down_blocks, self.down_attentions, self.downsamplers):
-            hidden = attention(block(hidden, emb, solver))
+        for i, (block, attention, downsample) in enumerate(
+            zip(self.down_blocks, self.down_attentions, self.downsamplers)
+        ):
+            hidden = attention(run_block(f"down_blocks.{i}", block, hidden))
             skips.append(hidden)
+            if reuse and i == feature_cache.levels - 1:
+                break
             hidden = downsample(hidden)
 
         # 4. mid
-        hidden = self.mid_attn(self.mid_block(hidden, emb, solver))
+        if not reuse:
+            hidden = self.mid_attn(run_block("mid_block", self.mid_block, hidden))
 
-        # 5. up
-        for upsample, merge, block, attention in zip(
-            self.upsamplers, self.skip_merges, self.up_blocks, self.up_attentions
+        # 5. up (a cached call starts from the stored features; a refresh call stores them)
+        for k, (upsample, merge, block, attention) in enumerate(
+            zip(self.upsamplers, self.skip_merges, self.up_blocks, self.up_attentions)
         ):
+            if k == kept_from:
+                if reuse:
+                    hidden = feature_cache.features
+                else:
+                    feature_cache.features = hidden
+            elif reuse and k < kept_from:
+                continue
             hidden = merge(torch.cat([upsample(hidden), skips.pop()], dim=1))
-            hidden = attention(block(hidden, emb, solver))
+            hidden = attention(run_block(f"up_blocks.{k}", block, hidden))
 
         # 6. post-process
         hidden = self.conv_out(F.silu(self.conv_norm_out(hidden)))
         if not return_dict:
             return (hidden,)
         return ContinuousUNet2DOutput(sample=hidden)
+
+    def _check_cache(self, cache: DeepFeatureCache, sample: torch.Tensor) -> bool:
+        """Validate a feature cache against the model and the batch; returns whether this call reuses it."""
+        levels = len(self.down_blocks)
+        if not 1 <= cache.levels <= levels:
+            raise ValueError(
+                f"feature_cache.levels must be between 1 and {levels} (the model's levels), got {cache.levels}."
+            )
+        if not cache.reusing:
+            return False
+        if cache.features is None:
+            raise ValueError("The feature cache holds no features yet: its first call must refresh it (refresh=True).")
+        if cache.features.shape[0] != sample.shape[0]:
+            raise ValueError(
+                f"The feature cache holds features of a batch of {cache.features.shape[0]}, this call has "
+                f"{sample.shape[0]} samples: refresh it for a new batch."
+            )
+        return True
 
     def _check_inputs(self, sample: torch.Tensor, timestep, class_labels) -> torch.Tensor:
         """Validate the inputs and return the timesteps as a `(batch,)` tensor on the sample's device."""

@@ -18,7 +18,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from .hub_layout import write_code_layout
 from .pipeline_utils import (
     SolverSchedule,
+    check_feature_cache,
     check_output_type,
+    check_schedule_kind,
     class_labels_for,
     load_solver_schedule,
     reverse_process,
@@ -129,6 +131,8 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         return_dict: bool = True,
         class_labels: torch.Tensor | list[int] | None = None,
         solver_schedule: SolverSchedule | None = None,
+        cache_interval: int | None = None,
+        cache_levels: int = 1,
     ) -> ContinuousUNetPipelineOutput | tuple:
         r"""
         Args:
@@ -143,6 +147,12 @@ class ContinuousUNetPipeline(DiffusionPipeline):
                 settings (e.g. `{"method": "euler", "steps": 1}`) for that denoising step, or `None` for the
                 model's own settings; a `diffusers_cunet.step_schedule.SolverStepSchedule` is one. Defaults to
                 `self.solver_schedule` (loaded from `solver_schedule.json` beside the pipeline, if there is one).
+                A schedule's `skip` entries leave ODE blocks out of that step's call.
+            cache_interval (`int`, *optional*): reuse deep features across steps (after DeepCache): the whole network
+                runs every `cache_interval` steps, and in between only its top `cache_levels` levels, with the
+                deeper decoder features of the last whole call. `None` (the default) and 1 run it whole every step.
+            cache_levels (`int`): the levels recomputed on every step when `cache_interval` is set (1 = only the
+                highest-resolution level).
 
         Returns:
             `ContinuousUNetPipelineOutput` with the images and the ODE function evaluations spent per image, or a
@@ -153,11 +163,8 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         check_output_type(output_type)
         check_scheduler(self.scheduler, self.unet)
         solver_schedule = solver_schedule if solver_schedule is not None else self.solver_schedule
-        if is_edm_scheduler(self.scheduler) and hasattr(solver_schedule, "num_train_timesteps"):
-            raise ValueError(
-                "A SolverStepSchedule bins the integer timesteps of a discrete schedule; with an EDM scheduler the "
-                "model's timestep is c_noise = log(sigma) / 4. Pass a callable (step_index, c_noise) -> settings."
-            )
+        check_schedule_kind(solver_schedule, self.scheduler)
+        cache = check_feature_cache(self.unet, cache_interval, cache_levels)
         config = self.unet.config
         size = config.sample_size
         size = (size, size) if isinstance(size, int) else tuple(size)
@@ -173,7 +180,7 @@ class ContinuousUNetPipeline(DiffusionPipeline):
 
         # 2. denoising loop
         sample, evaluations = reverse_process(
-            self, sample, self.scheduler.timesteps, labels, solver_schedule, generator
+            self, sample, self.scheduler.timesteps, labels, solver_schedule, generator, cache_interval, cache
         )
 
         # 3. post-process

@@ -232,11 +232,6 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
     def _denoise_edm(self, noisy, noise_std: float, num_inference_steps: int, labels, solver_schedule):
         """EDM's forward process is x + sigma * noise: images carrying noise of std `noise_std` are its marginal at
         sigma = noise_std, so the sampler runs its schedule from that sigma (as its sigma_max) down."""
-        if hasattr(solver_schedule, "num_train_timesteps"):
-            raise ValueError(
-                "A SolverStepSchedule bins the integer timesteps of a discrete schedule; with an EDM scheduler the "
-                "model's timestep is c_noise = log(sigma) / 4. Pass a callable (step_index, c_noise) -> settings."
-            )
         config = self.scheduler.config
         if not config.sigma_min < noise_std <= config.sigma_max:
             raise ValueError(

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
+from ..feature_cache import DeepFeatureCache, check_cache_schedule
 from ..step_schedule import SCHEDULE_FILE, SolverStepSchedule
 from .objective_bridge import ObjectiveBridge
 from .scheduler_support import is_edm_scheduler, seed_noise_sampler, step_kwargs
@@ -16,17 +17,15 @@ from .scheduler_support import is_edm_scheduler, seed_noise_sampler, step_kwargs
 SolverSchedule = Callable[[int, int], Mapping[str, Any] | None]
 
 
-def model_kwargs(labels, settings: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The keyword arguments of a network call: class labels and this denoising step's solver settings, if any."""
+def model_kwargs(labels, settings: Mapping[str, Any] | None, cache: DeepFeatureCache | None = None) -> dict[str, Any]:
+    """The keyword arguments of a network call: class labels, this denoising step's solver settings and the
+    feature cache, each where there is one."""
     kwargs: dict[str, Any] = {} if labels is None else {"class_labels": labels}
     if settings is not None:
         kwargs["solver"] = settings
+    if cache is not None:
+        kwargs["feature_cache"] = cache
     return kwargs
-
-
-def run_model(unet, sample, t, labels, settings: Mapping[str, Any] | None) -> torch.Tensor:
-    """One network call, with the class labels and this denoising step's solver settings (if any)."""
-    return unet(sample, t, **model_kwargs(labels, settings)).sample
 
 
 class EvaluationTally:
@@ -46,10 +45,11 @@ class EvaluationTally:
         if self.per_call is not None:
             unet.ode_function_evaluations(reset=True)
 
-    def add(self, settings: Mapping[str, Any] | None) -> None:
+    def add(self, settings: Mapping[str, Any] | None, top_levels: int | None = None) -> None:
+        """Count one network call with `settings`; `top_levels` for a call that reused cached deep features."""
         if self.per_call is None:
             return
-        evaluations = self.per_call(settings)
+        evaluations = self.per_call(settings) if top_levels is None else self.per_call(settings, top_levels)
         if evaluations is None:
             self.adaptive = True
         else:
@@ -130,10 +130,45 @@ def load_solver_schedule(name_or_path, **options):
     return SolverStepSchedule.from_pretrained(Path(path).parent)
 
 
-def reverse_process(pipeline, sample, timesteps, labels, solver_schedule, generator):
+def check_schedule_kind(solver_schedule, scheduler) -> None:
+    """Raise when a `SolverStepSchedule`'s bins divide timesteps of another kind than `scheduler` passes."""
+    kind = getattr(solver_schedule, "timestep_kind", None)
+    if kind is None:
+        return  # a plain callable: it sees whatever the scheduler's timesteps are
+    edm = is_edm_scheduler(scheduler)
+    if edm and kind == "discrete":
+        raise ValueError(
+            "This SolverStepSchedule bins the integer timesteps of a discrete schedule; with an EDM scheduler the "
+            "model's timestep is c_noise = log(sigma) / 4: build one with SolverStepSchedule.for_edm(...)."
+        )
+    if not edm and kind == "c_noise":
+        raise ValueError(
+            "This SolverStepSchedule bins c_noise = log(sigma) / 4 (for EDM schedulers), but "
+            f"{type(scheduler).__name__} passes integer timesteps: sample with an EDM scheduler, or use a "
+            "schedule binned by timestep."
+        )
+
+
+def check_feature_cache(unet, cache_interval: int | None, cache_levels: int) -> DeepFeatureCache | None:
+    """A fresh feature cache for one sampling run (`None` when `cache_interval` is `None`: reuse is off)."""
+    check_cache_schedule(cache_interval, cache_levels)
+    if cache_interval is None:
+        return None
+    if not hasattr(unet, "active_ode_blocks"):
+        raise ValueError(f"Feature reuse (cache_interval) needs a ContinuousUNet2DModel, not {type(unet).__name__}.")
+    levels = len(unet.config.block_out_channels)
+    if cache_levels > levels:
+        raise ValueError(f"cache_levels must be between 1 and {levels} (the model's levels), got {cache_levels}.")
+    return DeepFeatureCache(cache_levels)
+
+
+def reverse_process(pipeline, sample, timesteps, labels, solver_schedule, generator, cache_interval=None, cache=None):
     """Run `pipeline.unet` and `pipeline.scheduler` over `timesteps` from `sample`; returns the final sample and
     the ODE function evaluations per image. The scheduler decides how its input is scaled and how a step is taken;
-    a model trained on the other objective (EDM vs discrete VP) is bridged to it (`objective_bridge`)."""
+    a model trained on the other objective (EDM vs discrete VP) is bridged to it (`objective_bridge`). With a
+    feature `cache`, network call i runs whole when i is a multiple of `cache_interval` and reuses the deep
+    features otherwise."""
+    check_schedule_kind(solver_schedule, pipeline.scheduler)
     scheduler, unet = pipeline.scheduler, pipeline.unet
     extra = step_kwargs(scheduler, generator)
     seed_noise_sampler(scheduler, generator)
@@ -149,16 +184,19 @@ def reverse_process(pipeline, sample, timesteps, labels, solver_schedule, genera
         settings = None
         if solver_schedule is not None:
             settings = solver_schedule(i, float(host_timesteps[i]) if edm else int(host_timesteps[i]))
+        if cache is not None:
+            cache.refresh = i % cache_interval == 0
+        kwargs = model_kwargs(labels, settings, cache)
         if bridge.mode == "edm_model_vp_scheduler":
-            prediction = bridge.edm_model_for_vp(i, model_input, model_kwargs(labels, settings))
+            prediction = bridge.edm_model_for_vp(i, model_input, kwargs)
         elif bridge.mode == "vp_model_edm_scheduler":  # EDM schedulers keep their sigmas on the CPU
             sigma = scheduler.sigmas[scheduler.step_index]
-            prediction = bridge.vp_model_for_edm(sample, sigma, model_kwargs(labels, settings))
+            prediction = bridge.vp_model_for_edm(sample, sigma, kwargs)
         else:
             if preconditioning is not None:  # the model's own c_in: EDM's (the same as above) or FDM's momentum one
                 sigma = scheduler.sigmas[scheduler.step_index].to(sample.device)
                 model_input = (preconditioning.c_in(sigma) * sample).to(sample.dtype)
-            prediction = run_model(unet, model_input, t, labels, settings)
-        tally.add(settings)
+            prediction = unet(model_input, t, **kwargs).sample
+        tally.add(settings, cache.levels if cache is not None and cache.reusing else None)
         sample = scheduler.step(prediction, t, sample, **extra).prev_sample
     return sample, tally.total

@@ -30,6 +30,18 @@ TINY_CONFIG = dict(
 )
 
 
+def _have_fashion_mnist() -> bool:
+    from training import fashion_mnist
+
+    try:
+        return fashion_mnist.local_folder() is not None
+    except ValueError:  # $FASHION_MNIST_DIR names a folder without the files
+        return False
+
+
+needs_data = pytest.mark.skipif(not _have_fashion_mnist(), reason="Fashion-MNIST files missing: make fashion-data")
+
+
 def perturb_zero_init(model: torch.nn.Module, scale: float = 0.1, seed: int = 0) -> torch.nn.Module:
     """Give the zero-initialised last conv of every ODE field random weights, so a fresh model is not the
     identity inside its blocks and the timestep conditioning shows in the output."""

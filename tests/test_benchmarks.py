@@ -79,9 +79,14 @@ def test_gpu_benchmark_runs_on_cpu_with_small_sizes(tmp_path):
     assert {(r["precision"], r["batch"]) for r in result["forward"]} >= {("fp32", 1), ("fp32", 4), ("bf16", 4)}
     assert all(r["ratio"] > 0 for r in result["forward"] + result["sampling"])
     assert [(r["method"], r["steps"]) for r in result["solver_sweep"]] == list(gpu.SOLVER_SWEEP)
+    skipping = result["block_skipping"]  # skipping the deepest blocks first, then a cached call
+    assert [len(r["skipped"]) for r in skipping] == [0, 2, 4, 0] and skipping[1]["skipped"][0] == "mid_block"
+    assert skipping[0]["gflops_per_call"] > skipping[1]["gflops_per_call"] > skipping[2]["gflops_per_call"]
+    assert skipping[3]["cached_levels"] == 1 and skipping[3]["gflops_per_call"] < skipping[0]["gflops_per_call"]
     assert all(r["throughput_ratio"] > 0 for r in result["training"])
     text = "\n".join(report.gpu_section(saved))
     assert "| fp32 | 4 | eager |" in text and "Fastest bf16 forward" in text and "| euler x2 | 14 |" in text
+    assert "| skipping mid_block, " in text and "reusing cached deep features" in text
     # a file stopped before its first section is reported as partial, not a crash
     partial = {key: saved[key] for key in ("device", "torch", "date", "mode", "counts")}
     assert "partial result" in "\n".join(report.gpu_section(partial))

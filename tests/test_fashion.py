@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import needs_data
 from PIL import Image
 from training_helpers import loss_history, train
 
@@ -20,16 +21,6 @@ from training import fashion_mnist
 from training.data import ImageTransform, load_image_dataset
 from training.fashion_judge import WEIGHTS, judge_metadata, load_judge
 from training.fashion_scores import precision_recall, sample_scores
-
-
-def _have_data() -> bool:
-    try:
-        return fashion_mnist.local_folder() is not None
-    except ValueError:  # $FASHION_MNIST_DIR names a folder without the files
-        return False
-
-
-needs_data = pytest.mark.skipif(not _have_data(), reason="Fashion-MNIST files missing: make fashion-data")
 
 
 def write_idx(folder: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:

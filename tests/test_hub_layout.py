@@ -26,7 +26,10 @@ from diffusers_cunet.step_schedule import SolverStepSchedule
 
 MODEL_IMPORTS = {"torch", "torchdiffeq", "diffusers", *sys.stdlib_module_names}
 PIPELINE_IMPORTS = {*MODEL_IMPORTS, "numpy", "PIL", "huggingface_hub"}  # what diffusers itself needs
-SCHEDULE = SolverStepSchedule(settings=[{"method": "euler", "steps": 1}, {"method": "rk4", "steps": 1}])
+# a bin that skips a block: the shipped pipeline file applies skips as the package does
+SCHEDULE = SolverStepSchedule(
+    settings=[{"method": "euler", "steps": 1, "skip": ["mid_block"]}, {"method": "rk4", "steps": 1}]
+)
 
 
 def top_level_imports(code: str) -> set[str]:
@@ -157,7 +160,9 @@ pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
 pipe.set_progress_bar_config(disable=True)
 out = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=4, output_type="np",
            class_labels=[0, 2])
-print(json.dumps([out.images.tolist(), out.ode_evaluations]))
+cached = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=4, output_type="np",
+              class_labels=[0, 2], cache_interval=2, cache_levels=1)
+print(json.dumps([out.images.tolist(), out.ode_evaluations, cached.images.tolist(), cached.ode_evaluations]))
 """
 
 
@@ -209,6 +214,10 @@ def test_no_install_loading_by_hub_id_resave_and_reload(tmp_path):
     reloaded = run_without_the_package(tmp_path, RELOAD, str(resaved))
     np.testing.assert_allclose(reloaded[0], images, rtol=0, atol=1e-6)
     assert reloaded[1] == evaluations
+    # feature reuse in the shipped pipeline file gives the package's images and evaluation count
+    cached = sample(ContinuousUNetPipeline.from_pretrained(steps_snapshot), class_labels=[0, 2], cache_interval=2)
+    np.testing.assert_allclose(reloaded[2], cached[0], rtol=0, atol=1e-6)
+    assert reloaded[3] == cached[1] < evaluations
 
 
 def test_old_or_damaged_folders_warn_and_are_repaired(tmp_path, capsys):

@@ -19,7 +19,7 @@ from training.step_search import ScheduleEvaluator, greedy_search
 def test_schedule_maps_timesteps_to_bins():
     schedule = SolverStepSchedule.from_steps([1, 2, 4, 8])
     assert [schedule(0, t)["steps"] for t in (0, 249, 250, 500, 999, 1500, -3)] == [1, 1, 2, 4, 8, 8, 1]
-    assert schedule.evaluations_per_call(999, num_ode_blocks=7) == 56
+    assert make_tiny().evaluations_per_call(schedule(0, 999)) == 8 * 5  # 8 Euler steps in each of 5 blocks
 
 
 def test_schedule_round_trips_and_validates(tmp_path):

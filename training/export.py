@@ -222,7 +222,8 @@ def export_run(
     model.eval()
     preconditioned = isinstance(objective, EDMObjective)  # DDPMPipeline would neither scale inputs nor use sigmas
     # DDPMPipeline can pass no class labels and ignores a solver schedule: such models get the pipeline that can.
-    needs_ours = preconditioned or bool(model.config.get("num_class_embeds")) or bool(args.solver_steps_choices)
+    step_aware = bool(args.solver_steps_choices) or bool(args.block_skip_prob)
+    needs_ours = preconditioned or bool(model.config.get("num_class_embeds")) or step_aware
     pipeline_class = ContinuousUNetPipeline if needs_ours else DDPMPipeline
     pipeline_class(unet=model, scheduler=objective.saved_scheduler(model)).save_pretrained(
         str(output_dir), safe_serialization=True

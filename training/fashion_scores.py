@@ -104,9 +104,12 @@ def sample_scores(judge: FashionJudge, real: torch.Tensor, fake: torch.Tensor,
 
 
 @torch.no_grad()
-def generate(pipeline, count: int, steps: int, seed: int, batch_size: int = 250) -> tuple[torch.Tensor, float]:
+def generate(
+    pipeline, count: int, steps: int, seed: int, batch_size: int = 250, **call_options
+) -> tuple[torch.Tensor, float]:
     """`count` samples in [0, 1] from `pipeline` (ours, any scheduler) in batches, batch k seeded `seed + k`, and
-    the sampling seconds per image (the median over batches: robust to a burst of other work on the machine)."""
+    the sampling seconds per image (the median over batches: robust to a burst of other work on the machine).
+    `call_options` go to every pipeline call (e.g. `solver_schedule`, `cache_interval`)."""
     import time
 
     pipeline.set_progress_bar_config(disable=True)
@@ -115,7 +118,7 @@ def generate(pipeline, count: int, steps: int, seed: int, batch_size: int = 250)
         size = min(batch_size, count - start)
         begin = time.perf_counter()
         out = pipeline(batch_size=size, num_inference_steps=steps, output_type="pt",
-                       generator=torch.Generator().manual_seed(seed + k))  # fmt: skip
+                       generator=torch.Generator().manual_seed(seed + k), **call_options)  # fmt: skip
         per_image.append((time.perf_counter() - begin) / size)
         images.append(out.images.cpu())
     return torch.cat(images), sorted(per_image)[len(per_image) // 2]

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -60,6 +60,7 @@ from training.model_setup import (
     make_objective,
     model_arguments,
     model_class_for,
+    skippable_blocks,
 )
 
 logger = logging.getLogger("diffusers_cunet.train")
@@ -144,6 +145,7 @@ def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingRe
     model_class = model_class_for(args)
     set_seed(args.seed)  # before the model: identical initial weights in every run and every process
     unet = build_model(model_class, model_config, args.model_config)  # validates architecture and solver
+    args.block_skip_blocks = list(skippable_blocks(args, unet)) or None  # resolved once: names the loop draws from
     if args.torch_compile:
         compile_in_place(unet, args)
     checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
@@ -168,6 +170,8 @@ def make_accelerator(args: argparse.Namespace, output_dir: Path) -> Accelerator:
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        # a batch that skips ODE blocks leaves their weights out of the graph, which DDP must be told to expect
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if args.block_skip_prob else None,
     )
     if accelerator.is_main_process:
         warn_if_fewer_processes(accelerator.num_processes)
@@ -285,6 +289,10 @@ def training_step(s: Session, batch: dict[str, torch.Tensor], micro_step: int) -
         if args.solver_steps_choices:  # step-aware training: a step count per batch
             pick = int(torch.randint(len(args.solver_steps_choices), (1,), generator=generator))
             model_kwargs["solver"] = {"steps": args.solver_steps_choices[pick]}
+        if args.block_skip_prob:  # sub-network training: each skippable block left out with this probability
+            drawn = (torch.rand(len(args.block_skip_blocks), generator=generator) < args.block_skip_prob).tolist()
+            skip = [name for name, skipped in zip(args.block_skip_blocks, drawn) if skipped]
+            model_kwargs["solver"] = {**model_kwargs.get("solver", {}), "skip": skip}
         loss = s.objective.loss(s.unet, clean, noise, levels, s.record.global_step, **model_kwargs)
         accelerator.backward(loss)
         if accelerator.sync_gradients and args.max_grad_norm > 0:

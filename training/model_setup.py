@@ -53,6 +53,8 @@ def model_arguments(args: argparse.Namespace, n_classes: int | None, channels: i
     given = [f"--{k}" for k, v in solver_options.items() if v is not None]
     if args.solver_steps_choices:
         given.append("--solver_steps_choices")
+    if args.block_skip_prob or args.block_skip_blocks:
+        given.append("--block_skip_prob")
     if given and not cunet:
         raise ValueError(f"{', '.join(given)} only apply to --model_type cunet.")
     if cunet and args.solver_steps_choices:  # the saved model runs at full effort unless a schedule says otherwise
@@ -95,6 +97,22 @@ def read_model_config(path: str, model_class: type) -> dict[str, Any]:
         text = names_with_hints(unknown, accepted)
         raise ValueError(f"--model_config {path!r}: {model_class.__name__} takes no argument(s) {text}.")
     return {name: value for name, value in config.items() if not name.startswith("_")}
+
+
+def skippable_blocks(args: argparse.Namespace, model) -> tuple[str, ...]:
+    """The ODE blocks `--block_skip_prob` may skip (checked against the model's), or `()` when it is off."""
+    if not 0.0 <= args.block_skip_prob < 1.0:
+        raise ValueError(f"--block_skip_prob must lie in [0, 1), got {args.block_skip_prob}.")
+    if args.block_skip_blocks and not args.block_skip_prob:
+        raise ValueError("--block_skip_blocks needs --block_skip_prob > 0.")
+    if not args.block_skip_prob:
+        return ()
+    names = tuple(model.ode_block_names)
+    chosen = tuple(args.block_skip_blocks or names)
+    unknown = [name for name in chosen if name not in names]
+    if unknown:
+        raise ValueError(f"--block_skip_blocks: no ODE block(s) {names_with_hints(unknown, names)} in this model.")
+    return chosen
 
 
 def build_model(model_class: type, config: dict[str, Any], source: str | None):

@@ -118,6 +118,21 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         help="Step-aware training: each batch runs the ODE blocks with a step count drawn from these, so the "
         "model works at every effort a solver schedule may pick (cUNet only).",
     )
+    model.add_argument(
+        "--block_skip_prob",
+        type=float,
+        default=0.0,
+        help="Sub-network training (after DDSM): each batch skips each of the --block_skip_blocks ODE blocks "
+        "with this probability (integrates it over zero time), so schedules that skip blocks work (cUNet only).",
+    )
+    model.add_argument(
+        "--block_skip_blocks",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help="The ODE blocks --block_skip_prob may skip, by name (down_blocks.0, mid_block, up_blocks.0, ...; "
+        "up_blocks.0 is the deepest decoder level); default: all of them.",
+    )
 
 
 def add_diffusion_options(p: argparse.ArgumentParser) -> None:

@@ -89,36 +89,67 @@ class ScheduleEvaluator:
         return Trial(schedule, fd, out.ode_evaluations, self.gflops_per_sample(schedule), seconds)
 
 
+def greedy_reduction(evaluate, full, moves, apply, tolerance: float, score, cost, describe, log=print):
+    """The two-pass greedy search shared by the step and the block-skip searches.
+
+    (1) sensitivity: each move alone on the full-effort schedule; (2) the moves from the least to the most harmful
+    per unit of cost saved, each kept only if the whole schedule still scores within `tolerance` of full effort.
+
+    Args:
+        evaluate: schedule -> trial.
+        full: the trial of the full-effort schedule.
+        moves: the candidate reductions (sortable: ties go to the smaller move).
+        apply: (schedule, move) -> the reduced schedule, or `None` where the move no longer reduces it.
+        score, cost: trial -> the score (lower is better) and the cost that reductions save.
+        describe: move -> text for the log.
+
+    Returns:
+        (best trial found, every trial).
+    """
+    bound = score(full) * (1 + tolerance)
+    log(f"full effort: score {score(full):.2f}, cost {cost(full):.4g}; bound {bound:.2f}")
+    trials = [full]
+    candidates = []
+    for move in moves:
+        trial = evaluate(apply(full.schedule, move))
+        trials.append(trial)
+        saved = cost(full) - cost(trial)
+        candidates.append(((score(trial) - score(full)) / max(saved, 1e-12), move))
+        log(f"{describe(move)}: score {score(trial):.2f}")
+    best = full
+    for _, move in sorted(candidates):
+        schedule = apply(best.schedule, move)
+        if schedule is None:
+            continue
+        trial = evaluate(schedule)
+        trials.append(trial)
+        if score(trial) <= bound:
+            trial.accepted = True
+            best = trial
+            log(f"keep {describe(move)}: score {score(trial):.2f}, cost {cost(trial):.4g}")
+    return best, trials
+
+
 def greedy_search(
     evaluate, bins: int, levels: list[int], tolerance: float, method: str = "euler", log=print
 ) -> tuple[Trial, Trial, list[Trial]]:
-    """Returns (full-effort trial, best schedule found, every trial)."""
+    """Returns (full-effort trial, best schedule found, every trial). Moves lower one bin to a cheaper step count;
+    a bin already cut may still be cut deeper."""
     levels = sorted(set(levels))
     full = evaluate(SolverStepSchedule.from_steps([levels[-1]] * bins, method))
-    bound = full.frechet_distance * (1 + tolerance)
-    log(f"full effort: FD {full.frechet_distance:.2f}, {full.evaluations_per_sample} evaluations; bound {bound:.2f}")
-    trials = [full]
-    # 1. sensitivity of each bin to each cheaper level
-    candidates = []
-    for index in range(bins):
-        for level in levels[:-1]:
-            trial = evaluate(full.schedule.with_bin(index, {"method": method, "steps": level}))
-            trials.append(trial)
-            saved = full.evaluations_per_sample - trial.evaluations_per_sample
-            harm = trial.frechet_distance - full.frechet_distance
-            candidates.append((harm / max(saved, 1), level, index))  # ties: the deeper cut first
-            log(f"bin {index} at {level} step(s): FD {trial.frechet_distance:.2f}")
-    # 2. accumulate from the least harmful (per evaluation saved); a bin already cut may still be cut deeper
-    best = full
-    for _, level, index in sorted(candidates):
-        if level >= best.schedule.settings[index]["steps"]:
-            continue
-        trial = evaluate(best.schedule.with_bin(index, {"method": method, "steps": level}))
-        trials.append(trial)
-        if trial.frechet_distance <= bound:
-            trial.accepted = True
-            best = trial
-            log(f"keep bin {index} at {level}: FD {trial.frechet_distance:.2f}, {trial.evaluations_per_sample} evals")
+
+    def apply(schedule: SolverStepSchedule, move: tuple[int, int]) -> SolverStepSchedule | None:
+        level, index = move
+        if level >= schedule.settings[index]["steps"]:
+            return None
+        return schedule.with_bin(index, {"method": method, "steps": level})
+
+    moves = [(level, index) for index in range(bins) for level in levels[:-1]]  # ties: the deeper cut first
+    best, trials = greedy_reduction(
+        evaluate, full, moves, apply, tolerance,
+        score=lambda trial: trial.frechet_distance, cost=lambda trial: trial.evaluations_per_sample,
+        describe=lambda move: f"bin {move[1]} at {move[0]} step(s)", log=log,
+    )  # fmt: skip
     return full, best, trials
 
 

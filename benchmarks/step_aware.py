@@ -1,0 +1,186 @@
+"""Step-aware compute against today's default, on Fashion-MNIST: GFLOPs per sample against FID.
+
+    python -m benchmarks.step_aware --mode cpu      # ~75 min on 2 CPU cores (uses benchmarks.fashion's models)
+
+The default is what the presets ship: one Euler step per ODE block, EDM DPM-Solver++ with 20 steps. Against it:
+- **block-skip schedules** (`training.skip_search`: which ODE blocks to leave out in each timestep bin), searched
+  on the x1 EDM cUNet as trained and on one trained with random block skipping (`--block_skip_prob`);
+- **feature reuse** (`cache_interval`, `cache_levels`: DeepCache-style, no retraining);
+- **the honest baselines** at fewer FLOPs: the same model with fewer DPM-Solver++ steps, and the x0.5 cUNet.
+Each is scored with the Fashion-MNIST judge (FID against the 10,000 test images), its cost counted by the FLOP
+counter over a whole sampling call (per sample). The searches score fewer samples (common random numbers); every
+setting in the table is scored again on `final_samples`, the default and the searched schedules on two seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from diffusers_cunet.atomic_write import replace_text
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from diffusers_cunet.step_schedule import SolverStepSchedule
+from training.fashion_judge import load_judge
+from training.fashion_mnist import split_tensors
+from training.fashion_scores import judge_features
+from training.skip_search import SampleEvaluator, full_schedule, search_result, skip_search
+
+from . import fashion, paths
+
+RESULTS_FILE = "step_aware.json"
+SUBJECT, SKIP_TRAINED, NARROW = "cunet-x1-edm", "cunet-x1-edm-skip", "cunet-x0.5-edm"
+FLOP_TARGET, CACHE_TARGET, FID_TOLERANCE = 0.40, 1.5, 0.05  # the issue's targets: savings at <= 5% worse FID
+
+
+@dataclass
+class StepAwareSettings:
+    bins: int
+    search_samples: int
+    final_samples: int
+    fewer_steps: tuple[int, ...]
+    caches: tuple[tuple[int, int], ...]  # (cache_interval, cache_levels)
+    seeds: tuple[int, ...] = (0, 1)  # the default and the searched schedules are scored on each
+    tolerance: float = FID_TOLERANCE
+    blocks: tuple[str, ...] | None = None  # the ODE blocks the search may skip (None: all)
+
+
+MODES = {
+    "tiny": StepAwareSettings(
+        bins=2,
+        search_samples=16,
+        final_samples=24,
+        fewer_steps=(2,),
+        caches=((2, 1),),
+        blocks=("mid_block", "up_blocks.0"),
+    ),  # fmt: skip
+    "cpu": StepAwareSettings(
+        bins=3, search_samples=500, final_samples=2000, fewer_steps=(12, 10), caches=((2, 1), (3, 1), (2, 2))
+    ),  # fmt: skip
+}
+
+
+def load(folder: Path, steps: int) -> ContinuousUNetPipeline:
+    """A trained run's saved pipeline (EMA weights) with the benchmark's sampler at `steps` steps."""
+    pipe = ContinuousUNetPipeline.from_pretrained(folder)
+    pipe.scheduler = fashion.sampler(dict(pipe.scheduler.config), steps)
+    return pipe
+
+
+def schedule_from(entry: dict[str, Any], start: SolverStepSchedule) -> SolverStepSchedule:
+    """The schedule of a saved trial: `start` with the trial's skipped blocks per bin."""
+    schedule = start
+    for index, blocks in enumerate(entry["skip_per_bin"]):
+        schedule = schedule.with_skip(index, blocks)
+    return schedule
+
+
+def run(mode: str, runs: Path, results_path: Path) -> dict[str, Any]:
+    settings, fashion_settings = MODES[mode], fashion.MODES[mode]
+    steps = fashion_settings.sampling_steps
+    names = [SUBJECT, SKIP_TRAINED, NARROW]
+    present = [variant.name for variant in fashion.variants(mode)]
+    names = [name for name in names if name in present]
+    # the models: trained by the Fashion-MNIST benchmark (kept if already there)
+    fashion.run(mode, runs, results_path.parent / fashion.RESULTS_FILE, only=names)
+    judge = load_judge()
+    real_features = judge_features(judge, split_tensors("test")[0][: fashion_settings.test_images])
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if results.get("mode") != mode:
+        results = {"mode": mode, "settings": vars(settings) | {"sampling_steps": steps}, "searches": {}, "rows": []}
+
+    def save() -> None:
+        replace_text(results_path, json.dumps(results, indent=2))
+
+    done = {(row["label"], row["seed"]) for row in results["rows"]}
+
+    def score(label: str, model: str, pipe, sampling_steps: int, seed: int, **options) -> None:
+        if (label, seed) in done:
+            return
+        evaluator = SampleEvaluator(pipe, judge, real_features, settings.final_samples, sampling_steps, seed)
+        row = {"label": label, "model": model, "seed": seed, **evaluator.scores(seed, **options)}
+        row["options"] = {key: getattr(value, "to_dict", lambda v=value: v)() for key, value in options.items()}
+        results["rows"].append(row)
+        done.add((label, seed))
+        print(f"{label} (seed {seed}): FID {row['fid']:.2f}, {row['gflops_per_sample']:.3f} GFLOPs/sample", flush=True)
+        save()
+
+    for model in [name for name in (SUBJECT, SKIP_TRAINED) if name in names]:
+        pipe = load(runs / model, steps)
+        start = full_schedule(pipe, settings.bins)
+        if model not in results["searches"]:
+            print(f"\n=== block-skip search on {model} ({settings.search_samples} samples each) ===", flush=True)
+            evaluator = SampleEvaluator(pipe, judge, real_features, settings.search_samples, steps)
+            begin = time.perf_counter()
+            blocks = list(settings.blocks or pipe.unet.ode_block_names)
+            full, best, trials = skip_search(evaluator, start, blocks, settings.tolerance)
+            seconds = time.perf_counter() - begin
+            record = {"search_seconds": seconds, "samples": settings.search_samples, "tolerance": settings.tolerance}
+            results["searches"][model] = search_result(full, best, trials, **record)
+            save()
+        best = schedule_from(results["searches"][model]["best"], start)
+        for seed in settings.seeds:
+            score(f"{model} default", model, pipe, steps, seed)
+            score(f"{model} searched skips", model, pipe, steps, seed, solver_schedule=best)
+        if model != SUBJECT:
+            continue
+        for interval, levels in settings.caches:
+            score(f"{model} cache {interval}/{levels}", model, pipe, steps, 0, cache_interval=interval,
+                  cache_levels=levels)  # fmt: skip
+        for fewer in settings.fewer_steps:
+            score(f"{model} {fewer} steps", model, load(runs / model, fewer), fewer, 0)
+    if NARROW in names:
+        score(f"{NARROW} default", NARROW, load(runs / NARROW, steps), steps, 0)
+    results["verdicts"] = verdicts(results)
+    save()
+    return results
+
+
+def verdicts(results: dict[str, Any]) -> dict[str, Any]:
+    """Each setting against the shipped default (the x1 cUNet, one Euler step per block, the default sampler; per
+    seed where there are two): FLOP ratio, worst FID change, whether it meets its target (feature reuse: 1.5x
+    fewer FLOPs; the rest: 40% fewer; both at <= 5% worse FID)."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for row in results["rows"]:
+        rows.setdefault(row["label"], []).append(row)
+    reference = {row["seed"]: row for row in rows.get(f"{SUBJECT} default", [])}
+    if not reference:
+        return {}
+    out = {}
+    for label, entries in rows.items():
+        if label == f"{SUBJECT} default":
+            continue
+        changes = [row["fid"] / reference[row["seed"]]["fid"] - 1 for row in entries if row["seed"] in reference]
+        flop_ratio = entries[0]["gflops_per_sample"] / reference[0]["gflops_per_sample"]
+        worst = max(changes) if changes else None
+        saving_needed = 1 / CACHE_TARGET if "cache" in label else 1 - FLOP_TARGET
+        meets = worst is not None and worst <= FID_TOLERANCE and flop_ratio <= saving_needed
+        out[label] = {"flop_ratio": flop_ratio, "fid_change": worst, "seeds": len(changes), "meets_target": meets}
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from . import report
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
+    paths.add_publish_option(parser)
+    parser.add_argument("--runs", type=Path, default=None, help="where the Fashion-MNIST training runs are (or go)")
+    args = parser.parse_args(argv)
+    results = paths.results_dir(args.publish)
+    results.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    run(args.mode, args.runs or paths.ROOT / "outputs" / "bench" / f"fashion-{args.mode}", results / RESULTS_FILE)
+    command = f"python -m benchmarks.step_aware --mode {args.mode}" + (" --publish" if args.publish else "")
+    path = report.write(results, paths.report_path(args.publish), command)
+    print(f"\nStep-aware benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s; report: {path}")
+    return path
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    main()
