@@ -96,6 +96,8 @@ def test_skipping_blocks_in_training_and_validation(tmp_path):
     assert losses != [entry["loss"] for entry in plain.loss_history] and all(map(math.isfinite, losses))
     index = json.loads((tmp_path / "skip" / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_cunet", "ContinuousUNetPipeline"]  # the pipeline that applies skips
+    card = (tmp_path / "skip" / "README.md").read_text()
+    assert "skipped at random (per batch, each) | p = 0.9 of down_blocks.0, down_blocks.1, mid_block" in card
 
 
 # ---------------------------------------------------------------------------------------------- schedules
@@ -246,3 +248,11 @@ def test_step_aware_benchmark_tiny_mode(tmp_path):
     # started again, it keeps the searches and scored rows
     again = step_aware.run("tiny", tmp_path / "runs", results / step_aware.RESULTS_FILE)
     assert again["rows"] == data["rows"] and again["searches"] == data["searches"]
+
+
+def test_skip_search_refuses_models_the_judge_cannot_score(tmp_path):
+    from training import skip_search
+
+    ContinuousUNetPipeline(unet=make_tiny(), scheduler=scheduler_for("ddim", None)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="no 1-channel 32x32 model"):
+        skip_search.main(["--pipeline", str(tmp_path)])

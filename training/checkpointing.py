@@ -1,19 +1,30 @@
 """Training checkpoints that lose nothing: written atomically, rotated, and found again on resume.
 
-`accelerator.save_state` writes into a hidden `.checkpoint-N.partial` folder; only when every process has
-finished is it renamed to `checkpoint-N` (a rename within one file system is atomic). A run killed while
-writing leaves at most a partial folder, which is ignored and cleaned up, and the previous checkpoint intact.
+`accelerator.save_state` writes into a hidden `.checkpoint-N.partial` folder, then the manifest (sizes and
+SHA-256 of every file, `training.checkpoint_manifest`); only when every process has finished is it renamed to
+`checkpoint-N` (a rename within one file system is atomic). A run killed while writing leaves at most a partial
+folder, which is ignored and cleaned up, and the previous checkpoint intact; a write that fails (a full disk)
+removes its partial folder and raises `CheckpointWriteError`, the previous checkpoints untouched. On resume,
+`latest` is the newest checkpoint whose files match its manifest: damaged ones are named and passed over.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import re
 import shutil
 from pathlib import Path
 from typing import Any
+
+import torch
+
+from training.checkpoint_manifest import damaged_files, write_manifest
+from training.staging import WRITE_ERRORS
+
+logger = logging.getLogger("diffusers_cunet.train")
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 MODEL_CONFIG_FILE = "model_config.json"
@@ -37,27 +48,54 @@ def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
     return sorted(found, key=checkpoint_step)
 
 
-def resolve_checkpoint(output_dir: str | os.PathLike, spec: str | None) -> Path | None:
-    """The checkpoint `--resume_from_checkpoint` names: `latest` (or `None` if there is none yet) or a path."""
+def resolve_checkpoint(output_dir: str | os.PathLike, spec: str | None, warn=logger.warning) -> Path | None:
+    """The checkpoint `--resume_from_checkpoint` names: `latest` (the newest undamaged one, `None` if there is none
+    yet; each damaged one passed over is named in a warning) or a path (a `ValueError` naming the damaged file)."""
     if spec is None:
         return None
     if spec == "latest":
         checkpoints = list_checkpoints(output_dir)
-        return checkpoints[-1] if checkpoints else None
+        for checkpoint in reversed(checkpoints):
+            problems = damaged_files(checkpoint)
+            if not problems:
+                return checkpoint
+            warn(f"{checkpoint} is damaged ({'; '.join(problems)}): resuming from an older checkpoint instead.")
+        if checkpoints:
+            raise ValueError(f"Every checkpoint in {output_dir} is damaged (see the warnings); nothing to resume.")
+        return None
     path = Path(spec)
     if not path.is_dir():
         path = Path(output_dir) / spec
     if not path.is_dir():
         raise ValueError(f"Checkpoint {spec!r} does not exist (looked in {Path(spec)} and {path}).")
     checkpoint_step(path)
+    problems = damaged_files(path)
+    if problems:
+        raise ValueError(f"Checkpoint {path} is damaged: {'; '.join(problems)}.")
     return path
 
 
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (e.g. the disk is full); the earlier checkpoints are untouched."""
+
+
+def any_process(accelerator, flag: bool) -> bool:
+    """Whether `flag` holds on some process (every process must call it: one small all-reduce)."""
+    if accelerator.num_processes == 1:
+        return flag
+    total = accelerator.reduce(torch.tensor([float(flag)], device=accelerator.device), reduction="sum")
+    return bool(total.item() > 0)
+
+
 def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total_limit: int | None = None) -> Path:
-    """Save the full training state of `accelerator` as `output_dir/checkpoint-<step>`, atomically.
+    """Save the full training state of `accelerator` as `output_dir/checkpoint-<step>`, atomically, with its
+    manifest written last.
 
     Must be called on every process. Older checkpoints beyond `total_limit` are deleted after the new one
     is complete.
+
+    Raises:
+        CheckpointWriteError: when a file cannot be written (on any process); the partial folder is removed.
     """
     output_dir = Path(output_dir)
     final = output_dir / f"checkpoint-{step}"
@@ -65,8 +103,25 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     if accelerator.is_main_process:
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(partial), safe_serialization=True)
+    error: BaseException | None = None
+    try:
+        accelerator.save_state(str(partial), safe_serialization=True)
+    except WRITE_ERRORS as failure:  # a full disk, a file-size limit, a vanished mount
+        error = failure
     accelerator.wait_for_everyone()
+    if accelerator.is_main_process and error is None:
+        try:
+            write_manifest(partial)
+        except WRITE_ERRORS as failure:
+            error = failure
+    if any_process(accelerator, error is not None):
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        kept = list_checkpoints(output_dir)
+        raise CheckpointWriteError(
+            f"Could not write checkpoint {final}: {error or 'failed on another process'}. Nothing of it was kept; "
+            f"{'the newest intact checkpoint is ' + str(kept[-1]) if kept else 'there is no earlier checkpoint'}."
+        ) from error
     if accelerator.is_main_process:
         if final.exists():  # only when a run re-saves a step it already saved: keep the newer state
             shutil.rmtree(final)
@@ -78,12 +133,15 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
     return final
 
 
-def remove_partial_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Delete folders left by a run killed while it wrote a checkpoint; returns what was removed."""
+def remove_partial_checkpoints(output_dir: str | os.PathLike, log=logger.warning) -> list[Path]:
+    """Delete folders left by a run killed while it wrote a checkpoint (or an export), saying so; returns them."""
     folder = Path(output_dir)
-    removed = sorted(folder.glob(".checkpoint-*.partial")) if folder.is_dir() else []
+    if not folder.is_dir():
+        return []
+    removed = sorted([*folder.glob(".checkpoint-*.partial"), *folder.glob(".export.partial")])
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
+        log(f"Removed {path}: left by a run stopped while it wrote it (the complete checkpoints are untouched).")
     return removed
 
 

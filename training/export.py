@@ -22,6 +22,7 @@ from diffusers_cunet.pipelines.scheduler_support import loading_advice
 from training.fashion_scores import NEIGHBOURS
 from training.hub import upload_or_explain
 from training.model_card import render_model_card
+from training.staging import staged_export
 
 logger = logging.getLogger("diffusers_cunet.train")
 
@@ -41,6 +42,7 @@ class RunRecord:
     # seconds of each optimizer step (validation and checkpoints excluded): their median, times the steps, is a
     # training time that a burst of other work on the machine hardly moves, unlike the wall-time sum
     step_seconds: list[float] = field(default_factory=list)
+    skipped_steps: list[int] = field(default_factory=list)  # steps whose update was skipped (non-finite loss/grads)
 
     def median_step_seconds(self) -> float:
         ordered = sorted(self.step_seconds)
@@ -65,7 +67,8 @@ class RunRecord:
     def saved(self) -> dict[str, Any]:
         """The part kept in checkpoints."""
         return {"history": self.history, "train_time": self.train_time, "images_seen": self.images_seen,
-                "held_out": self.held_out, "step_seconds": self.step_seconds}  # fmt: skip
+                "held_out": self.held_out, "step_seconds": self.step_seconds,
+                "skipped_steps": self.skipped_steps}  # fmt: skip
 
 
 def sample_grid(
@@ -192,7 +195,7 @@ def training_settings(args, objective: Objective, record: RunRecord, accelerator
     per_step = round(record.images_seen / record.global_step) if record.global_step else nominal
     if per_step < nominal:  # a data set smaller than one batch: every step sees all of it
         batch += f" (the data set is smaller: {per_step} images per step)"
-    return {
+    settings = {
         "data set": data_source(args),
         "resolution": resolution,
         "steps": record.global_step,
@@ -205,6 +208,16 @@ def training_settings(args, objective: Objective, record: RunRecord, accelerator
         "mixed precision": str(accelerator.mixed_precision),
         "seed": args.seed,
     }
+    if args.solver_steps_choices:
+        settings["solver steps drawn per batch (step-aware training)"] = ", ".join(map(str, args.solver_steps_choices))
+    if args.max_nonfinite_steps:
+        skipped = record.skipped_steps
+        which = f" (steps {', '.join(map(str, skipped[:10]))})" if skipped else ""
+        settings["updates skipped (non-finite loss or gradient)"] = f"{len(skipped)} of {record.global_step}{which}"
+    if args.block_skip_prob:  # the model was trained to run with blocks left out (a solver schedule's "skip")
+        blocks = ", ".join(args.block_skip_blocks or ())
+        settings["ODE blocks skipped at random (per batch, each)"] = f"p = {args.block_skip_prob} of {blocks}"
+    return settings
 
 
 @dataclass
@@ -214,29 +227,21 @@ class Export:
     push_error: str | None = None
 
 
-def export_run(
-    accelerator, model, objective: Objective, args, n_classes, output_dir: Path, record: RunRecord
-) -> Export:
-    """Save `model` (EMA weights already copied in) as a pipeline with its sampler, a sample grid, `metrics.json`
-    and the model card, and upload them when asked. Main process only."""
-    model.eval()
-    preconditioned = isinstance(objective, EDMObjective)  # DDPMPipeline would neither scale inputs nor use sigmas
+def write_export(folder: Path, output_dir: Path, accelerator, model, objective: Objective, args,
+                 record: RunRecord, grid, num_images: int, metrics: dict[str, Any]) -> None:  # fmt: skip
+    """Write the pipeline, grid, metrics and card of a run into `folder` (the staging folder of `output_dir`)."""
+    preconditioned = isinstance(objective, EDMObjective)
     # DDPMPipeline can pass no class labels and ignores a solver schedule: such models get the pipeline that can.
     step_aware = bool(args.solver_steps_choices) or bool(args.block_skip_prob)
     needs_ours = preconditioned or bool(model.config.get("num_class_embeds")) or step_aware
     pipeline_class = ContinuousUNetPipeline if needs_ours else DDPMPipeline
     pipeline_class(unet=model, scheduler=objective.saved_scheduler(model)).save_pretrained(
-        str(output_dir), safe_serialization=True
+        str(folder), safe_serialization=True
     )
-    images, grid = sample_grid(model, objective, args, n_classes, accelerator.device, "final samples")
-    grid_path = output_dir / "samples.png"
-    grid.save(grid_path)
-    metrics = run_metrics(args, record, images, model.config.in_channels)
-    if args.score_samples:
-        metrics.update(judge_metrics(model, objective, args))
+    grid.save(folder / "samples.png")
     summary = {"training_data": data_source(args), "objective": objective.to_config(),
                "metrics": metrics, "loss_history": record.history, "held_out_error": record.held_out}  # fmt: skip
-    (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
     sampler_name = "EDM DPM-Solver++" if preconditioned else "DDIM"
     card = render_model_card(
         model,
@@ -245,15 +250,28 @@ def export_run(
         hub_dataset=None if args.train_data_dir or args.dataset_name == "digits" else args.dataset_name,
         training_settings=training_settings(args, objective, record, accelerator, model.config.sample_size),
         metrics=metrics,
-        grid_caption=f"{len(images)} samples, {sampler_name} {args.validation_inference_steps} steps, EMA weights.",
+        grid_caption=f"{num_images} samples, {sampler_name} {args.validation_inference_steps} steps, EMA weights.",
         machine=f"{accelerator.num_processes} x {accelerator.device.type}",
-        shipped_code=tuple(
-            str(path.relative_to(output_dir))
-            for path in sorted(output_dir.glob("**/*_cunet.py"))
-            if "checkpoint-" not in str(path)
-        ),  # fmt: skip
+        shipped_code=tuple(str(path.relative_to(folder)) for path in sorted(folder.glob("**/*_cunet.py"))),
     )
-    card.save(str(output_dir / "README.md"))
+    card.save(str(folder / "README.md"))
+
+
+def export_run(
+    accelerator, model, objective: Objective, args, n_classes, output_dir: Path, record: RunRecord
+) -> Export:
+    """Save `model` (EMA weights already copied in) as a pipeline with its sampler, a sample grid, `metrics.json`
+    and the model card (staged, then moved in: a failed write leaves the previous export whole), and upload them
+    when asked. Main process only."""
+    model.eval()
+    preconditioned = isinstance(objective, EDMObjective)  # DDPMPipeline would neither scale inputs nor use sigmas
+    images, grid = sample_grid(model, objective, args, n_classes, accelerator.device, "final samples")
+    metrics = run_metrics(args, record, images, model.config.in_channels)
+    if args.score_samples:
+        metrics.update(judge_metrics(model, objective, args))
+    with staged_export(output_dir) as staging:
+        write_export(staging, output_dir, accelerator, model, objective, args, record, grid, len(images), metrics)
+    grid_path = output_dir / "samples.png"
     print(f"\nSaved the pipeline to {output_dir}/: {loading_advice(str(output_dir), preconditioned)}")
     print(f"Sample grid: {grid_path}")
     print("Metrics: " + ", ".join(f"{k} = {v}" for k, v in metrics.items()))

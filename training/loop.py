@@ -32,8 +32,10 @@ from tqdm.auto import tqdm
 from diffusers_cunet.flops import count_parameters
 from diffusers_cunet.objectives import Objective
 from training.checkpointing import (
+    any_process,
     check_checkpoint_matches,
     checkpoint_step,
+    list_checkpoints,
     read_run_record,
     register_checkpoint_hooks,
     remove_partial_checkpoints,
@@ -62,6 +64,7 @@ from training.model_setup import (
     model_class_for,
     skippable_blocks,
 )
+from training.preemption import Preempted, PreemptionGuard, signal_numbers
 
 logger = logging.getLogger("diffusers_cunet.train")
 
@@ -113,6 +116,8 @@ class Session:
     n_classes: int | None
     record: RunRecord = field(default_factory=RunRecord)
     held_out: HeldOutError | None = None
+    nonfinite: torch.Tensor | None = None  # whether the current update's micro-steps saw a non-finite loss
+    preemption: PreemptionGuard | None = None
 
 
 def step_generator(seed: int, micro_step: int, process_index: int, device) -> torch.Generator:
@@ -139,6 +144,9 @@ def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingRe
         check_data_folder(Path(args.train_data_dir), output_dir)
     if args.push_to_hub:
         check_hub_access(args.hub_model_id, args.hub_token)
+    signal_numbers(args.preemption_signals)  # an unknown signal name is an input error, before any compute
+    if args.max_nonfinite_steps < 0:
+        raise ValueError(f"--max_nonfinite_steps must be >= 0, got {args.max_nonfinite_steps}.")
     images = load_training_images(args, warn=logger.warning)
     model_config = model_arguments(args, images.num_classes, data_channels(args, images.dataset, images.image_column))
     check_resolution(model_config["sample_size"], model_config)
@@ -154,7 +162,10 @@ def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingRe
     if checkpoint is not None:
         check_checkpoint_matches(checkpoint, dict(unet.config))
         done = checkpoint_step(checkpoint)
-        if done >= args.max_train_steps:
+        if done >= args.max_train_steps and not exported(output_dir, done):
+            logger.warning("%s is at step %d but no pipeline of that step was exported (e.g. the disk was full): "
+                           "exporting it now, without training.", checkpoint, done)  # fmt: skip
+        elif done >= args.max_train_steps:
             # Nothing is lost: a finished run is not trained further, and nothing in output_dir is rewritten.
             message = (f"{checkpoint} is already at step {done} (--max_train_steps {args.max_train_steps}): nothing "
                        f"to do, {output_dir} left as it is. Raise --max_train_steps to train further.")  # fmt: skip
@@ -162,6 +173,17 @@ def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingRe
             print(message)
             return TrainingResult(global_step=done, output_dir=output_dir, already_done=True)
     return Prepared(images, unet, model_class, checkpoint)
+
+
+def exported(output_dir: Path, step: int) -> bool:
+    """Whether `output_dir` holds the exported pipeline of training step `step` (its metrics say that step)."""
+    metrics = output_dir / "metrics.json"
+    if not (output_dir / "model_index.json").is_file() or not metrics.is_file():
+        return False
+    try:
+        return json.loads(metrics.read_text())["metrics"]["training steps"] == step
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def make_accelerator(args: argparse.Namespace, output_dir: Path) -> Accelerator:
@@ -235,7 +257,8 @@ def set_up(args: argparse.Namespace, output_dir: Path, prepared: Prepared) -> Se
         saved = read_run_record(prepared.checkpoint)
         step = checkpoint_step(prepared.checkpoint)
         session.record = RunRecord(saved["history"], saved["train_time"], saved["images_seen"], [], step, step,
-                                   saved.get("held_out", []), saved.get("step_seconds", []))  # fmt: skip
+                                   saved.get("held_out", []), saved.get("step_seconds", []),
+                                   saved.get("skipped_steps", []))  # fmt: skip
         logger.info("Resumed from %s at step %d", prepared.checkpoint, step)
     if accelerator.is_main_process and args.report_to != "none":
         config = {k: v for k, v in vars(args).items() if v is not None and not isinstance(v, list)}
@@ -277,8 +300,59 @@ def evaluate_held_out(s: Session) -> None:
     logger.info("step %d: held-out denoising error %.5f", s.record.global_step, errors["mean"])
 
 
+class NonFiniteTraining(ValueError):
+    """The loss or the gradient norm stopped being finite (and no more such steps may be skipped)."""
+
+
+def newest_checkpoint_text(output_dir: Path) -> str:
+    kept = list_checkpoints(output_dir)
+    return f"The checkpoints are untouched (newest: {kept[-1]})" if kept else "There is no checkpoint yet"
+
+
+def check_weights_finite(s: Session) -> None:
+    """Refuse to checkpoint or export weights that are not finite (one host read): nothing saved holds a diverged
+    run's damage, and the checkpoint before it stays the newest."""
+    parameters = [p.detach() for p in s.accelerator.unwrap_model(s.unet).parameters()]
+    if bool(torch.stack([torch.isfinite(p).all() for p in parameters]).all()):
+        return
+    raise NonFiniteTraining(
+        f"The weights are not finite after step {s.record.global_step}: training stopped before saving them. "
+        f"{newest_checkpoint_text(s.output_dir)}; lower --learning_rate (or check --adam_epsilon > 0), then resume "
+        "with --resume_from_checkpoint latest."
+    )
+
+
+def save_step(s: Session) -> Path:
+    """The checkpoint of the current step, after checking that the weights are finite."""
+    check_weights_finite(s)
+    return save_checkpoint(s.accelerator, s.output_dir, s.record.global_step, s.args.checkpoints_total_limit)
+
+
+def update_is_unusable(s: Session, nonfinite: torch.Tensor) -> bool:
+    """Whether this optimizer step's update must be dropped: some process saw a non-finite loss or gradient norm
+    (one host read per optimizer step, agreed by every process). Up to `--max_nonfinite_steps` such steps are
+    skipped and recorded; the next one raises `NonFiniteTraining`, before any checkpoint holds the damage."""
+    args, accelerator, record = s.args, s.accelerator, s.record
+    if accelerator.num_processes > 1:
+        nonfinite = accelerator.reduce(nonfinite.float(), reduction="sum")
+    if not bool(nonfinite.item()):
+        return False
+    step = record.global_step + 1
+    if len(record.skipped_steps) < args.max_nonfinite_steps:
+        record.skipped_steps.append(step)
+        logger.warning("step %d: non-finite loss or gradient, update skipped (%d of at most %d)", step,
+                       len(record.skipped_steps), args.max_nonfinite_steps)  # fmt: skip
+        return True
+    raise NonFiniteTraining(
+        f"The loss or gradient norm is not finite at step {step}: training stopped before its update. "
+        f"{newest_checkpoint_text(s.output_dir)}; lower --learning_rate or raise --max_nonfinite_steps to skip "
+        "such steps, then resume with --resume_from_checkpoint latest."
+    )
+
+
 def training_step(s: Session, batch: dict[str, torch.Tensor], micro_step: int) -> torch.Tensor:
-    """One micro-batch: noise and levels from the step's generator, the objective's loss, backward, update."""
+    """One micro-batch: noise and levels from the step's generator, the objective's loss, backward, and at the
+    end of each accumulation, the update (dropped when the loss or gradients are not finite)."""
     args, accelerator = s.args, s.accelerator
     with accelerator.accumulate(s.unet):
         clean = batch["pixel_values"]
@@ -295,8 +369,19 @@ def training_step(s: Session, batch: dict[str, torch.Tensor], micro_step: int) -
             model_kwargs["solver"] = {**model_kwargs.get("solver", {}), "skip": skip}
         loss = s.objective.loss(s.unet, clean, noise, levels, s.record.global_step, **model_kwargs)
         accelerator.backward(loss)
-        if accelerator.sync_gradients and args.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(s.unet.parameters(), args.max_grad_norm)
+        # accumulated on the device over the micro-steps of one update: read once, when it is applied
+        s.nonfinite = ~torch.isfinite(loss.detach()) | (s.nonfinite if s.nonfinite is not None else False)
+        if accelerator.sync_gradients:
+            unusable = s.nonfinite
+            s.nonfinite = None
+            if args.max_grad_norm > 0:
+                norm = accelerator.clip_grad_norm_(s.unet.parameters(), args.max_grad_norm)
+                if norm is not None and accelerator.mixed_precision != "fp16":  # fp16's scaler skips overflows itself
+                    unusable = unusable | ~torch.isfinite(norm)
+            if update_is_unusable(s, unusable):
+                s.optimizer.zero_grad(set_to_none=True)
+                s.lr_scheduler.step()  # the step still counts: the schedule and the resume stay aligned
+                return loss
         s.optimizer.step()
         s.lr_scheduler.step()
         s.optimizer.zero_grad(set_to_none=True)
@@ -331,10 +416,26 @@ def checkpoint_and_validate(s: Session, tick: float) -> float:
     if validating:
         evaluate_held_out(s)
     if checkpointing:
-        save_checkpoint(s.accelerator, s.output_dir, step, args.checkpoints_total_limit)
+        save_step(s)
     if validating:
         save_validation_grid(s.accelerator, s.unet, s.ema, s.objective, args, s.n_classes, s.output_dir, step)
     return time.perf_counter()
+
+
+def stop_if_preempted(s: Session, tick: float) -> None:
+    """After an optimizer step: if a preemption signal reached any process, every process saves this step's
+    checkpoint (unless it was just saved) and `Preempted` is raised."""
+    guard = s.preemption
+    if guard is None or not any_process(s.accelerator, guard.requested):
+        return
+    record = s.record
+    record.train_time += time.perf_counter() - tick
+    path = s.output_dir / f"checkpoint-{record.global_step}"
+    just_saved = s.args.checkpointing_steps and record.global_step % s.args.checkpointing_steps == 0
+    if not just_saved:  # decided from the options alone, so every process makes the same (collective) call
+        path = save_step(s)
+    s.accelerator.end_training()
+    raise Preempted(record.global_step, path, guard.received.name if guard.received else "a signal")
 
 
 def run_loop(s: Session) -> list[list[int]]:
@@ -347,6 +448,9 @@ def run_loop(s: Session) -> list[list[int]]:
     batches_to_skip = (record.global_step % steps_per_epoch) * args.gradient_accumulation_steps
     micro_step = record.global_step * args.gradient_accumulation_steps
     seen_indices: list[list[int]] = []
+    if record.global_step >= args.max_train_steps:
+        progress.close()
+        return seen_indices  # resumed from the final checkpoint only to export it
     if record.global_step == 0:
         evaluate_held_out(s)  # the untrained model: the baseline of the held-out curve
     tick = step_start = time.perf_counter()
@@ -375,6 +479,7 @@ def run_loop(s: Session) -> list[list[int]]:
             log_step(s, progress)
             record.step_seconds.append(time.perf_counter() - step_start)
             tick = checkpoint_and_validate(s, tick)
+            stop_if_preempted(s, tick)
             step_start = time.perf_counter()
             if record.global_step >= args.max_train_steps:
                 break
@@ -403,8 +508,9 @@ def write_process_log(accelerator, unet, output_dir: Path, seen_indices: list[li
 def finish(s: Session, seen_indices: list[list[int]]) -> TrainingResult:
     """Save the final state, then (main process) export the EMA weights as a pipeline with grid, metrics, card."""
     args, accelerator, record = s.args, s.accelerator, s.record
+    check_weights_finite(s)
     if args.checkpointing_steps and record.global_step % args.checkpointing_steps:  # the final state, to go on from
-        save_checkpoint(accelerator, s.output_dir, record.global_step, args.checkpoints_total_limit)
+        save_step(s)
     if args.record_process_log:
         write_process_log(accelerator, s.unet, s.output_dir, seen_indices)
     evaluate_held_out(s)
@@ -434,5 +540,7 @@ def train(args: argparse.Namespace) -> TrainingResult:
     if isinstance(prepared, TrainingResult):
         return prepared
     session = set_up(args, output_dir, prepared)
-    seen_indices = run_loop(session)
+    with PreemptionGuard(args.preemption_signals) as guard:
+        session.preemption = guard
+        seen_indices = run_loop(session)
     return finish(session, seen_indices)

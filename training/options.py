@@ -219,7 +219,27 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     )
     out.add_argument("--checkpointing_steps", type=int, default=500)
     out.add_argument("--checkpoints_total_limit", type=int, default=2)
-    out.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder.")
+    out.add_argument(
+        "--resume_from_checkpoint",
+        default=None,
+        help="'latest' (the newest complete, undamaged checkpoint; damaged ones are named and passed over) or a "
+        "checkpoint folder (an error naming the file if it is damaged).",
+    )
+    out.add_argument(
+        "--preemption_signals",
+        nargs="*",
+        default=["SIGTERM", "SIGINT", "SIGUSR1"],
+        metavar="SIGNAL",
+        help="Signals that make the run finish its step, save a checkpoint and exit with status 75 (resume with "
+        "--resume_from_checkpoint latest); a second one stops at once. None given: no handler.",
+    )
+    out.add_argument(
+        "--max_nonfinite_steps",
+        type=int,
+        default=0,
+        help="Optimizer steps with a non-finite loss or gradient norm that are skipped (no update) before the run "
+        "stops; 0: the first one stops it, with an error naming the step (the checkpoints are left untouched).",
+    )
     out.add_argument("--logging_steps", type=int, default=10)
     out.add_argument("--report_to", choices=["tensorboard", "none"], default="tensorboard")
     out.add_argument("--push_to_hub", action="store_true")

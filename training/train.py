@@ -19,6 +19,7 @@ if __package__ in (None, ""):  # run as a script: make `training` importable as 
 
 from training.loop import TrainingResult, train  # noqa: E402
 from training.options import parse_args  # noqa: E402
+from training.preemption import EXIT_PREEMPTED, Preempted  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> TrainingResult:
@@ -34,5 +35,8 @@ if __name__ == "__main__":
     except ValueError as error:  # every input problem: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as stop:  # a preemption signal: the checkpoint of the last finished step is saved
+        print(stop, file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     if result.push_error:
         sys.exit(1)

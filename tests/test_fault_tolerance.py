@@ -1,0 +1,270 @@
+"""Training that survives what kills runs: preemption signals, SIGKILL at any instant, damaged checkpoints,
+non-finite losses and full disks. Real signals, real processes (forked from the test, so nothing is imported
+again) and real file-size limits; weights compared bit for bit with an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import random
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from training_helpers import ROOT, TINY_ARGS, assert_same_weights, loss_history, train
+
+from training.checkpoint_manifest import MANIFEST_FILE, damaged_files
+from training.checkpointing import list_checkpoints
+from training.preemption import EXIT_PREEMPTED, PreemptionGuard
+
+FORK = multiprocessing.get_context("fork")
+STEPS = 24
+RUN = ["--max_train_steps", str(STEPS), "--max_train_samples", "96", "--checkpointing_steps", "1",
+       "--checkpoints_total_limit", "3", "--num_validation_images", "2"]  # fmt: skip
+
+
+def _train_in_child(output: str, extra: list[str], file_limit: int | None) -> None:
+    """The body of a forked trainer: optionally under a file-size limit; its error (if any) goes to a file."""
+    torch.set_num_threads(1)
+    if file_limit is not None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
+    try:
+        train(Path(output), *extra)
+    except Exception as error:  # reported to the test, which asserts on it
+        Path(output, "child_error.txt").write_text(f"{type(error).__name__}: {error}")
+        os._exit(3)
+    os._exit(0)
+
+
+def start(output: Path, *extra: str, file_limit: int | None = None):
+    process = FORK.Process(target=_train_in_child, args=(str(output), list(extra), file_limit))
+    process.start()
+    return process
+
+
+def finished_steps(output: Path) -> int:
+    checkpoints = list_checkpoints(output)
+    return int(checkpoints[-1].name.split("-")[1]) if checkpoints else 0
+
+
+def assert_same_run(reference: Path, other: Path, step: int) -> None:
+    """Weights, EMA, optimizer state and loss history of checkpoint `step` are equal, bit for bit."""
+    a, b = reference / f"checkpoint-{step}", other / f"checkpoint-{step}"
+    assert_same_weights(a / "model.safetensors", b / "model.safetensors", "weights ")
+    assert_same_weights(a / "unet_ema" / "diffusion_pytorch_model.safetensors",
+                        b / "unet_ema" / "diffusion_pytorch_model.safetensors", "EMA ")  # fmt: skip
+    optimizer_a = torch.load(a / "optimizer.bin", weights_only=True)
+    optimizer_b = torch.load(b / "optimizer.bin", weights_only=True)
+    for key, state in optimizer_a["state"].items():
+        for name, value in state.items():
+            torch.testing.assert_close(optimizer_b["state"][key][name], value, rtol=0, atol=0)
+    history = [json.loads((c / "run_record.json").read_text())["history"] for c in (a, b)]
+    assert history[0] == history[1]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    output = tmp_path_factory.mktemp("uninterrupted")
+    train(output, *RUN)
+    return output
+
+
+# ---------------------------------------------------------------------------------------------- preemption
+def wait_for(path: Path, process, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.002)
+
+
+class _Forked:
+    """A forked process with Popen's `poll`."""
+
+    def __init__(self, process):
+        self.process = process
+
+    def poll(self):
+        return None if self.process.is_alive() else self.process.exitcode
+
+
+def test_sigterm_saves_the_step_and_the_resumed_run_is_exact(tmp_path, uninterrupted):
+    output = tmp_path / "run"
+    process = start(output, *RUN, "--checkpointing_steps", "5")  # the signal comes right after checkpoint-5
+    wait_for(output / "checkpoint-5", _Forked(process))
+    os.kill(process.pid, signal.SIGTERM)
+    process.join(120)
+    error = (output / "child_error.txt").read_text()
+    assert error.startswith("Preempted: SIGTERM received: stopped after step"), error
+    assert "--resume_from_checkpoint latest" in error
+    step = finished_steps(output)
+    assert 5 <= step < STEPS and damaged_files(output / f"checkpoint-{step}") == []
+    (output / "child_error.txt").unlink()
+    train(output, *RUN, "--resume_from_checkpoint", "latest")
+    assert_same_run(uninterrupted, output, STEPS)
+    assert loss_history(output) == loss_history(uninterrupted)
+
+
+def test_the_script_exits_with_the_documented_status(tmp_path):
+    """`python training/train.py` itself: status 75 and one line saying how to resume."""
+    import subprocess
+
+    output = tmp_path / "run"
+    command = [sys.executable, str(ROOT / "training" / "train.py"), *TINY_ARGS, *RUN, "--max_train_steps", "400",
+               "--checkpointing_steps", "50", "--output_dir", str(output)]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(output / "checkpoint-50", process)
+    process.send_signal(signal.SIGUSR1)  # SLURM's advance warning
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert "SIGUSR1 received: stopped after step" in err and "resume with --resume_from_checkpoint latest" in err
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    def body():
+        with PreemptionGuard(["SIGUSR1"]) as guard:
+            os.kill(os.getpid(), signal.SIGUSR1)
+            assert guard.requested and guard.received == signal.SIGUSR1
+            os.kill(os.getpid(), signal.SIGUSR1)  # the default action: the process ends here
+            time.sleep(30)
+        os._exit(0)
+
+    process = FORK.Process(target=body)
+    process.start()
+    process.join(30)
+    assert process.exitcode == -signal.SIGUSR1
+    with pytest.raises(ValueError, match="'SIGKILL' is not a signal that can be caught"):
+        PreemptionGuard(["SIGKILL"])
+
+
+# ---------------------------------------------------------------------------------------------- SIGKILL anywhere
+@pytest.mark.slow
+def test_sigkill_at_many_instants_resumes_bit_exact(tmp_path, uninterrupted):
+    """Ten kills spread over a run (half of them the moment a checkpoint write begins), each followed by a resume
+    with `latest`: the end state equals the uninterrupted run's."""
+    output = tmp_path / "run"
+    rng = random.Random(0)
+    inside_writes = killed = 0
+    for kill in range(10):
+        process = start(output, *RUN, "--resume_from_checkpoint", "latest")
+        begun = finished_steps(output)
+        deadline = time.monotonic() + 120
+        if kill % 2 == 0:  # the moment a checkpoint write has begun
+            while not list(output.glob(".checkpoint-*.partial")) and process.is_alive():
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.001)
+        else:  # a seeded number of steps past where it resumed, then a seeded delay: spread over the run
+            target = begun + rng.randint(1, 3)
+            while finished_steps(output) < target and process.is_alive() and time.monotonic() < deadline:
+                time.sleep(0.002)
+            time.sleep(rng.uniform(0.0, 0.05))
+        if not process.is_alive():
+            break  # the run finished before this kill
+        os.kill(process.pid, signal.SIGKILL)
+        process.join(30)
+        killed += 1
+        inside_writes += bool(list(output.glob(".checkpoint-*.partial")))
+        assert all(damaged_files(c) == [] for c in list_checkpoints(output))  # latest never sees a partial one
+    assert killed == 10 and inside_writes >= 3, (killed, inside_writes)
+    train(output, *RUN, "--resume_from_checkpoint", "latest")
+    assert not list(output.glob(".checkpoint-*.partial"))  # cleaned up, with a line saying so
+    assert_same_run(uninterrupted, output, STEPS)
+
+
+# ---------------------------------------------------------------------------------------------- damaged checkpoints
+def test_a_damaged_newest_checkpoint_is_passed_over_by_latest_and_refused_by_path(tmp_path, uninterrupted, caplog):
+    import shutil
+
+    output = tmp_path / "run"
+    shutil.copytree(uninterrupted, output)  # checkpoints 22, 23, 24 of the finished run
+    newest, second = output / f"checkpoint-{STEPS}", output / f"checkpoint-{STEPS - 1}"
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # truncated
+    with pytest.raises(ValueError, match=f"Checkpoint {newest} is damaged: {weights}: .* bytes"):
+        train(output, *RUN, "--resume_from_checkpoint", str(newest))
+    (second / "optimizer.bin").unlink()  # and the one before lacks a file
+    train(output, *RUN, "--resume_from_checkpoint", "latest")
+    warnings = [r.getMessage() for r in caplog.records if "is damaged" in r.getMessage()]
+    assert any(str(weights) in w for w in warnings) and any("optimizer.bin: missing" in w for w in warnings)
+    assert json.loads((output / "metrics.json").read_text())["metrics"]["resumed at step"] == STEPS - 2
+    assert_same_run(uninterrupted, output, STEPS)
+    assert (output / f"checkpoint-{STEPS}" / MANIFEST_FILE).is_file()
+
+
+# ---------------------------------------------------------------------------------------------- non-finite
+def nan_loss_at(monkeypatch, faulty_step: int) -> None:
+    """Fault injection: the real DDPM loss, made NaN for the update that ends at step `faulty_step`."""
+    from diffusers_cunet.objectives import DDPMObjective
+
+    original = DDPMObjective.loss
+
+    def faulty(self, model, clean, noise, levels, step, **kwargs):
+        loss = original(self, model, clean, noise, levels, step, **kwargs)
+        return loss * float("nan") if step == faulty_step - 1 else loss
+
+    monkeypatch.setattr(DDPMObjective, "loss", faulty)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_checkpoints(tmp_path, monkeypatch):
+    nan_loss_at(monkeypatch, 4)
+    output = tmp_path / "run"
+    with pytest.raises(ValueError, match="not finite at step 4: training stopped.*newest: .*checkpoint-3"):
+        train(output, *RUN)
+    assert [c.name for c in list_checkpoints(output)] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert not (output / "model_index.json").exists()
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    """adam_epsilon 0 divides 0 by 0 for the weights whose gradient is still zero (behind the zero-initialised
+    convs): NaN weights after step 1. No checkpoint is written with them."""
+    output = tmp_path / "run"
+    with pytest.raises(ValueError, match="weights are not finite after step 1: training stopped before saving"):
+        train(output, *RUN, "--adam_epsilon", "0")
+    assert list_checkpoints(output) == []
+
+
+def test_non_finite_steps_are_skipped_up_to_the_limit(tmp_path, monkeypatch):
+    """A transient fault (one update whose loss is not finite) is skipped and counted in the card."""
+    nan_loss_at(monkeypatch, 3)
+    output = tmp_path / "run"
+    train(output, *RUN, "--max_train_steps", "5", "--max_nonfinite_steps", "1")
+    card = (output / "README.md").read_text()
+    assert "| updates skipped (non-finite loss or gradient) | 1 of 5 (steps 3) |" in card
+    assert all(torch.isfinite(p).all() for p in load_weights(output).values())
+
+
+def load_weights(output: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(output / "unet" / "diffusion_pytorch_model.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------- full disk
+def test_a_full_disk_keeps_the_previous_checkpoint_and_pipeline(tmp_path):
+    output = tmp_path / "run"
+    train(output, *RUN, "--max_train_steps", "2")
+    before = {p: p.read_bytes() for p in output.rglob("*") if p.is_file() and "checkpoint-" not in str(p)}
+    # files larger than 64 KB cannot be written: the next checkpoint's weights fail
+    process = start(output, *RUN, "--max_train_steps", "4", "--resume_from_checkpoint", "latest", file_limit=65536)
+    process.join(120)
+    assert process.exitcode == 3
+    error = (output / "child_error.txt").read_text()
+    assert error.startswith("CheckpointWriteError: Could not write checkpoint") and "File too large" in error
+    assert "the newest intact checkpoint is" in error and str(output / "checkpoint-2") in error
+    assert [c.name for c in list_checkpoints(output)] == ["checkpoint-1", "checkpoint-2"]
+    assert damaged_files(output / "checkpoint-2") == [] and not list(output.glob(".checkpoint-*"))
+    # the export fails too (no checkpoints this time): the pipeline saved before is untouched
+    (output / "child_error.txt").unlink()
+    process = start(output, *RUN, "--max_train_steps", "4", "--resume_from_checkpoint", "latest",
+                    "--checkpointing_steps", "0", file_limit=65536)  # fmt: skip
+    process.join(120)
+    error = (output / "child_error.txt").read_text()
+    assert error.startswith("ExportWriteError: Could not save the pipeline") and "File too large" in error
+    (output / "child_error.txt").unlink()
+    after = {p: p.read_bytes() for p in output.rglob("*") if p.is_file() and "checkpoint-" not in str(p)}
+    assert after == before and not (output / ".export.partial").exists()
