@@ -1,6 +1,6 @@
 """DDPM-style vs EDM vs EDM-FDM training of the same cUNet on the embedded digits (issue: FDM, arXiv 2306.06991).
 
-    python -m benchmarks.momentum                # quick: the demo's recipe (1,500 steps), about 31 min on 2 cores
+    python -m benchmarks.momentum                # quick: 1,500 steps (the demo trains 1,000), about 31 min on 2 cores
     python -m benchmarks.momentum --mode tiny    # seconds: the smoke test
 
 All three runs use `training/configs/digits.yaml` (batch, learning rate, EMA, seed) and differ only in

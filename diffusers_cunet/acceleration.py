@@ -38,7 +38,7 @@ def check_capturable(
     if settings.is_adaptive:
         raise ValueError(
             f"{what} needs a fixed-grid ODE solver, but the model uses the adaptive {settings.method!r} (its step "
-            "count depends on the data). Call model.set_solver(method='euler', steps=2) (or rk4, midpoint, heun2, "
+            "count depends on the data). Call model.set_solver(method='euler', steps=1) (or rk4, midpoint, heun2, "
             "heun3) first."
         )
     if settings.adjoint:

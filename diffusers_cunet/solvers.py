@@ -40,7 +40,7 @@ class SolverConfig:
     """
 
     method: str = "euler"
-    steps: int = 2
+    steps: int = 1
     rtol: float = 1e-3
     atol: float = 1e-4
     adjoint: bool = False

@@ -107,7 +107,7 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         ode_residual: bool = False,
         dropout: float = 0.0,
         solver_method: str = "euler",
-        solver_steps: int = 2,
+        solver_steps: int = 1,
         solver_rtol: float = 1e-3,
         solver_atol: float = 1e-4,
         solver_adjoint: bool = False,

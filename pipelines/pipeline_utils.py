@@ -180,7 +180,7 @@ def reverse_process(pipeline, sample, timesteps, labels, solver_schedule, genera
     # scheduler. They are read to the host once here, not once per step (each read would stall a GPU).
     host_timesteps = timesteps.tolist() if solver_schedule is not None else None
     for i, t in enumerate(pipeline.progress_bar(timesteps)):
-        model_input = scheduler.scale_model_input(sample, t)  # also advances the scheduler's step index
+        model_input = scheduler.scale_model_input(sample, t)  # step() advances the step index
         settings = None
         if solver_schedule is not None:
             settings = solver_schedule(i, float(host_timesteps[i]) if edm else int(host_timesteps[i]))

@@ -282,3 +282,13 @@ def test_cifar10_preset_stays_within_its_budget_against_ddpm_cifar10():
     cunet, unet = from_preset("cifar10-32"), ddpm_cifar10_unet()
     assert count_parameters(cunet) <= 0.25 * count_parameters(unet)
     assert count_forward_flops(cunet) <= 0.30 * count_forward_flops(unet)
+
+
+def test_the_default_solver_is_the_presets_one_euler_step():
+    """One source for the default: the constructor, SolverConfig and every preset agree (one Euler step)."""
+    from diffusers_cunet.presets import PRESETS
+
+    model = ContinuousUNet2DModel(sample_size=8, block_out_channels=(16, 32), attention_levels=(False, True),
+                                  attention_head_dim=8, norm_num_groups=8)  # fmt: skip
+    assert model.solver == SolverConfig() == SolverConfig("euler", 1)
+    assert {(p["solver_method"], p["solver_steps"]) for p in PRESETS.values()} == {("euler", 1)}

@@ -34,7 +34,8 @@ TINY_ARGS = [
 ]  # fmt: skip
 
 
-def train(output_dir: Path, *extra: str, module=None) -> dict:
+def train(output_dir: Path, *extra: str, module=None):
+    """Run training/train.py's `main` in-process; returns its `training.loop.TrainingResult`."""
     module = module or load_train_module()
     return module.main([*TINY_ARGS, "--output_dir", str(output_dir), *extra])
 

@@ -124,22 +124,38 @@ def save_checkpoint(accelerator, output_dir: str | os.PathLike, step: int, total
         ) from error
     if accelerator.is_main_process:
         if final.exists():  # only when a run re-saves a step it already saved: keep the newer state
-            shutil.rmtree(final)
+            discard(final)
         os.replace(partial, final)
         if total_limit is not None:
             for old in list_checkpoints(output_dir)[:-total_limit]:
-                shutil.rmtree(old)
+                discard(old)
     accelerator.wait_for_everyone()
     return final
 
 
+def discard(checkpoint: Path) -> None:
+    """Delete a checkpoint folder so that a kill midway leaves no half-deleted `checkpoint-N`: it is renamed to a
+    hidden `.checkpoint-N.deleting` first (atomic), then removed (a leftover is cleaned up on the next start)."""
+    doomed = checkpoint.with_name(f".{checkpoint.name}.deleting")
+    shutil.rmtree(doomed, ignore_errors=True)
+    os.replace(checkpoint, doomed)
+    shutil.rmtree(doomed)
+
+
 def remove_partial_checkpoints(output_dir: str | os.PathLike, log=logger.warning) -> list[Path]:
-    """Delete folders left by a run killed while it wrote a checkpoint (or an export), saying so; returns them."""
+    """Delete what a run killed while writing left (partial checkpoints, checkpoints being deleted, a staged
+    export), saying so; a pipeline folder renamed aside by an interrupted export is put back. Returns the paths."""
     folder = Path(output_dir)
     if not folder.is_dir():
         return []
-    removed = sorted([*folder.glob(".checkpoint-*.partial"), *folder.glob(".export.partial")])
+    leftovers = (".checkpoint-*.partial", ".checkpoint-*.deleting", ".export.partial", ".*.old")
+    removed = sorted(path for pattern in leftovers for path in folder.glob(pattern))
     for path in removed:
+        original = folder / path.name.removeprefix(".").removesuffix(".old")
+        if path.name.endswith(".old") and not original.exists():  # the export stopped between its two renames
+            os.replace(path, original)
+            log(f"Restored {original} from {path}: an export was stopped while it replaced it.")
+            continue
         shutil.rmtree(path, ignore_errors=True)
         log(f"Removed {path}: left by a run stopped while it wrote it (the complete checkpoints are untouched).")
     return removed

@@ -209,7 +209,10 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     out.add_argument("--output_dir", default="outputs/cunet")
     out.add_argument("--validation_steps", type=int, default=500, help="Sample a grid every N steps (0: only at end).")
     out.add_argument("--num_validation_images", type=int, default=64)
-    out.add_argument("--validation_inference_steps", type=int, default=50, help="DDIM steps for sample grids.")
+    out.add_argument(
+        "--validation_inference_steps", type=int, default=50,
+        help="Sampler steps for sample grids (DDIM; EDM runs: EDM DPM-Solver++).",
+    )  # fmt: skip
     out.add_argument(
         "--score_samples",
         type=int,

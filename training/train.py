@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -36,7 +37,10 @@ if __name__ == "__main__":
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except Preempted as stop:  # a preemption signal: the checkpoint of the last finished step is saved
-        print(stop, file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
+        print(stop, file=sys.stderr, flush=True)
+        logging.shutdown()
+        # Leave now: the grace period before SIGKILL is short, and the interpreter's teardown (torch, data loader,
+        # accelerate) takes seconds; everything the run needs is on disk.
+        os._exit(EXIT_PREEMPTED)
     if result.push_error:
         sys.exit(1)
