@@ -24,6 +24,7 @@ from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline
 from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
 from diffusers_cunet.pipelines.scheduler_support import EDM_SCHEDULERS
 from training.checkpointing import checkpoint_step, list_checkpoints
+from training.export import read_run_values
 from training.loop import TrainingResult, train
 from training.metrics import HELD_OUT_DIGITS, DigitRecognizer, frechet_and_kid, held_out_digits
 from training.options import make_config
@@ -280,12 +281,12 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
 def finished_run(result: TrainingResult, model_type: str) -> TrainingResult:
     """`result` of a run `train` found finished, completed from what that run wrote (metrics.json, the EMA model)."""
     saved = json.loads((result.output_dir / "metrics.json").read_text())
-    metrics = saved["metrics"]
+    values = read_run_values(result.output_dir)
     result.unet = model_class(model_type).from_pretrained(result.output_dir / "unet")
-    result.train_seconds = metrics["training wall time (s)"]
-    result.images_per_second = metrics["training throughput (images/s)"]
-    result.final_loss = metrics["final_loss (mean of last 10% of batches)"]
-    result.median_step_seconds = metrics.get("training time per step (median, s)", float("nan"))
+    result.train_seconds = values["train_seconds"]
+    result.images_per_second = values["images_per_second"]
+    result.final_loss = values["final_loss"]
+    result.median_step_seconds = values.get("median_step_seconds", float("nan"))
     result.held_out_error = saved["held_out_error"]
     return result
 

@@ -271,3 +271,18 @@ def test_a_resume_is_quiet(tmp_path, capfd):
     printed = capfd.readouterr()
     assert not [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
     assert "were passed to" not in printed.err + printed.out and "deprecated" not in printed.err
+
+
+def test_metrics_json_has_machine_keys_and_old_files_still_read(trained, tmp_path):
+    """Code reads metrics.json's "record" (machine keys); the labels are for people, from one table."""
+    from training.export import RECORD_LABELS, read_run_values
+
+    output, _ = trained
+    saved = json.loads((output / "metrics.json").read_text())
+    record = saved["record"]
+    assert record["training_steps"] == saved["metrics"]["training steps"] and set(record) <= set(RECORD_LABELS)
+    assert all(saved["metrics"][RECORD_LABELS[key]] == value for key, value in record.items())
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "metrics.json").write_text(json.dumps({k: v for k, v in saved.items() if k != "record"}))
+    assert read_run_values(old) == record  # a file written before "record" existed

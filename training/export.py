@@ -126,19 +126,48 @@ def save_validation_grid(accelerator, unet, ema, objective, args, n_classes, out
     accelerator.wait_for_everyone()
 
 
-def run_metrics(args, record: RunRecord, images: torch.Tensor, in_channels: int) -> dict[str, Any]:
-    """The numbers of the card and `metrics.json`: loss, steps, speed and, on the digits, recognisable samples."""
-    metrics: dict[str, Any] = {
-        "final_loss (mean of last 10% of batches)": round(record.final_loss(), 5),
-        "training steps": record.global_step,
-        "training throughput (images/s)": round(record.images_per_second(), 1),
-        "training wall time (s)": round(record.train_time, 1),
-        "training time per step (median, s)": round(record.median_step_seconds(), 4),
+# The run's numbers by machine-readable key (metrics.json's "record", what code reads) and the label the card and
+# metrics.json's "metrics" show for each: one table, so a renamed label changes no reader.
+RECORD_LABELS: dict[str, str] = {
+    "final_loss": "final_loss (mean of last 10% of batches)",
+    "training_steps": "training steps",
+    "images_per_second": "training throughput (images/s)",
+    "train_seconds": "training wall time (s)",
+    "median_step_seconds": "training time per step (median, s)",
+    "resumed_at_step": "resumed at step",
+    "held_out_error": "held-out denoising error (MSE, mean of 4 noise levels)",
+}
+
+
+def run_values(record: RunRecord) -> dict[str, Any]:
+    """The run's numbers by machine key (`RECORD_LABELS`)."""
+    values: dict[str, Any] = {
+        "final_loss": round(record.final_loss(), 5),
+        "training_steps": record.global_step,
+        "images_per_second": round(record.images_per_second(), 1),
+        "train_seconds": round(record.train_time, 1),
+        "median_step_seconds": round(record.median_step_seconds(), 4),
     }
     if record.start_step:
-        metrics["resumed at step"] = record.start_step
+        values["resumed_at_step"] = record.start_step
     if record.held_out:
-        metrics["held-out denoising error (MSE, mean of 4 noise levels)"] = round(record.held_out[-1]["mean"], 5)
+        values["held_out_error"] = round(record.held_out[-1]["mean"], 5)
+    return values
+
+
+def read_run_values(output_dir: Path) -> dict[str, Any]:
+    """The machine-keyed numbers of a run's `metrics.json` (from the labels, for files written before "record")."""
+    saved = json.loads((Path(output_dir) / "metrics.json").read_text())
+    if "record" in saved:
+        return saved["record"]
+    metrics = saved.get("metrics", {})
+    return {key: metrics[label] for key, label in RECORD_LABELS.items() if label in metrics}
+
+
+def run_metrics(args, record: RunRecord, images: torch.Tensor, in_channels: int) -> dict[str, Any]:
+    """The numbers of the card and `metrics.json`, by label: loss, steps, speed and, on the digits, recognisable
+    samples."""
+    metrics: dict[str, Any] = {RECORD_LABELS[key]: value for key, value in run_values(record).items()}
     if args.dataset_name == "digits" and not args.train_data_dir and in_channels == 1:
         from training.metrics import DigitRecognizer
 
@@ -239,7 +268,7 @@ def write_export(folder: Path, output_dir: Path, accelerator, model, objective: 
         str(folder), safe_serialization=True
     )
     grid.save(folder / "samples.png")
-    summary = {"training_data": data_source(args), "objective": objective.to_config(),
+    summary = {"training_data": data_source(args), "objective": objective.to_config(), "record": run_values(record),
                "metrics": metrics, "loss_history": record.history, "held_out_error": record.held_out}  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
     sampler_name = "EDM DPM-Solver++" if preconditioned else "DDIM"

@@ -50,7 +50,7 @@ from training.data import (
     load_training_images,
     make_dataloader,
 )
-from training.export import RunRecord, ema_weights, export_run, save_validation_grid
+from training.export import RunRecord, ema_weights, export_run, read_run_values, save_validation_grid
 from training.held_out import HeldOutError
 from training.hub import check_hub_access
 from training.launcher import warn_if_fewer_processes
@@ -177,12 +177,11 @@ def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingRe
 
 def exported(output_dir: Path, step: int) -> bool:
     """Whether `output_dir` holds the exported pipeline of training step `step` (its metrics say that step)."""
-    metrics = output_dir / "metrics.json"
-    if not (output_dir / "model_index.json").is_file() or not metrics.is_file():
+    if not (output_dir / "model_index.json").is_file() or not (output_dir / "metrics.json").is_file():
         return False
     try:
-        return json.loads(metrics.read_text())["metrics"]["training steps"] == step
-    except (ValueError, KeyError, TypeError):
+        return read_run_values(output_dir).get("training_steps") == step
+    except (ValueError, TypeError):
         return False
 
 
