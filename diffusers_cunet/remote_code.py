@@ -10,6 +10,11 @@ dependency order, without their docstrings, `__all__` and relative imports (test
 give the package's outputs).
 
 `python -m diffusers_cunet.pipelines.code_files FOLDER` writes (or refreshes) them in a saved folder.
+
+The rule this depends on, checked by `tests/test_remote_code.py` for both lists below: a module of the package
+imports another only as `from .x import name` (dropped here, the name then comes from the earlier module's text),
+never by absolute name, and no two of the concatenated modules bind one top-level name to different things.
+A new module a class needs is added to its list after the modules it imports.
 """
 
 from __future__ import annotations

@@ -116,3 +116,47 @@ def test_automodel_loads_from_an_offline_hub_cache_without_the_package(tmp_path)
         expected = model(sample, torch.tensor([10, 500])).sample
     actual = torch.tensor(json.loads(run.stdout.strip().splitlines()[-1]))
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-6)
+
+
+def _top_level_names(module: str) -> list[tuple[str, str]]:
+    """(name, where it comes from) for each name a module binds at top level: 'def' for its own definitions,
+    the source module for imports (relative imports are dropped by the generator and bind nothing there)."""
+    import ast
+
+    from diffusers_cunet import remote_code
+
+    bound = []
+    for node in ast.parse(remote_code._module_path(module).read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.append((node.name, "def"))
+        elif isinstance(node, ast.Assign):
+            bound += [(t.id, "def") for t in node.targets if isinstance(t, ast.Name) and t.id != "__all__"]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            bound.append((node.target.id, "def"))
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module != "__future__":
+            bound += [(alias.asname or alias.name, node.module) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            bound += [((alias.asname or alias.name).split(".")[0], alias.name) for alias in node.names]
+    return bound
+
+
+@pytest.mark.parametrize("files", ["MODEL_MODULES", "PIPELINE_MODULES"])
+def test_the_concatenated_modules_stay_safe_to_concatenate(files):
+    """The rule the generated code files depend on (diffusers_cunet.remote_code): the package's own modules import
+    each other only as `from .x import name` (dropped when concatenated), and no two of them bind one name to two
+    things (a later definition would silently replace an earlier one in the generated file)."""
+    import ast
+
+    from diffusers_cunet import remote_code
+
+    modules = getattr(remote_code, files)
+    seen: dict[str, tuple[str, str]] = {}
+    for module in modules:
+        tree = ast.parse(remote_code._module_path(module).read_text())
+        absolute = [n.module for n in tree.body if isinstance(n, ast.ImportFrom) and n.level == 0 and
+                    n.module and n.module.startswith("diffusers_cunet")]  # fmt: skip
+        assert absolute == [], f"{module} imports {absolute} by absolute name: use `from .x import name`"
+        for name, source in _top_level_names(module):
+            if name in seen and (source == "def" or seen[name][1] == "def" or seen[name][1] != source):
+                raise AssertionError(f"{name!r} is bound in {seen[name][0]} ({seen[name][1]}) and {module} ({source})")
+            seen.setdefault(name, (module, source))
