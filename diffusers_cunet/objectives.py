@@ -11,7 +11,7 @@ training loop calls these and never branches on the formulation.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +20,46 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from .preconditioning import EDMPreconditioning, edm_scheduler, loss_weight_cap
 
 
+@runtime_checkable
+class Objective(Protocol):
+    """What the training loop, the held-out check and the export call on an objective (the whole interface)."""
+
+    sampler_name: str  # the fast sampler of the sample grids, for the card
+    ddpm_pipeline_compatible: bool  # whether diffusers' DDPMPipeline samples its models correctly
+
+    def sample_levels(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        """The noise levels of a batch (timesteps or sigmas)."""
+
+    def loss(self, model, clean: torch.Tensor, noise: torch.Tensor, levels: torch.Tensor, step: int = 0,
+             **model_kwargs: Any) -> torch.Tensor:  # fmt: skip
+        """The batch's loss at `levels`; `step` is the optimizer step (for warm-ups)."""
+
+    def denoise(self, model, noisy: torch.Tensor, levels: torch.Tensor, **model_kwargs: Any) -> torch.Tensor:
+        """The model's clean-image estimate D(noisy; levels)."""
+
+    def denoising_error(self, model, clean: torch.Tensor, noise: torch.Tensor, sigma: float,
+                        **model_kwargs: Any) -> torch.Tensor:  # fmt: skip
+        """Per-image MSE of the clean-image estimate at noise std `sigma` (comparable across objectives)."""
+
+    def saved_scheduler(self, model=None):
+        """The scheduler saved with the model's pipeline."""
+
+    def sampling_scheduler(self, model=None):
+        """The fast scheduler of sample grids."""
+
+    def to_config(self) -> dict[str, Any]:
+        """The objective's settings, for metrics.json."""
+
+    def describe(self) -> str:
+        """One line for the card."""
+
+
 class DDPMObjective:
     """DDPM-style training on the discrete schedule of `noise_scheduler` (its `prediction_type` says what the
     network predicts). Models are saved with that scheduler and sampled with DDIM on the same schedule."""
+
+    sampler_name = "DDIM"
+    ddpm_pipeline_compatible = True
 
     def __init__(self, noise_scheduler: DDPMScheduler):
         self.noise_scheduler = noise_scheduler
@@ -90,6 +127,9 @@ class EDMObjective:
     `FDMPreconditioning`): log sigma ~ N(p_mean, p_std^2), loss lambda(sigma) |D(x + sigma n; sigma) - x|^2 with
     lambda = 1 / c_out^2 clipped during FDM's warm-up. Models are saved and sampled with EDM's DPM-Solver++."""
 
+    sampler_name = "EDM DPM-Solver++"
+    ddpm_pipeline_compatible = False  # DDPMPipeline would neither scale its inputs nor use sigmas
+
     def __init__(self, preconditioning: EDMPreconditioning, p_mean: float = -1.2, p_std: float = 1.2,
                  loss_weight_warmup_steps: int = 0):  # fmt: skip
         if p_std <= 0:
@@ -147,6 +187,3 @@ class EDMObjective:
         if self.loss_weight_warmup_steps:
             text += f", loss-weight warm-up {self.loss_weight_warmup_steps} steps"
         return text
-
-
-Objective = DDPMObjective | EDMObjective

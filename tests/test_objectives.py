@@ -90,3 +90,21 @@ def test_denoising_errors_are_clean_image_errors_on_one_scale():
         denoised = edm.denoise(edm_model, clean + 0.5 * noise, torch.full((3,), 0.5))
         expected = ((denoised - clean) ** 2).mean().item()
         assert abs(edm.denoising_error(edm_model, clean, noise, 0.5) - expected) < 1e-7
+
+
+def test_both_objectives_implement_the_whole_interface():
+    """The loop, the held-out check and the export use only the `Objective` protocol's members."""
+    import inspect
+
+    from diffusers_cunet.objectives import Objective
+    from diffusers_cunet.preconditioning import preconditioning_from_config
+
+    members = {name for name in dir(Objective) if not name.startswith("_")} | set(Objective.__annotations__)
+    assert members >= {"loss", "denoise", "denoising_error", "to_config", "describe", "sampler_name"}
+    objectives = [DDPMObjective(make_noise_scheduler()), EDMObjective(preconditioning_from_config({"type": "edm"}))]
+    for objective in objectives:
+        assert isinstance(objective, Objective) and all(hasattr(objective, name) for name in members)
+        for name in members - set(Objective.__annotations__):
+            expected = list(inspect.signature(getattr(Objective, name)).parameters)[1:3]
+            assert list(inspect.signature(getattr(objective, name)).parameters)[:2] == expected, name
+    assert [o.ddpm_pipeline_compatible for o in objectives] == [True, False]

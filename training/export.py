@@ -16,7 +16,7 @@ from diffusers import DDPMPipeline
 from diffusers.utils import make_image_grid
 from PIL import Image, ImageOps
 
-from diffusers_cunet.objectives import EDMObjective, Objective
+from diffusers_cunet.objectives import Objective
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.pipelines.scheduler_support import loading_advice
 from training.fashion_scores import NEIGHBOURS
@@ -259,10 +259,9 @@ class Export:
 def write_export(folder: Path, output_dir: Path, accelerator, model, objective: Objective, args,
                  record: RunRecord, grid, num_images: int, metrics: dict[str, Any]) -> None:  # fmt: skip
     """Write the pipeline, grid, metrics and card of a run into `folder` (the staging folder of `output_dir`)."""
-    preconditioned = isinstance(objective, EDMObjective)
     # DDPMPipeline can pass no class labels and ignores a solver schedule: such models get the pipeline that can.
     step_aware = bool(args.solver_steps_choices) or bool(args.block_skip_prob)
-    needs_ours = preconditioned or bool(model.config.get("num_class_embeds")) or step_aware
+    needs_ours = not objective.ddpm_pipeline_compatible or bool(model.config.get("num_class_embeds")) or step_aware
     pipeline_class = ContinuousUNetPipeline if needs_ours else DDPMPipeline
     pipeline_class(unet=model, scheduler=objective.saved_scheduler(model)).save_pretrained(
         str(folder), safe_serialization=True
@@ -271,7 +270,7 @@ def write_export(folder: Path, output_dir: Path, accelerator, model, objective: 
     summary = {"training_data": data_source(args), "objective": objective.to_config(), "record": run_values(record),
                "metrics": metrics, "loss_history": record.history, "held_out_error": record.held_out}  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(summary, indent=2))
-    sampler_name = "EDM DPM-Solver++" if preconditioned else "DDIM"
+    sampler_name = objective.sampler_name
     card = render_model_card(
         model,
         repo_id=args.hub_model_id or f"your-name/{output_dir.name}",
@@ -293,7 +292,7 @@ def export_run(
     and the model card (staged, then moved in: a failed write leaves the previous export whole), and upload them
     when asked. Main process only."""
     model.eval()
-    preconditioned = isinstance(objective, EDMObjective)  # DDPMPipeline would neither scale inputs nor use sigmas
+    preconditioned = not objective.ddpm_pipeline_compatible  # sampled only by our pipeline
     images, grid = sample_grid(model, objective, args, n_classes, accelerator.device, "final samples")
     metrics = run_metrics(args, record, images, model.config.in_channels)
     if args.score_samples:
