@@ -20,8 +20,6 @@ from pathlib import Path
 
 from . import cost, paths, quality, report
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,7 +41,7 @@ def main(argv: list[str] | None = None) -> Path:
         result = cost.run(repeats=1 if tiny else 5, sampling_steps=2 if tiny else 50, tiny=tiny)
         (args.results / "cost.json").write_text(json.dumps(result, indent=2))
     if not args.skip_quality:
-        runs = args.runs or ROOT / "outputs" / "bench" / args.mode
+        runs = args.runs or paths.ROOT / "outputs" / "bench" / args.mode
         quality.run(args.mode, runs, args.results / "quality.json", only=args.only)
     command = "python -m benchmarks" + ("" if args.mode == "quick" else f" --mode {args.mode}")
     command += " --publish" if args.publish else ""

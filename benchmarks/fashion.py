@@ -43,7 +43,6 @@ from . import paths
 from .common import load_ema
 from .quality import Variant, finished_run, scored_steps, variant_steps, write_results
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS_FILE = "fashion.json"
 
 
@@ -259,7 +258,12 @@ def main(argv: list[str] | None = None) -> Path:
     results = args.results or paths.results_dir(args.publish)
     results.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    run(args.mode, args.runs or ROOT / "outputs" / "bench" / f"fashion-{args.mode}", results / RESULTS_FILE, args.only)
+    run(
+        args.mode,
+        args.runs or paths.ROOT / "outputs" / "bench" / f"fashion-{args.mode}",
+        results / RESULTS_FILE,
+        args.only,
+    )
     command = f"python -m benchmarks.fashion --mode {args.mode}" + (" --publish" if args.publish else "")
     path = report.write(results, args.report or paths.report_path(args.publish), command)
     print(f"\nFashion-MNIST benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s; report: {path}")

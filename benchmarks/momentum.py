@@ -34,8 +34,7 @@ from training.options import make_config
 from . import paths
 from .common import load_ema, sample
 
-ROOT = Path(__file__).resolve().parents[1]
-DIGITS_RECIPE = yaml.safe_load((ROOT / "training" / "configs" / "digits.yaml").read_text())  # make demo's
+DIGITS_RECIPE = yaml.safe_load((paths.ROOT / "training" / "configs" / "digits.yaml").read_text())  # make demo's
 METHODS = {
     "ddpm": {"preconditioning": "none"},
     "edm": {"preconditioning": "edm"},
@@ -339,7 +338,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.results = args.results or paths.results_dir(args.publish)
     args.results.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    runs = args.runs or ROOT / "outputs" / "momentum" / args.mode
+    runs = args.runs or paths.ROOT / "outputs" / "momentum" / args.mode
     if args.ablation:
         result = run(args.mode, runs, args.results / "momentum_ablation.json", ablation=True, variants=args.variants)
         main_result = json.loads((args.results / "momentum.json").read_text())

@@ -24,9 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from . import fashion, quality, report
+from . import fashion, paths, quality, report
 
-ROOT = Path(__file__).resolve().parents[1]
 # benchmark -> (module run per model, its modes and variants, the results file it writes)
 BENCHMARKS = {
     "quality": ("benchmarks", quality, "quality.json"),
@@ -64,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not chosen:
         parser.error(f"no {args.mode}-mode models named {args.only}")
     prefix = "" if args.benchmark == "quality" else f"{args.benchmark}-"
-    runs = args.runs or ROOT / "outputs" / "bench" / f"{prefix}{args.mode}"
+    runs = args.runs or paths.ROOT / "outputs" / "bench" / f"{prefix}{args.mode}"
     parts = runs / "parts"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
     extra = ["--skip-cost"] if args.benchmark == "quality" else []
@@ -81,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
         command = [sys.executable, "-m", module_name, "--mode", args.mode, *extra, "--only", *timed_from[name], name,
                    "--results", str(folder), "--report", str(folder / "report.md"), "--runs", str(runs)]  # fmt: skip
         log = open(folder / "log.txt", "w")  # noqa: SIM115  (closed when the process ends)
-        running[name] = (subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
+        running[name] = (subprocess.Popen(command, cwd=paths.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log)
         print(f"started {name}", flush=True)
 
     while waiting or running:

@@ -13,8 +13,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from training.metrics import DIGITS, HELD_OUT_DIGITS  # noqa: E402
+
 from . import frontier  # noqa: E402
 from .paths import shown  # noqa: E402
+
+TRAINING_DIGITS = DIGITS - HELD_OUT_DIGITS  # what the digits benchmarks train on
 
 COST_KEYS = [
     ("params", "parameters", "{:,.0f}"),
@@ -75,10 +79,10 @@ def quality_section(quality: dict[str, Any], results: Path) -> list[str]:
     lines = [
         f"\n## Quality at equal training (digits, {quality['mode']} mode)\n",
         f"Every model trained by `training/train.py` with one recipe: {s['steps']} steps, batch {s['batch_size']}, "
-        f"AdamW lr {s['learning_rate']}, cosine schedule, EMA, seed {s['seed']}, on the first 1,497 digits at "
-        f"{s['resolution']}x{s['resolution']}. Scored on {s['samples']} samples (DDIM {s['sampling_steps']} steps; "
-        f"EDM DPM-Solver++ {edm_steps} steps for the EDM-trained `-edm` models; EMA weights) against the 300 "
-        "held-out digits, in the feature space of a digit classifier trained here. "
+        f"AdamW lr {s['learning_rate']}, cosine schedule, EMA, seed {s['seed']}, on the first {TRAINING_DIGITS:,} "
+        f"digits at {s['resolution']}x{s['resolution']}. Scored on {s['samples']} samples (DDIM {s['sampling_steps']} "
+        f"steps; EDM DPM-Solver++ {edm_steps} steps for the EDM-trained `-edm` models; EMA weights) against the "
+        f"{HELD_OUT_DIGITS} held-out digits, in the feature space of a digit classifier trained here. "
         f"Real-vs-real floor (training digits vs held-out): FD {ref['frechet_distance']:.1f}, KID "
         f"{ref['kid_mean']:.1f}; {ref['recognisable']:.0%} of held-out digits recognised. "
         f"{quality['date']}, torch {quality['torch']}, {quality.get('device', 'cpu')}, "
@@ -240,7 +244,7 @@ def step_search_section(search: dict[str, Any]) -> list[str]:
     return [
         "\n## Step-aware compute: searched solver schedule vs uniform full effort\n",
         "The digits cUNet trained with `--solver_steps_choices 1 2 4` (`outputs/digits-steps`, 1,500 steps, the "
-        "first 1,497 digits), then `python -m training.step_search --pipeline outputs/digits-steps "
+        f"first {TRAINING_DIGITS:,} digits), then `python -m training.step_search --pipeline outputs/digits-steps "
         f"--levels 1 2 4 --bins 5 --samples 200` ({search['scheduler']}, {search['num_inference_steps']} steps, "
         f"bound: FD at most {search['tolerance']:.0%} above full effort; {len(search['trials'])} schedules scored "
         f"in {search['search_seconds']:.0f} s). Same noise for every schedule.\n",

@@ -33,3 +33,10 @@ def test_benchmarks_can_keep_their_held_out_digits_out_of_the_recognizer():
     recognizer = DigitRecognizer(seed=0, training_digits=1497)
     accuracy = (recognizer.probabilities(real[1497:]).argmax(axis=1) == labels[1497:].numpy()).mean()
     assert 0.9 < accuracy < 0.97  # unseen writers are harder than cross-validation suggests (94% measured)
+
+
+def test_the_digit_counts_the_reports_print_are_the_data_sets():
+    from training.data import digits_images
+    from training.metrics import DIGITS, HELD_OUT_DIGITS
+
+    assert len(digits_images(8)[0]) == DIGITS and 0 < HELD_OUT_DIGITS < DIGITS

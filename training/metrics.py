@@ -202,6 +202,7 @@ def frechet_and_kid(
     return {"frechet_distance": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
 
 
+DIGITS = 1797  # scikit-learn's 8x8 digits (`sklearn.datasets.load_digits`)
 HELD_OUT_DIGITS = 300  # the last 300 of scikit-learn's digits: never trained on by benchmarks and step searches
 
 
