@@ -244,8 +244,11 @@ def set_up(args: argparse.Namespace, output_dir: Path, prepared: Prepared) -> Se
     optimizer, lr_scheduler = make_optimization(args, unet, accelerator)
     unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
     ema = make_ema(args, accelerator.unwrap_model(unet), prepared.model_class, accelerator.device)
-    session = Session(args, output_dir, accelerator, unet, prepared.model_class, objective, optimizer, lr_scheduler,
-                      dataloader, transform, ema, prepared.images.num_classes)  # fmt: skip
+    session = Session(
+        args=args, output_dir=output_dir, accelerator=accelerator, unet=unet, model_class=prepared.model_class,
+        objective=objective, optimizer=optimizer, lr_scheduler=lr_scheduler, dataloader=dataloader,
+        transform=transform, ema=ema, n_classes=prepared.images.num_classes,
+    )  # fmt: skip
     register_checkpoint_hooks(accelerator, unet, ema, prepared.model_class, lambda: session.record.saved())
     session.held_out = make_held_out_error(args, prepared.images, accelerator.unwrap_model(unet).config)
     if accelerator.is_main_process:
@@ -255,9 +258,11 @@ def set_up(args: argparse.Namespace, output_dir: Path, prepared: Prepared) -> Se
         accelerator.load_state(str(prepared.checkpoint))
         saved = read_run_record(prepared.checkpoint)
         step = checkpoint_step(prepared.checkpoint)
-        session.record = RunRecord(saved["history"], saved["train_time"], saved["images_seen"], [], step, step,
-                                   saved.get("held_out", []), saved.get("step_seconds", []),
-                                   saved.get("skipped_steps", []))  # fmt: skip
+        session.record = RunRecord(
+            history=saved["history"], train_time=saved["train_time"], images_seen=saved["images_seen"],
+            start_step=step, global_step=step, held_out=saved.get("held_out", []),
+            step_seconds=saved.get("step_seconds", []), skipped_steps=saved.get("skipped_steps", []),
+        )  # fmt: skip
         logger.info("Resumed from %s at step %d", prepared.checkpoint, step)
     if accelerator.is_main_process and args.report_to != "none":
         config = {k: v for k, v in vars(args).items() if v is not None and not isinstance(v, list)}
