@@ -117,6 +117,7 @@ class Session:
     record: RunRecord = field(default_factory=RunRecord)
     held_out: HeldOutError | None = None
     nonfinite: torch.Tensor | None = None  # whether the current update's micro-steps saw a non-finite loss
+    pending_losses: list[torch.Tensor] = field(default_factory=list)  # batch losses not yet read to the host
     preemption: PreemptionGuard | None = None
 
 
@@ -398,6 +399,9 @@ def log_step(s: Session, progress: tqdm) -> None:
     step = record.global_step
     if step % args.logging_steps and step != args.max_train_steps:
         return
+    if s.pending_losses:  # one host read per logging step, not one per micro-step
+        record.losses.extend(torch.stack(s.pending_losses).tolist())
+        s.pending_losses.clear()
     window = record.losses[-args.logging_steps * args.gradient_accumulation_steps :]
     logs = {"loss": sum(window) / len(window), "lr": s.lr_scheduler.get_last_lr()[0]}
     if s.ema is not None:
@@ -471,7 +475,7 @@ def run_loop(s: Session) -> list[list[int]]:
             loss = training_step(s, batch, micro_step)
             micro_step += 1
             record.images_seen += batch["pixel_values"].shape[0] * accelerator.num_processes
-            record.losses.append(accelerator.reduce(loss.detach(), reduction="mean").item())
+            s.pending_losses.append(accelerator.reduce(loss.detach(), reduction="mean"))  # read when logged
             if args.record_process_log:
                 seen_indices.append(batch["index"].tolist())
             if not accelerator.sync_gradients:
