@@ -36,9 +36,9 @@ fashion: $(STAMP) $(FASHION_STAMP)
 demo: $(STAMP)
 	$(PY) training/train.py --config training/configs/digits.yaml --output_dir outputs/digits-demo
 
-## The test suite (CI runs exactly this).
+## The test suite (CI runs exactly this): one worker per core, each test file on one worker (its fixtures built once).
 test: $(STAMP) $(FASHION_STAMP)
-	$(PY) -m pytest -q --durations=10
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=10
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

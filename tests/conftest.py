@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,12 @@ import pytest
 import torch
 
 from diffusers_cunet import ContinuousUNet2DModel
+
+# Under pytest-xdist (`make test` runs one worker per core) each worker, and what it starts, uses one thread: two
+# workers of two threads each would wait for each other at every operation (see the README's note on threads).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `training` and `benchmarks` are folders of the repository, not installed packages
