@@ -273,3 +273,46 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_pipeline(tmp_path):
     (output / "child_error.txt").unlink()
     after = {p: p.read_bytes() for p in output.rglob("*") if p.is_file() and "checkpoint-" not in str(p)}
     assert after == before and not (output / ".export.partial").exists()
+
+
+# ---------------------------------------------------------------------------------------------- a lost machine
+@pytest.mark.slow
+def test_a_lost_machine_stops_the_other_with_an_error_instead_of_a_hang(tmp_path):
+    """Two `accelerate launch` "machines" on this host (gloo, CPU); machine 1 is killed mid-run: machine 0 exits
+    with a one-line error within the collective timeout (plus the launcher's teardown), its checkpoints intact."""
+    import socket
+    import subprocess
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    output = tmp_path / "run"
+
+    def machine(rank: int):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
+                   "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+                   "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+                   str(ROOT / "training" / "train.py"), *TINY_ARGS, *RUN, "--max_train_steps", "2000",
+                   "--checkpointing_steps", "5", "--collective_timeout", "20",
+                   "--output_dir", str(output)]  # fmt: skip
+        env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)  # fmt: skip
+
+    main, other = machine(0), machine(1)
+    try:
+        wait_for(output / "checkpoint-10", main, timeout=240)
+        assert main.poll() is None and (output / "checkpoint-10").is_dir()
+        os.killpg(other.pid, signal.SIGKILL)  # the whole "machine": its launcher and its trainer
+        lost = time.monotonic()
+        _, err = main.communicate(timeout=120)
+        waited = time.monotonic() - lost
+    finally:
+        for process in (main, other):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+    assert main.returncode not in (0, None)
+    assert "another process was probably lost" in err and "--resume_from_checkpoint latest" in err, err[-3000:]
+    # bounded: --collective_timeout (20 s here), then the launcher's own teardown (~40 s measured on 2 loaded cores)
+    assert waited < 20 + 60, waited
+    assert all(damaged_files(c) == [] for c in list_checkpoints(output))

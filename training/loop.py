@@ -19,12 +19,13 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -146,6 +147,8 @@ def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingRe
     if args.push_to_hub:
         check_hub_access(args.hub_model_id, args.hub_token)
     signal_numbers(args.preemption_signals)  # an unknown signal name is an input error, before any compute
+    if not args.collective_timeout > 0:
+        raise ValueError(f"--collective_timeout must be a positive number of seconds, got {args.collective_timeout}.")
     if args.max_nonfinite_steps < 0:
         raise ValueError(f"--max_nonfinite_steps must be >= 0, got {args.max_nonfinite_steps}.")
     images = load_training_images(args, warn=logger.warning)
@@ -192,8 +195,12 @@ def make_accelerator(args: argparse.Namespace, output_dir: Path) -> Accelerator:
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        # a batch that skips ODE blocks leaves their weights out of the graph, which DDP must be told to expect
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)] if args.block_skip_prob else None,
+        kwargs_handlers=[
+            # a lost process ends the others' wait after this long, with an error, instead of never
+            InitProcessGroupKwargs(timeout=timedelta(seconds=args.collective_timeout)),
+            # a batch that skips ODE blocks leaves their weights out of the graph, which DDP must be told to expect
+            *([DistributedDataParallelKwargs(find_unused_parameters=True)] if args.block_skip_prob else []),
+        ],
     )
     if accelerator.is_main_process:
         warn_if_fewer_processes(accelerator.num_processes)

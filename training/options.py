@@ -237,6 +237,13 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
         "--resume_from_checkpoint latest); a second one stops at once. None given: no handler.",
     )
     out.add_argument(
+        "--collective_timeout",
+        type=float,
+        default=600.0,
+        help="Seconds a process of a multi-process run waits for the others at a collective before it stops with "
+        "an error (a lost machine must not leave the rest waiting forever).",
+    )
+    out.add_argument(
         "--max_nonfinite_steps",
         type=int,
         default=0,

@@ -18,9 +18,20 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make `training` importable as `python -m training.train` would
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from torch.distributed import DistError  # noqa: E402
+
 from training.loop import TrainingResult, train  # noqa: E402
 from training.options import parse_args  # noqa: E402
 from training.preemption import EXIT_PREEMPTED, Preempted  # noqa: E402
+
+
+def lost_contact(error: RuntimeError) -> bool:
+    """Whether `error` is a collective that failed because another process of the run is gone (or timed out,
+    after --collective_timeout): torch's DistError, or gloo's and NCCL's plain RuntimeErrors."""
+    import torch.distributed as dist
+
+    markers = ("gloo", "NCCL", "Timed out", "Connection closed", "Connection reset")
+    return isinstance(error, DistError) or (dist.is_initialized() and any(m in str(error) for m in markers))
 
 
 def main(argv: list[str] | None = None) -> TrainingResult:
@@ -36,6 +47,13 @@ if __name__ == "__main__":
     except ValueError as error:  # every input problem: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as error:
+        if not lost_contact(error):
+            raise
+        print(f"error: a collective of this multi-process run failed ({str(error).splitlines()[0][:200]}): another "
+              "process was probably lost. This process stops; the checkpoints are intact: start every process "
+              "again with --resume_from_checkpoint latest.", file=sys.stderr)  # fmt: skip
+        sys.exit(3)
     except Preempted as stop:  # a preemption signal: the checkpoint of the last finished step is saved
         print(stop, file=sys.stderr, flush=True)
         logging.shutdown()
