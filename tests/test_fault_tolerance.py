@@ -275,31 +275,77 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_pipeline(tmp_path):
     assert after == before and not (output / ".export.partial").exists()
 
 
-# ---------------------------------------------------------------------------------------------- a lost machine
+# ---------------------------------------------------------------------------------------------- many machines
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(output: Path, *extra: str, machines: int = 2, rank: int = 0, port: int):
+    """`accelerate launch` of two trainer processes in all: on `machines` "machines" of this host (gloo, CPU), this
+    one being `rank`. Its own session, so a test can kill the whole machine (launcher and trainer) at once."""
+    import subprocess
+
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", str(machines),
+               "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+               "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(ROOT / "training" / "train.py"), *TINY_ARGS, *RUN, *extra,
+               "--output_dir", str(output)]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+def kill_all(*processes) -> None:
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def finish(*processes, timeout: float = 300) -> None:
+    try:
+        for process in processes:
+            _, err = process.communicate(timeout=timeout)
+            assert process.returncode == 0, err[-3000:]
+    finally:
+        kill_all(*processes)
+
+
+@pytest.mark.slow
+def test_two_machines_killed_and_resumed_equal_two_processes_on_one_machine(tmp_path):
+    """Two "machines" of one process each train, are both killed after a checkpoint, resume with `latest`, and end
+    bit-identical to the same run as two processes on one machine: the same world, so the same shards and steps."""
+    steps = ["--max_train_steps", "8"]
+    one_machine = tmp_path / "one-machine"
+    finish(launch(one_machine, *steps, machines=1, port=_free_port()))
+
+    two_machines, port = tmp_path / "two-machines", _free_port()
+    first = [launch(two_machines, *steps, rank=rank, port=port) for rank in (0, 1)]
+    try:
+        wait_for(two_machines / "checkpoint-3", first[0], timeout=240)
+        assert (two_machines / "checkpoint-3").is_dir(), "the two machines never reached step 3"
+    finally:
+        kill_all(*first)  # both machines lost at once: a preempted job
+    assert not (two_machines / "unet").exists(), "the run finished before it was killed; nothing was resumed"
+    port = _free_port()
+    finish(*[launch(two_machines, *steps, "--resume_from_checkpoint", "latest", rank=rank, port=port)
+             for rank in (0, 1)])  # fmt: skip
+    assert_same_run(one_machine, two_machines, 8)
+    assert_same_weights(one_machine / "unet" / "diffusion_pytorch_model.safetensors",
+                        two_machines / "unet" / "diffusion_pytorch_model.safetensors", "exported ")  # fmt: skip
+
+
 @pytest.mark.slow
 def test_a_lost_machine_stops_the_other_with_an_error_instead_of_a_hang(tmp_path):
     """Two `accelerate launch` "machines" on this host (gloo, CPU); machine 1 is killed mid-run: machine 0 exits
     with a one-line error within the collective timeout (plus the launcher's teardown), its checkpoints intact."""
-    import socket
-    import subprocess
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    output = tmp_path / "run"
-
-    def machine(rank: int):
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "2",
-                   "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-                   "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no",
-                   str(ROOT / "training" / "train.py"), *TINY_ARGS, *RUN, "--max_train_steps", "2000",
-                   "--checkpointing_steps", "5", "--collective_timeout", "20",
-                   "--output_dir", str(output)]  # fmt: skip
-        env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                start_new_session=True)  # fmt: skip
-
-    main, other = machine(0), machine(1)
+    output, port = tmp_path / "run", _free_port()
+    extra = ["--max_train_steps", "2000", "--checkpointing_steps", "5", "--collective_timeout", "20"]
+    main, other = (launch(output, *extra, rank=rank, port=port) for rank in (0, 1))
     try:
         wait_for(output / "checkpoint-10", main, timeout=240)
         assert main.poll() is None and (output / "checkpoint-10").is_dir()
@@ -308,9 +354,7 @@ def test_a_lost_machine_stops_the_other_with_an_error_instead_of_a_hang(tmp_path
         _, err = main.communicate(timeout=120)
         waited = time.monotonic() - lost
     finally:
-        for process in (main, other):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+        kill_all(main, other)
     assert main.returncode not in (0, None)
     assert "another process was probably lost" in err and "--resume_from_checkpoint latest" in err, err[-3000:]
     # bounded: --collective_timeout (20 s here), then the launcher's own teardown (~40 s measured on 2 loaded cores)
