@@ -31,6 +31,7 @@ from torch import nn
 
 from .atomic_write import replace_text
 from .feature_cache import DeepFeatureCache
+from .guidance import check_null_class
 from .ode_blocks import NORM_TYPES, ODE_ORDERS, ODEBlock, make_norm
 from .preconditioning import EDMPreconditioning, preconditioning_from_config
 from .solvers import SolverConfig
@@ -80,6 +81,9 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         time_embedding_dim (`int`, *optional*): width of the time embedding; `4 * block_out_channels[0]` if `None`.
         flip_sin_to_cos (`bool`), freq_shift (`int`): sinusoidal timestep features, as in `UNet2DModel`.
         num_class_embeds (`int`, *optional*): number of classes for class-conditional generation.
+        null_class_label (`int`, *optional*): the class that means "no class" (the last embedding), learned by
+            training with label dropout; a model that has one can be sampled with classifier-free guidance
+            (`diffusers_cunet.guidance`).
         preconditioning (`dict`, *optional*): the EDM-style preconditioning the weights were trained with, e.g.
             `{"type": "edm-fdm", "sigma_data": 0.5, "momentum": 1.0}` (see `diffusers_cunet.preconditioning`);
             `None` for a DDPM-style model that predicts noise / velocity / the clean sample at integer timesteps.
@@ -115,6 +119,7 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         flip_sin_to_cos: bool = True,
         freq_shift: int = 0,
         num_class_embeds: int | None = None,
+        null_class_label: int | None = None,
         preconditioning: dict[str, Any] | None = None,
     ):
         super().__init__()
@@ -202,6 +207,7 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
     def _validate_arguments(cls, arguments: Mapping[str, Any]) -> SolverConfig:
         """Check constructor arguments (as passed, or as read from a config) and return their solver settings."""
         preconditioning_from_config(arguments.get("preconditioning"))
+        check_null_class(arguments.get("null_class_label"), arguments.get("num_class_embeds"))
         channels = tuple(arguments["block_out_channels"])
         cls._validate_architecture(
             channels,

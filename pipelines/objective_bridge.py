@@ -59,13 +59,15 @@ class ObjectiveBridge:
         model_schedule: the discrete scheduler a DDPM-style model was trained on (its `alphas_cumprod` and
             `prediction_type`), needed when an EDM scheduler drives such a model.
         timesteps: the scheduler's timesteps for this call (read to the host once, here).
+        network: what is asked, called like the unet (default: the unet; a `GuidedNetwork` for guidance).
 
     Raises:
         ValueError: if an EDM scheduler is to drive a DDPM-style model whose training schedule is unknown.
     """
 
-    def __init__(self, unet, scheduler, model_schedule, timesteps: torch.Tensor):
+    def __init__(self, unet, scheduler, model_schedule, timesteps: torch.Tensor, network=None):
         self.unet = unet
+        self.network = unet if network is None else network
         self.preconditioning = getattr(unet, "preconditioning", None)
         self.edm_scheduler = type(scheduler).__name__ in EDM_SCHEDULERS
         self.scheduler = scheduler
@@ -98,7 +100,7 @@ class ObjectiveBridge:
         # data mean at any such sigma, so the model is asked at the highest level it accepts (sigma_max * 100, as
         # its own timestep check allows), while the conversion below keeps the true sigma.
         asked = min(sigma, self.preconditioning.sigma_max * 100)
-        denoised = self.preconditioning.denoise(self.unet, x.to(model_input.dtype), asked, **kwargs).double()
+        denoised = self.preconditioning.denoise(self.network, x.to(model_input.dtype), asked, **kwargs).double()
         prediction_type = self.scheduler.config.get("prediction_type", "epsilon")
         if prediction_type == "sample":
             out = denoised
@@ -117,7 +119,7 @@ class ObjectiveBridge:
         x_t = (x * abar.sqrt()).to(sample.dtype)
         t = float(timestep_at_sigmas(self.model_alphas, [sigma_value])[0])
         timestep = torch.full((sample.shape[0],), t, device=sample.device)
-        output = self.unet(x_t, timestep, **kwargs).sample.double()
+        output = self.network(x_t, timestep, **kwargs).sample.double()
         if self.model_prediction == "sample":
             denoised = output
         elif self.model_prediction == "v_prediction":

@@ -15,10 +15,12 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..guidance import guided_network
 from .hub_layout import write_code_layout
 from .pipeline_utils import (
     SolverSchedule,
     check_feature_cache,
+    check_guidance_options,
     check_output_type,
     check_schedule_kind,
     class_labels_for,
@@ -133,6 +135,8 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         solver_schedule: SolverSchedule | None = None,
         cache_interval: int | None = None,
         cache_levels: int = 1,
+        guidance_scale: float = 1.0,
+        guidance_interval: tuple[float, float] | None = None,
     ) -> ContinuousUNetPipelineOutput | tuple:
         r"""
         Args:
@@ -153,6 +157,13 @@ class ContinuousUNetPipeline(DiffusionPipeline):
                 deeper decoder features of the last whole call. `None` (the default) and 1 run it whole every step.
             cache_levels (`int`): the levels recomputed on every step when `cache_interval` is set (1 = only the
                 highest-resolution level).
+            guidance_scale (`float`): classifier-free guidance (Ho & Salimans 2022) for a class-conditional model
+                trained with a null class (`--class_dropout_prob`): each step asks the conditional and the
+                unconditional prediction in one call of twice the batch and moves `guidance_scale` times their
+                difference from the unconditional one. 1 (the default) is plain conditional sampling.
+            guidance_interval (`tuple[float, float]`, *optional*): guide only at noise levels sigma in [low, high]
+                (EDM's sigma; for discrete schedulers sigma = sqrt((1 - abar) / abar)); plain conditional calls,
+                at half the cost, elsewhere.
 
         Returns:
             `ContinuousUNetPipelineOutput` with the images and the ODE function evaluations spent per image, or a
@@ -170,6 +181,8 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         size = (size, size) if isinstance(size, int) else tuple(size)
         device = self._execution_device
         labels = class_labels_for(self.unet, class_labels, batch_size, device)
+        guided = guided_network(self.unet, guidance_scale, guidance_interval, labels)
+        check_guidance_options(guided, cache_interval)
 
         # 1. initial noise at the scheduler's scale (sigma_max for the sigma-based schedulers)
         shape = (batch_size, config.in_channels, *size)
@@ -180,7 +193,7 @@ class ContinuousUNetPipeline(DiffusionPipeline):
 
         # 2. denoising loop
         sample, evaluations = reverse_process(
-            self, sample, self.scheduler.timesteps, labels, solver_schedule, generator, cache_interval, cache
+            self, sample, self.scheduler.timesteps, labels, solver_schedule, generator, cache_interval, cache, guided
         )
 
         # 3. post-process

@@ -9,8 +9,9 @@ import torch
 from diffusers import DiffusionPipeline
 
 from ..feature_cache import DeepFeatureCache, check_cache_schedule
+from ..guidance import GuidedNetwork
 from ..step_schedule import SCHEDULE_FILE, SolverStepSchedule
-from .objective_bridge import ObjectiveBridge
+from .objective_bridge import ObjectiveBridge, sigma_at_timesteps
 from .scheduler_support import is_edm_scheduler, seed_noise_sampler, step_kwargs
 
 # `solver_schedule(step_index, timestep)` -> ODE-solver settings for that denoising step, or None.
@@ -33,33 +34,37 @@ class EvaluationTally:
 
     A fixed-grid solve costs what its settings say (`unet.evaluations_per_call(settings)`), so those calls are
     counted from the settings: right for eager, `torch.compile`d and CUDA-graph-replayed models alike. Adaptive
-    solves have data-dependent costs; then the model's own (eager) counter is read instead. `None` for a network
-    without ODE blocks (e.g. `UNet2DModel`).
+    solves have data-dependent costs; then the model's own (eager) counter is read around the call instead. A call
+    that carries each image `copies` times (classifier-free guidance: conditional and unconditional) counts that many
+    times. `None` for a network without ODE blocks (e.g. `UNet2DModel`).
     """
 
     def __init__(self, unet):
         self.per_call = getattr(unet, "evaluations_per_call", None)
         self.unet = unet
         self.fixed = 0
-        self.adaptive = False
+        self.adaptive = 0
         if self.per_call is not None:
             unet.ode_function_evaluations(reset=True)
+        self._counted = 0  # the model's counter after the last call
 
-    def add(self, settings: Mapping[str, Any] | None, top_levels: int | None = None) -> None:
+    def add(self, settings: Mapping[str, Any] | None, top_levels: int | None = None, copies: int = 1) -> None:
         """Count one network call with `settings`; `top_levels` for a call that reused cached deep features."""
         if self.per_call is None:
             return
         evaluations = self.per_call(settings) if top_levels is None else self.per_call(settings, top_levels)
+        counter = self.unet.ode_function_evaluations()
         if evaluations is None:
-            self.adaptive = True
+            self.adaptive += (counter - self._counted) * copies
         else:
-            self.fixed += evaluations
+            self.fixed += evaluations * copies
+        self._counted = counter
 
     @property
     def total(self) -> int | None:
         if self.per_call is None:
             return None
-        return self.unet.ode_function_evaluations() if self.adaptive else self.fixed
+        return self.fixed + self.adaptive
 
 
 OUTPUT_TYPES = ("pt", "np", "pil")
@@ -162,23 +167,35 @@ def check_feature_cache(unet, cache_interval: int | None, cache_levels: int) -> 
     return DeepFeatureCache(cache_levels)
 
 
-def reverse_process(pipeline, sample, timesteps, labels, solver_schedule, generator, cache_interval=None, cache=None):
+def reverse_process(
+    pipeline,
+    sample,
+    timesteps,
+    labels,
+    solver_schedule,
+    generator,
+    cache_interval=None,
+    cache=None,
+    guided: GuidedNetwork | None = None,
+):
     """Run `pipeline.unet` and `pipeline.scheduler` over `timesteps` from `sample`; returns the final sample and
     the ODE function evaluations per image. The scheduler decides how its input is scaled and how a step is taken;
     a model trained on the other objective (EDM vs discrete VP) is bridged to it (`objective_bridge`). With a
     feature `cache`, network call i runs whole when i is a multiple of `cache_interval` and reuses the deep
-    features otherwise."""
+    features otherwise. With `guided`, the network is asked through it (classifier-free guidance)."""
     check_schedule_kind(solver_schedule, pipeline.scheduler)
     scheduler, unet = pipeline.scheduler, pipeline.unet
+    network = guided if guided is not None else unet
     extra = step_kwargs(scheduler, generator)
     seed_noise_sampler(scheduler, generator)
     tally = EvaluationTally(unet)
     edm = is_edm_scheduler(scheduler)
-    bridge = ObjectiveBridge(unet, scheduler, getattr(pipeline, "model_schedule", None), timesteps)
+    bridge = ObjectiveBridge(unet, scheduler, getattr(pipeline, "model_schedule", None), timesteps, network)
     preconditioning = getattr(unet, "preconditioning", None) if edm else None
     # A schedule is given the integer timestep of discrete schedulers, or c_noise = log(sigma) / 4 with an EDM
     # scheduler. They are read to the host once here, not once per step (each read would stall a GPU).
     host_timesteps = timesteps.tolist() if solver_schedule is not None else None
+    guide_sigmas = step_sigmas(scheduler, timesteps) if guided is not None and guided.interval else None
     for i, t in enumerate(pipeline.progress_bar(timesteps)):
         model_input = scheduler.scale_model_input(sample, t)  # step() advances the step index
         settings = None
@@ -186,6 +203,8 @@ def reverse_process(pipeline, sample, timesteps, labels, solver_schedule, genera
             settings = solver_schedule(i, float(host_timesteps[i]) if edm else int(host_timesteps[i]))
         if cache is not None:
             cache.refresh = i % cache_interval == 0
+        if guide_sigmas is not None:
+            guided.for_sigma(guide_sigmas[i])
         kwargs = model_kwargs(labels, settings, cache)
         if bridge.mode == "edm_model_vp_scheduler":
             prediction = bridge.edm_model_for_vp(i, model_input, kwargs)
@@ -196,7 +215,23 @@ def reverse_process(pipeline, sample, timesteps, labels, solver_schedule, genera
             if preconditioning is not None:  # the model's own c_in: EDM's (the same as above) or FDM's momentum one
                 sigma = scheduler.sigmas[scheduler.step_index].to(sample.device)
                 model_input = (preconditioning.c_in(sigma) * sample).to(sample.dtype)
-            prediction = unet(model_input, t, **kwargs).sample
-        tally.add(settings, cache.levels if cache is not None and cache.reusing else None)
+            prediction = network(model_input, t, **kwargs).sample
+        top_levels = cache.levels if cache is not None and cache.reusing else None
+        tally.add(settings, top_levels, guided.copies if guided is not None else 1)
         sample = scheduler.step(prediction, t, sample, **extra).prev_sample
     return sample, tally.total
+
+
+def step_sigmas(scheduler, timesteps: torch.Tensor) -> list[float]:
+    """The noise level (EDM's sigma) of each of `timesteps`: an EDM scheduler's own sigmas, or a discrete schedule's
+    sigma = sqrt((1 - abar) / abar) at each timestep."""
+    if is_edm_scheduler(scheduler):
+        return [float(sigma) for sigma in scheduler.sigmas[: len(timesteps)]]
+    return sigma_at_timesteps(scheduler.alphas_cumprod, timesteps.cpu().tolist()).tolist()
+
+
+def check_guidance_options(guided: GuidedNetwork | None, cache_interval: int | None) -> None:
+    """Raise for a guidance interval with feature reuse: the cached deep features would be of another batch."""
+    if guided is not None and guided.interval is not None and cache_interval is not None:
+        raise ValueError("guidance_interval cannot be combined with cache_interval; guide everywhere, or do not "
+                         "reuse features.")  # fmt: skip

@@ -243,6 +243,8 @@ def training_settings(args, objective: Objective, record: RunRecord, accelerator
         skipped = record.skipped_steps
         which = f" (steps {', '.join(map(str, skipped[:10]))})" if skipped else ""
         settings["updates skipped (non-finite loss or gradient)"] = f"{len(skipped)} of {record.global_step}{which}"
+    if args.class_dropout_prob:  # the null class that makes the model guidable
+        settings["labels replaced by the null class (classifier-free guidance)"] = f"p = {args.class_dropout_prob}"
     if args.block_skip_prob:  # the model was trained to run with blocks left out (a solver schedule's "skip")
         blocks = ", ".join(args.block_skip_blocks or ())
         settings["ODE blocks skipped at random (per batch, each)"] = f"p = {args.block_skip_prob} of {blocks}"

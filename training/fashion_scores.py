@@ -105,11 +105,13 @@ def sample_scores(judge: FashionJudge, real: torch.Tensor, fake: torch.Tensor,
 
 @torch.no_grad()
 def generate(
-    pipeline, count: int, steps: int, seed: int, batch_size: int = 250, **call_options
+    pipeline, count: int, steps: int, seed: int, batch_size: int = 250, class_labels: torch.Tensor | None = None,
+    **call_options,
 ) -> tuple[torch.Tensor, float]:
     """`count` samples in [0, 1] from `pipeline` (ours, any scheduler) in batches, batch k seeded `seed + k`, and
     the sampling seconds per image (the median over batches: robust to a burst of other work on the machine).
-    `call_options` go to every pipeline call (e.g. `solver_schedule`, `cache_interval`)."""
+    `class_labels` (one per sample) are handed out batch by batch; `call_options` go to every pipeline call (e.g.
+    `solver_schedule`, `cache_interval`, `guidance_scale`)."""
     import time
 
     pipeline.set_progress_bar_config(disable=True)
@@ -117,6 +119,8 @@ def generate(
     for k, start in enumerate(range(0, count, batch_size)):
         size = min(batch_size, count - start)
         begin = time.perf_counter()
+        if class_labels is not None:
+            call_options["class_labels"] = class_labels[start : start + size]
         out = pipeline(batch_size=size, num_inference_steps=steps, output_type="pt",
                        generator=torch.Generator().manual_seed(seed + k), **call_options)  # fmt: skip
         per_image.append((time.perf_counter() - begin) / size)

@@ -31,6 +31,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from diffusers_cunet.flops import count_parameters
+from diffusers_cunet.guidance import drop_labels
 from diffusers_cunet.objectives import Objective
 from training.checkpointing import (
     any_process,
@@ -379,6 +380,9 @@ def training_step(s: Session, batch: dict[str, torch.Tensor], micro_step: int) -
             drawn = (torch.rand(len(args.block_skip_blocks), generator=generator) < args.block_skip_prob).tolist()
             skip = [name for name, skipped in zip(args.block_skip_blocks, drawn) if skipped]
             model_kwargs["solver"] = {**model_kwargs.get("solver", {}), "skip": skip}
+        if args.class_dropout_prob:  # the null class (the last embedding) in place of some labels: guidance
+            labels = model_kwargs["class_labels"]
+            model_kwargs["class_labels"] = drop_labels(labels, args.class_dropout_prob, s.n_classes, generator)
         loss = s.objective.loss(s.unet, clean, noise, levels, s.record.global_step, **model_kwargs)
         accelerator.backward(loss)
         # accumulated on the device over the micro-steps of one update: read once, when it is applied

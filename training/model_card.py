@@ -9,6 +9,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from diffusers_cunet.flops import count_forward_flops, count_parameters
+from diffusers_cunet.guidance import null_class_of
 from diffusers_cunet.pipelines.scheduler_support import DDPM_PIPELINE_SCHEDULERS
 
 TEMPLATE = "cunet_template.md"
@@ -39,6 +40,7 @@ def render_model_card(
 
     config = unet.config
     conditional = bool(config.get("num_class_embeds"))
+    null_class = null_class_of(unet)  # the last embedding: the classes asked for are those below it
     solver = getattr(unet, "solver", None)  # None for a baseline UNet2DModel trained with the same script
     if solver is None:
         solver_text = "none (residual blocks)"
@@ -68,9 +70,10 @@ def render_model_card(
         grid_path=grid_path,
         grid_caption=grid_caption,
         class_conditional=bool(config.get("num_class_embeds")),
+        null_class=null_class,
         shipped_code=" and ".join(f"`{name}`" for name in shipped_code),
         preconditioning=(config.get("preconditioning") or {}).get("type"),
-        num_classes=config.get("num_class_embeds"),
+        num_classes=null_class if null_class is not None else config.get("num_class_embeds"),
         parameters=f"{count_parameters(unet):,}",
         block_out_channels=", ".join(str(c) for c in config.block_out_channels),
         sample_size=config.sample_size,

@@ -13,6 +13,7 @@ from diffusers import UNet2DModel
 
 from diffusers_cunet import ContinuousUNet2DModel
 from diffusers_cunet.acceleration import check_capturable
+from diffusers_cunet.guidance import NULL_CLASS_KEY
 from diffusers_cunet.noise_schedule import make_noise_scheduler
 from diffusers_cunet.objectives import DDPMObjective, EDMObjective, Objective
 from diffusers_cunet.preconditioned_unet_2d import PreconditionedUNet2DModel
@@ -25,9 +26,9 @@ MODEL_CLASSES = {"cunet": ContinuousUNet2DModel, "unet2d": UNet2DModel}
 
 
 def model_class_for(args: argparse.Namespace) -> type:
-    """The class a run builds: an EDM-trained UNet2DModel records its preconditioning, as a cUNet does; a
-    DDPM-style one stays diffusers' own class (so `DDPMPipeline` and any diffusers code load it)."""
-    if args.model_type == "unet2d" and args.preconditioning != "none":
+    """The class a run builds: an EDM-trained or guidable UNet2DModel records its preconditioning and null class,
+    as a cUNet does; any other stays diffusers' own class (so `DDPMPipeline` and any diffusers code load it)."""
+    if args.model_type == "unet2d" and (args.preconditioning != "none" or args.class_dropout_prob):
         return PreconditionedUNet2DModel
     return MODEL_CLASSES[args.model_type]
 
@@ -59,7 +60,11 @@ def model_arguments(args: argparse.Namespace, n_classes: int | None, channels: i
         raise ValueError(f"{', '.join(given)} only apply to --model_type cunet.")
     if cunet and args.solver_steps_choices:  # the saved model runs at full effort unless a schedule says otherwise
         solver_options["solver_steps"] = max(args.solver_steps_choices)
-    overrides = {**(solver_options if cunet else {}), "num_class_embeds": n_classes}
+    overrides = {
+        **(solver_options if cunet else {}),
+        "num_class_embeds": n_classes,
+        **null_class_options(args, n_classes),
+    }
     config.update({k: v for k, v in overrides.items() if v is not None})
     if args.block_out_channels:
         if cunet:
@@ -76,6 +81,18 @@ def model_arguments(args: argparse.Namespace, n_classes: int | None, channels: i
     if args.preconditioning != "none":
         config["preconditioning"] = preconditioning_config(args)
     return config
+
+
+def null_class_options(args: argparse.Namespace, n_classes: int | None) -> dict[str, Any]:
+    """The class embeddings and null class of a run with `--class_dropout_prob` (one embedding more than the data set
+    has classes, the last one "no class"), or nothing."""
+    if not 0.0 <= args.class_dropout_prob < 1.0:
+        raise ValueError(f"--class_dropout_prob must be in [0, 1), got {args.class_dropout_prob}.")
+    if not args.class_dropout_prob:
+        return {}
+    if not n_classes:
+        raise ValueError("--class_dropout_prob needs class labels: name their column with --class_column.")
+    return {"num_class_embeds": n_classes + 1, NULL_CLASS_KEY: n_classes}
 
 
 def read_model_config(path: str, model_class: type) -> dict[str, Any]:

@@ -52,6 +52,13 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     data.add_argument("--cache_dir", default=None)
     data.add_argument("--image_column", default=None, help="Image column; found automatically if omitted.")
     data.add_argument("--class_column", default=None, help="Column of class labels: trains class-conditionally.")
+    data.add_argument(
+        "--class_dropout_prob",
+        type=float,
+        default=0.0,
+        help="With --class_column: replace each label by a learned null class with this probability (e.g. 0.1), "
+        "so the saved model can be sampled with classifier-free guidance (guidance_scale); 0 trains no null class.",
+    )
     data.add_argument("--resolution", type=int, default=None, help="Image size; the model's sample_size if omitted.")
     data.add_argument(
         "--image_fit",

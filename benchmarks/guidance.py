@@ -1,0 +1,240 @@
+"""Classifier-free guidance on Fashion-MNIST: does a sample of class c look like class c, and at what FID?
+
+A cUNet and a UNet2DModel of the same widths, trained alike (EDM, labels replaced by the null class with
+probability 0.1, the Fashion benchmark's CPU recipe), each sampled at several guidance scales with the same noise
+and the same balanced labels. The committed judge (`training.fashion_judge`) classifies every sample: the share it
+puts in the class asked for is the class accuracy (its own accuracy on real test images is the ceiling printed
+beside it); FID, KID and precision/recall are the Fashion benchmark's, against the 10,000 test images, with the
+floor (as many real training images) beside them.
+
+    python -m benchmarks.guidance --mode cpu     # 2 CPU cores, ~70 min alone: two models, five scales
+    python -m benchmarks.guidance --mode tiny    # seconds: the smoke test
+
+Resumable: a stopped run resumes training from the latest checkpoint and keeps every scored scale. Results:
+guidance.json, guidance.png (FID and class accuracy against the scale) and guidance_grid.png (one row per class) in
+outputs/benchmarks/results/ (with --publish: the tracked benchmarks/results/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from diffusers_cunet.atomic_write import replace_text
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from training.fashion_judge import judge_metadata, load_judge
+from training.fashion_mnist import CLASS_NAMES, split_tensors
+from training.fashion_scores import generate, judge_features, sample_scores
+from training.loop import train
+from training.options import make_config
+
+from . import paths
+from .fashion import EDM, EULER1, FashionSettings, FashionVariant, sampler, train_options
+from .quality import finished_run
+
+RESULTS_FILE, PLOT_FILE, GRID_FILE = "guidance.json", "guidance.png", "guidance_grid.png"
+GUIDED = {**EDM, "class_column": "label", "class_dropout_prob": 0.1}
+CLASSES = 10
+
+
+@dataclass
+class GuidanceSettings(FashionSettings):
+    scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 5.0)
+    grid_columns: int = 8  # samples per class in the grid
+
+
+MODES = {
+    "tiny": GuidanceSettings(
+        steps=4,
+        batch_size=8,
+        samples=20,
+        sampling_steps=3,
+        checkpoints=1,
+        held_out=8,
+        test_images=48,
+        max_train_samples=256,
+        sample_batch=10,
+        scales=(1.0, 3.0),
+        grid_columns=2,
+    ),  # fmt: skip
+    # the Fashion benchmark's CPU training (500 steps, batch 64); 1,000 samples per scale (100 per class)
+    "cpu": GuidanceSettings(steps=500, batch_size=64, samples=1000),
+}
+
+
+def variants(mode: str) -> list[FashionVariant]:
+    widths = (16, 32) if mode == "tiny" else (32, 64, 128)
+    return [
+        FashionVariant("cunet-x1-edm-guided", "cunet", widths, EULER1, GUIDED),
+        FashionVariant("unet2d-x1-edm-guided", "unet2d", widths, None, GUIDED),
+    ]
+
+
+def balanced_labels(count: int) -> torch.Tensor:
+    """Labels 0, 1, ..., 9, 0, 1, ...: every class equally often, as in the test set."""
+    return torch.arange(count) % CLASSES
+
+
+def score_scale(pipeline, scale: float, labels, test_features, judge, settings: GuidanceSettings) -> dict[str, Any]:
+    """Samples at guidance `scale`: their class accuracy (per class too), every Fashion score, the sampling time
+    per image and the ODE evaluations per image (read from one extra single-image call)."""
+    images, seconds = generate(pipeline, len(labels), settings.sampling_steps, settings.seed, settings.sample_batch,
+                               class_labels=labels, guidance_scale=scale)  # fmt: skip
+    predicted, _ = judge.predict(images)
+    correct = predicted == labels
+    per_class = [float(correct[labels == c].double().mean()) for c in range(CLASSES)]
+    probe = pipeline(batch_size=1, num_inference_steps=settings.sampling_steps, output_type="pt",
+                     class_labels=labels[:1], guidance_scale=scale)  # fmt: skip
+    return {
+        "scale": scale,
+        "class_accuracy": float(correct.double().mean()),
+        "class_accuracy_per_class": per_class,
+        **sample_scores(judge, None, images, real_features=test_features),
+        "sampling_s_per_image": seconds,
+        "ode_evaluations_per_image": probe.ode_evaluations,
+    }
+
+
+def run(mode: str, runs: Path, results_dir: Path) -> dict[str, Any]:
+    """Train (or resume) each model, score every scale not scored yet, and write the results after each."""
+    settings = MODES[mode]
+    results_path = results_dir / RESULTS_FILE
+    judge = load_judge()
+    test_images = split_tensors("test")[0][: settings.test_images]
+    test_features = judge_features(judge, test_images)
+    labels = balanced_labels(settings.samples)
+    floor = sample_scores(judge, None, split_tensors("train")[0][: settings.samples], real_features=test_features)
+    previous = json.loads(results_path.read_text()) if results_path.exists() else {}
+    rows = {row["name"]: row for row in previous.get("runs", [])} if previous.get("mode") == mode else {}
+    pipelines = {}
+    for variant in variants(mode):
+        output = runs / variant.name
+        print(f"\n=== {variant.name} ({settings.steps} steps) ===", flush=True)
+        result = train(make_config(**train_options(variant, settings.steps, settings, output)))
+        if result.already_done:
+            result = finished_run(result, variant.model_type)
+        noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
+        pipeline = ContinuousUNetPipeline(unet=result.unet.eval(), scheduler=sampler(noise_config, 0))
+        pipelines[variant.name] = pipeline
+        row = rows.setdefault(variant.name, {**asdict(variant), "points": []})
+        row.update(steps=settings.steps, held_out_error=result.held_out_error[-1]["mean"],
+                   train_seconds_median=result.median_step_seconds * settings.steps)  # fmt: skip
+        done = {point["scale"] for point in row["points"]}
+        for scale in settings.scales:
+            if scale in done:
+                continue
+            point = score_scale(pipeline, scale, labels, test_features, judge, settings)
+            row["points"] = sorted([*row["points"], point], key=lambda p: p["scale"])
+            accuracy, fid, ms = point["class_accuracy"], point["fid"], point["sampling_s_per_image"] * 1e3
+            print(f"{variant.name} scale {scale}: class accuracy {accuracy:.3f}, FID {fid:.2f} "
+                  f"(floor {floor['fid']:.2f}), {ms:.0f} ms/image", flush=True)  # fmt: skip
+            save(results_path, mode, settings, floor, rows)
+    results = save(results_path, mode, settings, floor, rows)
+    plot(results, results_dir / PLOT_FILE)
+    class_grid(pipelines[variants(mode)[0].name], settings, results_dir / GRID_FILE)
+    return results
+
+
+def save(path: Path, mode: str, settings: GuidanceSettings, floor: dict, rows: dict[str, dict]) -> dict[str, Any]:
+    """The results so far, with the machine, the judge and its accuracy on real test images, written atomically."""
+    results = {
+        "mode": mode,
+        "settings": asdict(settings),
+        "floor_real_vs_real": floor,
+        "judge": judge_metadata(),
+        "runs": list(rows.values()),
+        "date": time.strftime("%Y-%m-%d"),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+    }
+    replace_text(path, json.dumps(results, indent=2))
+    return results
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """FID (left) and class accuracy (right) against the guidance scale, one line per network."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    for row in results["runs"]:
+        scales = [p["scale"] for p in row["points"]]
+        left.plot(scales, [p["fid"] for p in row["points"]], marker="o", label=row["name"])
+        right.plot(scales, [p["class_accuracy"] for p in row["points"]], marker="o", label=row["name"])
+    left.axhline(results["floor_real_vs_real"]["fid"], color="grey", linestyle=":", label="floor (real vs real)")
+    right.axhline(results["judge"]["test_accuracy"], color="grey", linestyle=":", label="judge on real test images")
+    left.set(xlabel="guidance scale", ylabel="FID (judge features)", title="FID")
+    right.set(xlabel="guidance scale", ylabel="share judged the class asked for", title="class accuracy")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def class_grid(pipeline, settings: GuidanceSettings, path: Path) -> None:
+    """One row per class, `grid_columns` samples each, one panel per guidance scale (the same noise in each)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales = sorted(settings.scales)
+    labels = balanced_labels(CLASSES * settings.grid_columns)
+    images_by_scale = {
+        scale: generate(
+            pipeline,
+            len(labels),
+            settings.sampling_steps,
+            settings.seed,
+            len(labels),
+            class_labels=labels,
+            guidance_scale=scale,
+        )[0]  # fmt: skip
+        for scale in scales
+    }
+    fig, axes = plt.subplots(1, len(scales), figsize=(2.0 + 1.6 * len(scales) * settings.grid_columns / 8, 4.4))
+    for axis, scale in zip(axes if len(scales) > 1 else [axes], scales):
+        images = images_by_scale[scale][:, 0]
+        rows = []
+        for c in range(CLASSES):
+            chosen = torch.nn.functional.pad(images[labels == c], (1, 1, 1, 1), value=0.5)
+            rows.append(torch.cat(list(chosen), dim=1))
+        axis.imshow(torch.cat(rows, dim=0).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        axis.set_title(f"guidance scale {scale:g}", fontsize=9)
+        axis.set_xticks([])
+        height = images.shape[-1] + 2
+        axis.set_yticks([height * (c + 0.5) for c in range(CLASSES)], CLASS_NAMES if axis is axes[0] else [""] * 10,
+                        fontsize=7)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
+    paths.add_publish_option(parser)
+    parser.add_argument("--results", type=Path, default=None, help="results folder (overrides --publish)")
+    parser.add_argument("--runs", type=Path, default=None, help="where the training runs go")
+    args = parser.parse_args(argv)
+    results = args.results or paths.results_dir(args.publish)
+    results.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    run(args.mode, args.runs or paths.ROOT / "outputs" / "bench" / f"guidance-{args.mode}", results)
+    print(f"\nguidance benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s; results: {results}")
+    return results / RESULTS_FILE
+
+
+if __name__ == "__main__":
+    main()
