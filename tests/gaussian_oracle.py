@@ -8,6 +8,10 @@ x_t = a x0 + sigma eps with a = sqrt(alpha_bar_t), sigma = sqrt(1 - alpha_bar_t)
 and E[eps | x_t] = (x_t - a E[x0 | x_t]) / sigma, E[v | x_t] = a E[eps | x_t] - sigma E[x0 | x_t]. A sampler
 that feeds this model correctly scaled inputs returns samples with mean mu and standard deviation s; a missing
 `init_noise_sigma` or `scale_model_input` shows at once.
+
+With a mean per class (`class_means`, the null class's being the unconditional mean) the oracles are class-conditional
+and guidable. The posterior mean is affine in mu, so classifier-free guidance at scale w gives exactly the denoiser of
+N(mu_null + w (mu_c - mu_null), s^2): a closed form for guided sampling.
 """
 
 from __future__ import annotations
@@ -18,6 +22,15 @@ from diffusers import DDPMScheduler
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
+
+
+def class_mean(config, class_labels, sample):
+    """`mu`, or with `class_means` the mean of each image's class (N(class_means[c], s^2) data per class c; the
+    null class's entry is the unconditional model's mean): a number or a `(batch, 1, 1, 1)` tensor."""
+    if config.class_means is None:
+        return config.mu
+    means = torch.tensor(config.class_means, dtype=torch.float64, device=sample.device)
+    return means[class_labels.to(sample.device)][:, None, None, None]
 
 
 class GaussianOracle(ModelMixin, ConfigMixin):
@@ -32,6 +45,9 @@ class GaussianOracle(ModelMixin, ConfigMixin):
         out_channels: int = 1,
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
+        class_means: tuple[float, ...] | None = None,
+        num_class_embeds: int | None = None,
+        null_class_label: int | None = None,
     ):
         super().__init__()
         alphas_cumprod = DDPMScheduler(
@@ -51,7 +67,7 @@ class GaussianOracle(ModelMixin, ConfigMixin):
         timestep = torch.as_tensor(timestep).reshape(-1).expand(sample.shape[0])
         abar = self.alpha_bar(timestep).to(sample.device)[:, None, None, None]
         a, sigma = abar.sqrt(), (1 - abar).sqrt()
-        mu, s2 = self.config.mu, self.config.s**2
+        mu, s2 = class_mean(self.config, class_labels, sample), self.config.s**2
         x = sample.double()
         x0 = mu + a * s2 / (a**2 * s2 + sigma**2) * (x - a * mu)
         eps = (x - a * x0) / sigma
@@ -70,7 +86,8 @@ class EDMGaussianOracle(ModelMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, mu: float = 0.2, s: float = 0.25, preconditioning: dict | None = None, sample_size: int = 8,
-                 in_channels: int = 1, out_channels: int = 1):  # fmt: skip
+                 in_channels: int = 1, out_channels: int = 1, class_means: tuple[float, ...] | None = None,
+                 num_class_embeds: int | None = None, null_class_label: int | None = None):  # fmt: skip
         super().__init__()
         self.dummy = torch.nn.Parameter(torch.zeros(()))
 
@@ -85,7 +102,7 @@ class EDMGaussianOracle(ModelMixin, ConfigMixin):
         c_noise = torch.as_tensor(timestep).double().reshape(-1).expand(sample.shape[0])[:, None, None, None]
         sigma = (4 * c_noise).exp().to(sample.device)
         x = sample.double() / pre.c_in(sigma)
-        mu, s2 = self.config.mu, self.config.s**2
+        mu, s2 = class_mean(self.config, class_labels, sample), self.config.s**2
         x0 = mu + s2 / (s2 + sigma**2) * (x - mu)
         raw = ((x0 - pre.c_skip(sigma) * x) / pre.c_out(sigma)).to(sample.dtype)
         return BaseOutput(sample=raw) if return_dict else (raw,)
