@@ -49,3 +49,17 @@ def write_code_layout(folder: str | os.PathLike, with_pipeline_code: bool) -> No
         replace_text(folder / PIPELINE_CODE_FILE, pipeline_code_text())
         index["_class_name"] = [PIPELINE_CODE_MODULE, PIPELINE_CLASS]
     replace_text(folder / INDEX_FILE, json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def upload_pipeline_folder(folder: str | os.PathLike, repo_id: str, token: str | None = None,
+                           private: bool | None = None, **upload_options) -> str:  # fmt: skip
+    """Create `repo_id` on the Hugging Face Hub if needed and upload `folder` to it (after its code files are
+    written); `upload_options` go to `huggingface_hub.upload_folder` (`commit_message`, `create_pr`,
+    `ignore_patterns`, ...). Returns the commit's URL. The one upload path: the pipelines' `save_pretrained(...,
+    push_to_hub=True)` and the trainer's `--push_to_hub` both come here."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo = api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo.repo_id, folder_path=str(folder), **upload_options)
+    return str(getattr(info, "commit_url", info))

@@ -16,7 +16,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..guidance import guided_network
-from .hub_layout import write_code_layout
+from .hub_layout import upload_pipeline_folder, write_code_layout
 from .pipeline_utils import (
     SolverSchedule,
     check_feature_cache,
@@ -117,11 +117,8 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         if hasattr(self.solver_schedule, "save_pretrained"):
             self.solver_schedule.save_pretrained(save_directory)
         if push:  # after the code files are written: diffusers would upload the folder before they are
-            from huggingface_hub import create_repo, upload_folder
-
             name = hub.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
-            repo = create_repo(name, exist_ok=True, private=hub.pop("private", None), token=hub.get("token"))
-            upload_folder(repo_id=repo.repo_id, folder_path=save_directory, **hub)
+            upload_pipeline_folder(save_directory, name, hub.pop("token", None), hub.pop("private", None), **hub)
 
     @torch.no_grad()
     def __call__(

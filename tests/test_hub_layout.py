@@ -260,19 +260,16 @@ def test_bad_loading_input_is_refused_with_the_file_named(tmp_path):
 
 
 def test_push_to_hub_uploads_the_complete_folder(tmp_path, monkeypatch):
-    import huggingface_hub
+    from huggingface_hub import HfApi, RepoUrl
 
     uploaded = {}
 
-    class Repo:
-        repo_id = "org/cunet-steps"
-
-    def upload_folder(*, repo_id, folder_path, **kwargs):
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
         root = Path(folder_path)
         uploaded[repo_id] = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
-    monkeypatch.setattr(huggingface_hub, "create_repo", lambda name, **kwargs: Repo())
-    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, name, **kwargs: RepoUrl(f"https://huggingface.co/{name}"))
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
     conditional_pipeline().save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="org/cunet-steps")
     assert {"pipeline_cunet.py", "unet/modeling_cunet.py", "solver_schedule.json", "model_index.json"} <= set(
         uploaded["org/cunet-steps"]

@@ -129,13 +129,14 @@ def test_checkpoint_of_another_model_is_refused_before_training(tmp_path):
 
 
 def test_push_to_hub_uploads_the_pipeline_not_the_checkpoints(trained, monkeypatch):
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, RepoUrl
 
     output, _ = trained
     calls = {}
 
     def create_repo(self, repo_id, **kwargs):
         calls["repo"] = (repo_id, kwargs.get("private"))
+        return RepoUrl(f"https://huggingface.co/{repo_id}")
 
     def upload_folder(self, *, repo_id, folder_path, ignore_patterns=None, **kwargs):
         # The real file selection of huggingface_hub, without the network commit.

@@ -105,7 +105,12 @@ def sample_scores(judge: FashionJudge, real: torch.Tensor, fake: torch.Tensor,
 
 @torch.no_grad()
 def generate(
-    pipeline, count: int, steps: int, seed: int, batch_size: int = 250, class_labels: torch.Tensor | None = None,
+    pipeline,
+    count: int,
+    steps: int,
+    seed: int,
+    batch_size: int = 250,
+    class_labels: torch.Tensor | None = None,
     **call_options,
 ) -> tuple[torch.Tensor, float]:
     """`count` samples in [0, 1] from `pipeline` (ours, any scheduler) in batches, batch k seeded `seed + k`, and

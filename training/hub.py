@@ -18,17 +18,11 @@ def first_line(error: Exception, default: str = "") -> str:
 
 def push_to_hub(output_dir: Path, repo_id: str, token: str | None, private: bool) -> str:
     """Upload the pipeline, grid, metrics and model card (not checkpoints or logs) with huggingface_hub."""
-    from huggingface_hub import HfApi
+    from diffusers_cunet.pipelines.hub_layout import upload_pipeline_folder
 
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True)
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(output_dir),
-        commit_message="Upload continuous U-Net pipeline trained with diffusers-cunet",
-        ignore_patterns=list(NOT_UPLOADED),
-    )
-    return str(getattr(info, "commit_url", info))
+    message = "Upload continuous U-Net pipeline trained with diffusers-cunet"
+    return upload_pipeline_folder(output_dir, repo_id, token, private, commit_message=message,
+                                  ignore_patterns=list(NOT_UPLOADED))  # fmt: skip
 
 
 def check_hub_access(repo_id: str, token: str | None) -> str:
