@@ -13,7 +13,6 @@ them; delete that folder to train from scratch.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -22,19 +21,12 @@ from . import cost, paths, quality, report
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=sorted(quality.MODES), default="quick")
+    parser = paths.benchmark_parser(__doc__, quality.MODES, "quick")
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
-    paths.add_publish_option(parser)
-    parser.add_argument("--results", type=Path, default=None, help="results folder (overrides --publish)")
-    parser.add_argument("--report", type=Path, default=None, help="report file (overrides --publish)")
-    parser.add_argument("--runs", type=Path, default=None, help="where the training runs go")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="train and score only these models")
     args = parser.parse_args(argv)
-    args.results = args.results or paths.results_dir(args.publish)
-    args.report = args.report or paths.report_path(args.publish)
-    args.results.mkdir(parents=True, exist_ok=True)
+    args.results, args.report = paths.outputs(args)
     start = time.perf_counter()
     tiny = args.mode == "tiny"
     if not args.skip_cost:
@@ -43,9 +35,7 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.skip_quality:
         runs = args.runs or paths.ROOT / "outputs" / "bench" / args.mode
         quality.run(args.mode, runs, args.results / "quality.json", only=args.only)
-    command = "python -m benchmarks" + ("" if args.mode == "quick" else f" --mode {args.mode}")
-    command += " --publish" if args.publish else ""
-    path = report.write(args.results, args.report, command)
+    path = report.write(args.results, args.report, paths.command_line("benchmarks", args, default_mode="quick"))
     print(f"\nBenchmarks ({args.mode}) took {time.perf_counter() - start:.0f} s.")
     print(f"Results: {paths.shown(args.results)}/ (cost.json, quality.json, *.png); report: {paths.shown(path)}")
     return path

@@ -18,7 +18,6 @@ benchmarks/results/ and BENCHMARKS.md).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -247,25 +246,14 @@ def save(path: Path, mode: str, settings: FashionSettings, reference: dict, rows
 def main(argv: list[str] | None = None) -> Path:
     from . import report
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
-    paths.add_publish_option(parser)
-    parser.add_argument("--results", type=Path, default=None, help="results folder (overrides --publish)")
-    parser.add_argument("--report", type=Path, default=None, help="report file (overrides --publish)")
-    parser.add_argument("--runs", type=Path, default=None, help="where the training runs go")
+    parser = paths.benchmark_parser(__doc__, MODES, "cpu")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="train and score only these models")
     args = parser.parse_args(argv)
-    results = args.results or paths.results_dir(args.publish)
-    results.mkdir(parents=True, exist_ok=True)
+    results, report_file = paths.outputs(args)
     start = time.perf_counter()
-    run(
-        args.mode,
-        args.runs or paths.ROOT / "outputs" / "bench" / f"fashion-{args.mode}",
-        results / RESULTS_FILE,
-        args.only,
-    )
-    command = f"python -m benchmarks.fashion --mode {args.mode}" + (" --publish" if args.publish else "")
-    path = report.write(results, args.report or paths.report_path(args.publish), command)
+    runs = args.runs or paths.ROOT / "outputs" / "bench" / f"fashion-{args.mode}"
+    run(args.mode, runs, results / RESULTS_FILE, args.only)
+    path = report.write(results, report_file, paths.command_line("benchmarks.fashion", args))
     print(f"\nFashion-MNIST benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s; report: {path}")
     return path
 

@@ -17,7 +17,6 @@ outputs/benchmarks/results/ (with --publish: the tracked benchmarks/results/).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -222,14 +221,8 @@ def class_grid(pipeline, settings: GuidanceSettings, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
-    paths.add_publish_option(parser)
-    parser.add_argument("--results", type=Path, default=None, help="results folder (overrides --publish)")
-    parser.add_argument("--runs", type=Path, default=None, help="where the training runs go")
-    args = parser.parse_args(argv)
-    results = args.results or paths.results_dir(args.publish)
-    results.mkdir(parents=True, exist_ok=True)
+    args = paths.benchmark_parser(__doc__, MODES, "cpu", report=False).parse_args(argv)
+    results, _ = paths.outputs(args)
     start = time.perf_counter()
     run(args.mode, args.runs or paths.ROOT / "outputs" / "bench" / f"guidance-{args.mode}", results)
     print(f"\nguidance benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s; results: {results}")

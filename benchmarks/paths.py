@@ -20,6 +20,33 @@ def add_publish_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def benchmark_parser(description: str, modes, default_mode: str, runs_help: str = "where the training runs go",
+                     report: bool = True) -> argparse.ArgumentParser:  # fmt: skip
+    """The options of a training benchmark: --mode, --publish, --results (and --report) to override where it writes,
+    --runs for its training runs."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=sorted(modes), default=default_mode)
+    add_publish_option(parser)
+    parser.add_argument("--results", type=Path, default=None, help="results folder (overrides --publish)")
+    if report:
+        parser.add_argument("--report", type=Path, default=None, help="report file (overrides --publish)")
+    parser.add_argument("--runs", type=Path, default=None, help=runs_help)
+    return parser
+
+
+def outputs(args: argparse.Namespace) -> tuple[Path, Path]:
+    """The results folder (created) and the report file a benchmark writes, from its parsed options."""
+    results = args.results or results_dir(args.publish)
+    results.mkdir(parents=True, exist_ok=True)
+    return results, getattr(args, "report", None) or report_path(args.publish)
+
+
+def command_line(module: str, args: argparse.Namespace, default_mode: str | None = None) -> str:
+    """How the report says the benchmark was run: the mode (unless it is `default_mode`) and --publish."""
+    command = f"python -m {module}" + ("" if args.mode == default_mode else f" --mode {args.mode}")
+    return command + (" --publish" if args.publish else "")
+
+
 def results_dir(publish: bool) -> Path:
     return PUBLISHED_RESULTS if publish else OUTPUT / "results"
 

@@ -195,6 +195,13 @@ def gpu_section(gpu: dict[str, Any]) -> list[str]:
             speed = f"{r['cunet_images_per_s']:,.0f} | {r['unet2d_images_per_s']:,.0f}"
             lines.append(f"| {r['execution']}, {r['precision']} | {r['batch']} | {speed} | "
                          f"**{r['throughput_ratio']:.2f}x** | {memory} |")  # fmt: skip
+    lines += gpu_solver_tables(gpu) + gpu_diagnostics(gpu)
+    return lines
+
+
+def gpu_solver_tables(gpu: dict[str, Any]) -> list[str]:
+    """The cUNet's cost against its solver settings and with ODE blocks skipped or deep features reused."""
+    lines: list[str] = []
     if gpu.get("solver_sweep"):
         executions = [k[: -len("_ms")] for k in gpu["solver_sweep"][0] if k.endswith("_ms")]
         first = gpu["solver_sweep"][0]
@@ -217,6 +224,12 @@ def gpu_section(gpu: dict[str, Any]) -> list[str]:
                 f"skipping {', '.join(r['skipped'])}" if r["skipped"] else "whole network")  # fmt: skip
             times = " | ".join(f"{r[f'{e}_ms']:.2f}" if f"{e}_ms" in r else "-" for e in executions)
             lines.append(f"| {what} | {r['gflops_per_call']:.3f} | {times} |")
+    return lines
+
+
+def gpu_diagnostics(gpu: dict[str, Any]) -> list[str]:
+    """Graph breaks, kernel counts and profiles, the run's note and the sections that failed."""
+    lines: list[str] = []
     if gpu.get("graph_breaks"):
         breaks = ", ".join(f"{n}: {v['graphs']} graph(s), {v['graph_breaks']} break(s)"
                            for n, v in gpu["graph_breaks"].items())  # fmt: skip

@@ -14,7 +14,6 @@ setting in the table is scored again on `final_samples`, the default and the sea
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import time
@@ -173,17 +172,14 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> Path:
     from . import report
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
-    paths.add_publish_option(parser)
-    parser.add_argument("--runs", type=Path, default=None, help="where the Fashion-MNIST training runs are (or go)")
+    parser = paths.benchmark_parser(
+        __doc__, MODES, "cpu", runs_help="where the Fashion-MNIST training runs are (or go)"
+    )
     args = parser.parse_args(argv)
-    results = paths.results_dir(args.publish)
-    results.mkdir(parents=True, exist_ok=True)
+    results, report_file = paths.outputs(args)
     start = time.perf_counter()
     run(args.mode, args.runs or paths.ROOT / "outputs" / "bench" / f"fashion-{args.mode}", results / RESULTS_FILE)
-    command = f"python -m benchmarks.step_aware --mode {args.mode}" + (" --publish" if args.publish else "")
-    path = report.write(results, paths.report_path(args.publish), command)
+    path = report.write(results, report_file, paths.command_line("benchmarks.step_aware", args))
     print(f"\nStep-aware benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s; report: {path}")
     return path
 

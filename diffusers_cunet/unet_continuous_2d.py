@@ -147,27 +147,40 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
             return ODEBlock(channels, temb_dim, ode_order, norm_type, norm_num_groups, norm_eps, ode_residual, dropout)
 
         def attention(channels: int) -> Attention:
-            return Attention(
-                channels,
-                heads=channels // attention_head_dim,
-                dim_head=attention_head_dim,
-                eps=norm_eps,
-                norm_num_groups=norm_num_groups,
-                residual_connection=True,
-                bias=True,
-                upcast_softmax=True,
-                _from_deprecated_attn_block=True,
-            )
+            return self._attention(channels, attention_head_dim, norm_eps, norm_num_groups)
 
-        levels = len(block_out_channels)
         self.conv_in = nn.Conv2d(in_channels, base, kernel_size=3, padding=1)
+        widths_below = block_out_channels[1:] + (mid_channels,)
+        self._build_encoder(block_out_channels, widths_below, attention_levels, ode_block, attention)
+        # bottleneck
+        self.mid_block = ode_block(mid_channels)
+        self.mid_attn = attention(mid_channels) if mid_attention else nn.Identity()
+        self._build_decoder(block_out_channels, widths_below, attention_levels, ode_block, attention)
+        self.conv_norm_out = make_norm("group" if norm_type == "none" else norm_type, base, norm_num_groups, norm_eps)
+        self.conv_out = nn.Conv2d(base, out_channels, kernel_size=3, padding=1)
+        # The ODE blocks by module name, in the order a forward call runs them (up_blocks.0 is the deepest level).
+        levels = len(block_out_channels)
+        self.ode_block_names: tuple[str, ...] = (
+            *(f"down_blocks.{i}" for i in range(levels)),
+            "mid_block",
+            *(f"up_blocks.{i}" for i in range(levels)),
+        )
 
-        # encoder: ODE block (+ attention) per level, strided conv between levels
+    @staticmethod
+    def _attention(channels: int, head_dim: int, eps: float, groups: int) -> Attention:
+        """diffusers' self-attention block as `UNet2DModel`'s attention levels use it."""
+        return Attention(channels, heads=channels // head_dim, dim_head=head_dim, eps=eps, norm_num_groups=groups,
+                         residual_connection=True, bias=True, upcast_softmax=True,
+                         _from_deprecated_attn_block=True)  # fmt: skip
+
+    def _build_encoder(self, block_out_channels, widths_below, attention_levels, ode_block, attention) -> None:
+        """The encoder: an ODE block (+ attention) per level, a strided conv between levels (a 1x1 conv into the
+        bottleneck's width after the last)."""
+        levels = len(block_out_channels)
         self.down_blocks = nn.ModuleList(ode_block(c) for c in block_out_channels)
         self.down_attentions = nn.ModuleList(
             attention(c) if use else nn.Identity() for c, use in zip(block_out_channels, attention_levels)
         )
-        widths_below = block_out_channels[1:] + (mid_channels,)
         self.downsamplers = nn.ModuleList(
             Downsample2D(c, use_conv=True, out_channels=c_next, padding=1, name="op")
             if i < levels - 1
@@ -175,15 +188,14 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
             for i, (c, c_next) in enumerate(zip(block_out_channels, widths_below))
         )
 
-        # bottleneck
-        self.mid_block = ode_block(mid_channels)
-        self.mid_attn = attention(mid_channels) if mid_attention else nn.Identity()
-
-        # decoder: upsample (except into the deepest level), concatenate the skip, 1x1 merge, ODE block
+    def _build_decoder(self, block_out_channels, widths_below, attention_levels, ode_block, attention) -> None:
+        """The decoder, deepest level first: upsample (except into the deepest level), concatenate the skip, 1x1
+        merge, ODE block (+ attention)."""
         self.upsamplers = nn.ModuleList()
         self.skip_merges = nn.ModuleList()
         self.up_blocks = nn.ModuleList()
         self.up_attentions = nn.ModuleList()
+        levels = len(block_out_channels)
         for i in reversed(range(levels)):
             c, c_below = block_out_channels[i], widths_below[i]
             if i < levels - 1:
@@ -193,15 +205,6 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
             self.skip_merges.append(nn.Conv2d(2 * c, c, kernel_size=1))
             self.up_blocks.append(ode_block(c))
             self.up_attentions.append(attention(c) if attention_levels[i] else nn.Identity())
-
-        self.conv_norm_out = make_norm("group" if norm_type == "none" else norm_type, base, norm_num_groups, norm_eps)
-        self.conv_out = nn.Conv2d(base, out_channels, kernel_size=3, padding=1)
-        # The ODE blocks by module name, in the order a forward call runs them (up_blocks.0 is the deepest level).
-        self.ode_block_names: tuple[str, ...] = (
-            *(f"down_blocks.{i}" for i in range(levels)),
-            "mid_block",
-            *(f"up_blocks.{i}" for i in range(levels)),
-        )
 
     @classmethod
     def _validate_arguments(cls, arguments: Mapping[str, Any]) -> SolverConfig:

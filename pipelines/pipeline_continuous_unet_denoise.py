@@ -185,14 +185,7 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
         check_output_type(output_type)
         check_scheduler(self.scheduler, self.unet, cross_objective=False)
         device = self._execution_device
-        channels = self.unet.config.in_channels
-        noisy = to_model_range(noisy_images, channels, value_range).to(device, self.unet.dtype)
-        size = self.unet.config.sample_size
-        expected = (size, size) if isinstance(size, int) else tuple(size)
-        if tuple(noisy.shape[-2:]) != expected:
-            warnings.warn(f"Denoising {noisy.shape[-2]}x{noisy.shape[-1]} images with a model trained at "
-                          f"{expected[0]}x{expected[1]}: it runs (convolutions), but it never saw this size.",
-                          stacklevel=2)  # fmt: skip
+        noisy = self._model_input(noisy_images, value_range, device)
         if noise_std is not None:
             check_value_range(noisy, noise_std, noisy_images, clean_images, value_range)
         # the noisy input's own PSNR/SSIM are reported beside the output's
@@ -228,6 +221,18 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
         # 3. reverse process
         sample, evaluations = reverse_process(self, sample, timesteps, labels, solver_schedule, generator)
         return self._finish(sample, start_t, evaluations, reference, output_type, return_dict)
+
+    def _model_input(self, noisy_images, value_range, device) -> torch.Tensor:
+        """The noisy images as the model takes them (its range, device and dtype); a warning for a size the model
+        was not trained at."""
+        noisy = to_model_range(noisy_images, self.unet.config.in_channels, value_range).to(device, self.unet.dtype)
+        size = self.unet.config.sample_size
+        expected = (size, size) if isinstance(size, int) else tuple(size)
+        if tuple(noisy.shape[-2:]) != expected:
+            warnings.warn(f"Denoising {noisy.shape[-2]}x{noisy.shape[-1]} images with a model trained at "
+                          f"{expected[0]}x{expected[1]}: it runs (convolutions), but it never saw this size.",
+                          stacklevel=3)  # fmt: skip
+        return noisy
 
     def _denoise_edm(self, noisy, noise_std: float, num_inference_steps: int, labels, solver_schedule):
         """EDM's forward process is x + sigma * noise: images carrying noise of std `noise_std` are its marginal at

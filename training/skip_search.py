@@ -27,7 +27,7 @@ from diffusers_cunet.flops import count_call_flops
 from diffusers_cunet.pipelines.scheduler_support import is_edm_scheduler
 from diffusers_cunet.step_schedule import SolverStepSchedule
 from training.fashion_scores import fid_and_kid, generate, judge_features, sample_scores
-from training.step_search import greedy_reduction
+from training.step_search import greedy_reduction, run_command_line
 
 RESULTS_FILE = "skip_search.json"
 
@@ -193,10 +193,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    import sys
-
-    try:
-        main()
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    run_command_line(main)

@@ -263,7 +263,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     return result
 
 
-if __name__ == "__main__":
+def run_command_line(main) -> None:
+    """Run a search's `main` as a command: an input problem (a `ValueError`) is one line and exit status 2, as the
+    trainer's."""
     import sys
 
     try:
@@ -271,3 +273,7 @@ if __name__ == "__main__":
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+
+
+if __name__ == "__main__":
+    run_command_line(main)
