@@ -1,21 +1,18 @@
 """`ContinuousUNet2DModel`: the continuous U-Net (cUNet) of "The Missing U for Efficient Diffusion Models".
 
-The module path `diffusers_cunet.unet_continuous_2d` is written into every saved `model_index.json`, so it is a
-saved format: keep it. diffusers also looks the base class `ModelMixin` up by name in this module when it
+Folders saved by early versions name the module path `diffusers_cunet.unet_continuous_2d` in their
+`model_index.json` (today's name the shipped code file, see `hub_code`), so it is a saved format: keep it. diffusers also looks the base class `ModelMixin` up by name in this module when it
 loads a pipeline, which is why it is imported here at module level.
 """
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import json
 import math
 import os
 import warnings
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,9 +26,9 @@ from diffusers.models.upsampling import Upsample2D
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from .atomic_write import replace_text
 from .feature_cache import DeepFeatureCache
 from .guidance import check_null_class
+from .hub_code import write_model_code
 from .ode_blocks import NORM_TYPES, ODE_ORDERS, ODEBlock, make_norm
 from .preconditioning import EDMPreconditioning, preconditioning_from_config
 from .solvers import SolverConfig
@@ -124,7 +121,7 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
     ):
         super().__init__()
         # A pipeline records `instance.__module__` as this component's library in model_index.json: name the code
-        # file every save ships, the one entry diffusers loads by Hub id (see diffusers_cunet.pipelines.hub_layout).
+        # file every save ships, the one entry diffusers loads by Hub id (see diffusers_cunet.hub_code).
         self.__module__ = "modeling_cunet"
         self._solver = self._validate_arguments(locals())  # locals(): every constructor argument, by name
         # Built once (forward checks timesteps against it); every setting, defaults included, goes to the config.
@@ -557,27 +554,3 @@ def _weights_error(path: str | os.PathLike, kwargs: Mapping[str, Any], error: Ex
     variant = kwargs.get("variant")
     name = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
     return f"Could not load ContinuousUNet2DModel weights from {os.path.join(folder, name)}: {error}"
-
-
-MODEL_CODE_FILE = "modeling_cunet.py"  # this class as one self-contained file (see diffusers_cunet.remote_code)
-AUTO_MAP = {"AutoModel": "modeling_cunet.ContinuousUNet2DModel"}
-
-
-def model_code_text() -> str:
-    """The text of `modeling_cunet.py`: generated from the package, or, when this module is that file (loaded as
-    remote code), the file itself, so a re-saved folder ships the code it was loaded with."""
-    if __name__ == "diffusers_cunet.unet_continuous_2d":
-        return importlib.import_module("diffusers_cunet.remote_code").model_code()
-    return Path(__file__).read_text()
-
-
-def write_model_code(folder: str | os.PathLike) -> Path:
-    """Write `modeling_cunet.py` into a saved model folder and point its `config.json`'s `auto_map` at it
-    (each written to a temporary file first, then renamed)."""
-    folder = Path(folder)
-    path = folder / MODEL_CODE_FILE
-    replace_text(path, model_code_text())
-    config = json.loads((folder / "config.json").read_text())
-    config["auto_map"] = dict(AUTO_MAP)
-    replace_text(folder / "config.json", json.dumps(config, indent=2, sort_keys=True) + "\n")
-    return path

@@ -1,5 +1,5 @@
 """Check and write the code files of saved folders: `unet/modeling_cunet.py` and `pipeline_cunet.py` (see
-`hub_layout`), which let diffusers load a folder without this package.
+`diffusers_cunet.hub_code`), which let diffusers load a folder without this package.
 
     python -m diffusers_cunet.pipelines.code_files FOLDER [FOLDER ...]   # write or refresh them
 
@@ -15,10 +15,9 @@ import json
 import os
 from pathlib import Path
 
+from diffusers_cunet import hub_code
+from diffusers_cunet.hub_code import MODEL_CODE_FILE, write_model_code
 from diffusers_cunet.remote_code import model_code, pipeline_code
-from diffusers_cunet.unet_continuous_2d import MODEL_CODE_FILE, write_model_code
-
-from . import hub_layout
 
 
 def code_file_problems(folder: str | os.PathLike) -> list[str]:
@@ -27,16 +26,16 @@ def code_file_problems(folder: str | os.PathLike) -> list[str]:
     differently. Empty when the folder is as this version saves it."""
     folder = Path(folder)
     expected: dict[Path, str] = {}
-    if (folder / hub_layout.INDEX_FILE).is_file():
-        index = json.loads((folder / hub_layout.INDEX_FILE).read_text())
+    if (folder / hub_code.INDEX_FILE).is_file():
+        index = json.loads((folder / hub_code.INDEX_FILE).read_text())
         unet = index.get("unet")
-        if isinstance(unet, list) and unet[1:] == [hub_layout.MODEL_CLASS]:
-            if unet[0] != hub_layout.MODEL_CODE_MODULE:
-                return [f"{folder / hub_layout.INDEX_FILE} names the unet's code as {unet[0]!r}, which loads only "
+        if isinstance(unet, list) and unet[1:] == [hub_code.MODEL_CLASS]:
+            if unet[0] != hub_code.MODEL_CODE_MODULE:
+                return [f"{folder / hub_code.INDEX_FILE} names the unet's code as {unet[0]!r}, which loads only "
                         f"with this package imported and never by Hub id"]  # fmt: skip
             expected[folder / "unet" / MODEL_CODE_FILE] = model_code()
-        if index.get("_class_name") == [hub_layout.PIPELINE_CODE_MODULE, hub_layout.PIPELINE_CLASS]:
-            expected[folder / hub_layout.PIPELINE_CODE_FILE] = pipeline_code()
+        if index.get("_class_name") == [hub_code.PIPELINE_CODE_MODULE, hub_code.PIPELINE_CLASS]:
+            expected[folder / hub_code.PIPELINE_CODE_FILE] = pipeline_code()
     elif (folder / "config.json").is_file():
         expected[folder / MODEL_CODE_FILE] = model_code()
     problems = []
@@ -57,16 +56,16 @@ def write_code_files(folder: str | os.PathLike) -> list[Path]:
     """Write this version's code files into a saved pipeline folder (or a lone model folder) and point its
     `model_index.json` / `config.json` at them; returns the files written. Weights and configs are untouched."""
     folder = Path(folder)
-    if (folder / hub_layout.INDEX_FILE).is_file():
-        index = json.loads((folder / hub_layout.INDEX_FILE).read_text())
+    if (folder / hub_code.INDEX_FILE).is_file():
+        index = json.loads((folder / hub_code.INDEX_FILE).read_text())
         written = []
         unet = index.get("unet")
-        if isinstance(unet, list) and unet[1:] == [hub_layout.MODEL_CLASS]:
+        if isinstance(unet, list) and unet[1:] == [hub_code.MODEL_CLASS]:
             written.append(write_model_code(folder / "unet"))
         class_name = index.get("_class_name")
-        with_pipeline = hub_layout.PIPELINE_CLASS in (class_name if isinstance(class_name, list) else [class_name])
-        hub_layout.write_code_layout(folder, with_pipeline_code=with_pipeline)
-        return written + ([folder / hub_layout.PIPELINE_CODE_FILE] if with_pipeline else [])
+        with_pipeline = hub_code.PIPELINE_CLASS in (class_name if isinstance(class_name, list) else [class_name])
+        hub_code.write_code_layout(folder, with_pipeline_code=with_pipeline)
+        return written + ([folder / hub_code.PIPELINE_CODE_FILE] if with_pipeline else [])
     if (folder / "config.json").is_file():
         return [write_model_code(folder)]
     raise ValueError(f"{folder} holds neither a model_index.json (a saved pipeline) nor a config.json (a model).")

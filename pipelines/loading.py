@@ -2,7 +2,8 @@
 own classes, so no code shipped in the folder runs and `trust_remote_code` is not needed.
 
 (diffusers' own loader would run the shipped `pipeline_cunet.py` and `unet/modeling_cunet.py` that a saved folder
-names, and refuse without `trust_remote_code=True`; see `hub_layout`.) Not part of the remote pipeline file."""
+names, and refuse without `trust_remote_code=True`; see `diffusers_cunet.hub_code`.) Not part of the remote pipeline
+file."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ from typing import Any
 
 import diffusers
 
+from diffusers_cunet.hub_code import INDEX_FILE, MODEL_CLASS
 from diffusers_cunet.preconditioned_unet_2d import PreconditionedUNet2DModel
 from diffusers_cunet.unet_continuous_2d import ContinuousUNet2DModel
 
 from .code_files import code_file_problems
-from .hub_layout import INDEX_FILE, MODEL_CLASS
 from .pipeline_utils import HUB_OPTIONS, hub_options, load_solver_schedule
 
 MODEL_OPTIONS = ("torch_dtype", "variant", "use_safetensors")

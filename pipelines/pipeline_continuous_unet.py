@@ -16,7 +16,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..guidance import guided_network
-from .hub_layout import upload_pipeline_folder, write_code_layout
+from ..hub_code import upload_pipeline_folder, write_code_layout
 from .pipeline_utils import (
     SolverSchedule,
     check_feature_cache,
@@ -103,9 +103,9 @@ class ContinuousUNetPipeline(DiffusionPipeline):
     def save_pretrained(self, save_directory, **kwargs):
         """As `DiffusionPipeline.save_pretrained`, plus the attached `SolverStepSchedule`, if any, and the code
         files that let diffusers load the folder without this package: `pipeline_cunet.py`, named in
-        `model_index.json` with `unet/modeling_cunet.py` (see `hub_layout`). With `push_to_hub=True` the folder
-        is uploaded once complete (`repo_id`, `token`, `private`, `commit_message`, `create_pr` as diffusers
-        takes them)."""
+        `model_index.json` with `unet/modeling_cunet.py` (see `diffusers_cunet.hub_code`). With `push_to_hub=True`
+        the folder is uploaded once complete (`repo_id`, `token`, `private`, `commit_message`, `create_pr` as
+        diffusers takes them)."""
         push = kwargs.pop("push_to_hub", False)
         hub = {
             key: kwargs.pop(key)

@@ -18,14 +18,15 @@ from conftest import lay_out_hub_cache, make_tiny
 from diffusers import DDIMScheduler, DDPMPipeline, DiffusionPipeline
 
 from diffusers_cunet import ContinuousUNet2DModel
+from diffusers_cunet.hub_code import PIPELINE_CODE_FILE
 from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline, ContinuousUNetPipeline
 from diffusers_cunet.pipelines.code_files import code_file_problems, main
-from diffusers_cunet.pipelines.hub_layout import PIPELINE_CODE_FILE
 from diffusers_cunet.remote_code import model_code, pipeline_code
 from diffusers_cunet.step_schedule import SolverStepSchedule
 
-MODEL_IMPORTS = {"torch", "torchdiffeq", "diffusers", *sys.stdlib_module_names}
-PIPELINE_IMPORTS = {*MODEL_IMPORTS, "numpy", "PIL", "huggingface_hub"}  # what diffusers itself needs
+# huggingface_hub, numpy and PIL come with diffusers (its own requirements)
+MODEL_IMPORTS = {"torch", "torchdiffeq", "diffusers", "huggingface_hub", *sys.stdlib_module_names}
+PIPELINE_IMPORTS = {*MODEL_IMPORTS, "numpy", "PIL"}
 # a bin that skips a block: the shipped pipeline file applies skips as the package does
 SCHEDULE = SolverStepSchedule(
     settings=[{"method": "euler", "steps": 1, "skip": ["mid_block"]}, {"method": "rk4", "steps": 1}]

@@ -41,6 +41,8 @@ def user_folder(tmp_path_factory):
           "edm", module=module)  # fmt: skip
     train(folder / "outputs" / "digits-ddpm", "--max_train_steps", "1", "--resolution", "16", module=module)
     train(folder / "outputs" / "digits-fdm", "--max_train_steps", "1", "--preconditioning", "edm-fdm", module=module)
+    train(folder / "outputs" / "digits-guided", "--max_train_steps", "1", "--preconditioning", "edm", "--class_column",
+          "label", "--class_dropout_prob", "0.1", module=module)  # fmt: skip
     torch.manual_seed(0)
     hub = DDPMPipeline(unet=from_preset("cifar10-32", block_out_channels=(32, 64), attention_levels=(False, True)),
                        scheduler=DDIMScheduler())  # fmt: skip

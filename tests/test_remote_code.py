@@ -14,8 +14,8 @@ import torch
 from conftest import lay_out_hub_cache, make_tiny
 from diffusers import AutoModel, DDIMScheduler, DDPMPipeline
 
+from diffusers_cunet.hub_code import MODEL_CODE_FILE
 from diffusers_cunet.remote_code import model_code
-from diffusers_cunet.unet_continuous_2d import MODEL_CODE_FILE
 
 SETTINGS = [
     {},

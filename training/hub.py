@@ -18,7 +18,7 @@ def first_line(error: Exception, default: str = "") -> str:
 
 def push_to_hub(output_dir: Path, repo_id: str, token: str | None, private: bool) -> str:
     """Upload the pipeline, grid, metrics and model card (not checkpoints or logs) with huggingface_hub."""
-    from diffusers_cunet.pipelines.hub_layout import upload_pipeline_folder
+    from diffusers_cunet.hub_code import upload_pipeline_folder
 
     message = "Upload continuous U-Net pipeline trained with diffusers-cunet"
     return upload_pipeline_folder(output_dir, repo_id, token, private, commit_message=message,
