@@ -1,8 +1,9 @@
 """`ContinuousUNet2DModel`: the continuous U-Net (cUNet) of "The Missing U for Efficient Diffusion Models".
 
 Folders saved by early versions name the module path `diffusers_cunet.unet_continuous_2d` in their
-`model_index.json` (today's name the shipped code file, see `hub_code`), so it is a saved format: keep it. diffusers also looks the base class `ModelMixin` up by name in this module when it
-loads a pipeline, which is why it is imported here at module level.
+`model_index.json` (today's name the shipped code file, see `hub_code`), so it is a saved format: keep it.
+diffusers also looks the base class `ModelMixin` up by name in this module when it loads a pipeline, which is why
+it is imported here at module level.
 """
 
 from __future__ import annotations
@@ -537,16 +538,35 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         try:
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         except Exception as error:
-            # Missing files and network problems keep diffusers' own message; a file that exists but cannot
-            # be read or does not fit this architecture gets one that names it.
+            # Missing files and network problems keep diffusers' own message, and so does any error raised outside
+            # the reading of the weights; a weights file that cannot be read or does not fit this architecture gets
+            # one that names it.
             unreadable = isinstance(error, OSError) and "Unable to load weights" in str(error)
-            if unreadable or isinstance(error, (RuntimeError, ValueError, KeyError)):
+            mismatched = isinstance(error, (RuntimeError, ValueError, KeyError)) and _raised_reading_weights(error)
+            if unreadable or mismatched:
                 raise ValueError(_weights_error(pretrained_model_name_or_path, kwargs, error)) from error
             raise
 
 
 def _config_file(path, subfolder: str | None) -> str:
     return os.path.join(str(path), subfolder or "", "config.json")
+
+
+# diffusers' functions that read a weights file into the model (diffusers.models.model_loading_utils, modeling_utils)
+_WEIGHT_READERS = frozenset(
+    {"load_state_dict", "load_model_dict_into_meta", "_load_state_dict_into_model", "_load_shard_file",
+     "_load_shard_files_with_threadpool", "_load_pretrained_model"}
+)  # fmt: skip
+
+
+def _raised_reading_weights(error: BaseException) -> bool:
+    """Whether `error` was raised while diffusers read the weights (one of `_WEIGHT_READERS` on its traceback)."""
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_name in _WEIGHT_READERS:
+            return True
+        frame = frame.tb_next
+    return False
 
 
 def _weights_error(path: str | os.PathLike, kwargs: Mapping[str, Any], error: Exception) -> str:

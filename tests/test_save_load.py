@@ -95,3 +95,15 @@ def test_invalid_config_names_the_config_file(tmp_path, tiny_model):
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"Invalid ContinuousUNet2DModel config .*config.json: Unknown ODE solver"):
         ContinuousUNet2DModel.from_pretrained(tmp_path)
+
+
+def test_an_error_outside_the_weights_keeps_its_type(tmp_path, tiny_model, monkeypatch):
+    """Only what goes wrong while reading the weights is reported as a weights problem."""
+    tiny_model.save_pretrained(tmp_path)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("not about the weights")
+
+    monkeypatch.setattr(ContinuousUNet2DModel, "_build_decoder", broken)
+    with pytest.raises(RuntimeError, match="not about the weights"):
+        ContinuousUNet2DModel.from_pretrained(tmp_path)
