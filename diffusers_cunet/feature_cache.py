@@ -31,7 +31,15 @@ class DeepFeatureCache:
 
     def __post_init__(self) -> None:
         if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 1:
-            raise ValueError(f"A feature cache recomputes a positive number of levels, got levels={self.levels!r}.")
+            raise ValueError(f"cache_levels must be a positive integer, got {self.levels!r}.")
+
+    def check_fits(self, model_levels: int) -> None:
+        """Raise unless the levels recomputed lie within a model of `model_levels` levels (the one check of
+        `cache_levels` against a model, for the pipelines and the model's forward alike)."""
+        if self.levels > model_levels:
+            raise ValueError(
+                f"cache_levels must be between 1 and {model_levels} (the model's levels), got {self.levels}."
+            )
 
     @property
     def reusing(self) -> bool:
@@ -45,5 +53,4 @@ def check_cache_schedule(cache_interval: int | None, cache_levels: int) -> None:
         return
     if isinstance(cache_interval, bool) or not isinstance(cache_interval, int) or cache_interval < 1:
         raise ValueError(f"cache_interval must be a positive integer or None, got {cache_interval!r}.")
-    if isinstance(cache_levels, bool) or not isinstance(cache_levels, int) or cache_levels < 1:
-        raise ValueError(f"cache_levels must be a positive integer, got {cache_levels!r}.")
+    DeepFeatureCache(cache_levels)  # its own check of the levels

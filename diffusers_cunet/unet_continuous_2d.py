@@ -415,11 +415,7 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
 
     def _check_cache(self, cache: DeepFeatureCache, sample: torch.Tensor) -> bool:
         """Validate a feature cache against the model and the batch; returns whether this call reuses it."""
-        levels = len(self.down_blocks)
-        if not 1 <= cache.levels <= levels:
-            raise ValueError(
-                f"feature_cache.levels must be between 1 and {levels} (the model's levels), got {cache.levels}."
-            )
+        cache.check_fits(len(self.down_blocks))
         if not cache.reusing:
             return False
         if cache.features is None:

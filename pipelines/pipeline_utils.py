@@ -161,10 +161,9 @@ def check_feature_cache(unet, cache_interval: int | None, cache_levels: int) -> 
         return None
     if not hasattr(unet, "active_ode_blocks"):
         raise ValueError(f"Feature reuse (cache_interval) needs a ContinuousUNet2DModel, not {type(unet).__name__}.")
-    levels = len(unet.config.block_out_channels)
-    if cache_levels > levels:
-        raise ValueError(f"cache_levels must be between 1 and {levels} (the model's levels), got {cache_levels}.")
-    return DeepFeatureCache(cache_levels)
+    cache = DeepFeatureCache(cache_levels)
+    cache.check_fits(len(unet.config.block_out_channels))
+    return cache
 
 
 def reverse_process(

@@ -72,17 +72,18 @@ class RunRecord:
 
 
 def sample_grid(
-    unet, objective: Objective, args, n_classes: int | None, device, progress: str | None = None
+    unet, objective: Objective, count: int, steps: int, seed: int, n_classes: int | None, progress: str | None = None
 ) -> tuple[torch.Tensor, Image.Image]:
-    """Draw `num_validation_images` with the objective's fast sampler and return them in [0, 1] with their image
-    grid; a bar named `progress` shows the sampling steps (None: no bar)."""
+    """Draw `count` images in `steps` steps of the objective's fast sampler (noise seeded `seed`; labels 0, 1, ...
+    for a class-conditional model) and return them in [0, 1] with their image grid; a bar named `progress` shows
+    the sampling steps (None: no bar)."""
     pipeline = ContinuousUNetPipeline(unet=unet, scheduler=objective.sampling_scheduler(unet))
     pipeline.set_progress_bar_config(disable=progress is None, desc=progress, leave=False)
-    labels = torch.arange(args.num_validation_images) % n_classes if n_classes else None
+    labels = torch.arange(count) % n_classes if n_classes else None
     images = pipeline(
-        batch_size=args.num_validation_images,
-        generator=torch.Generator(device="cpu").manual_seed(args.seed),
-        num_inference_steps=args.validation_inference_steps,
+        batch_size=count,
+        generator=torch.Generator(device="cpu").manual_seed(seed),
+        num_inference_steps=steps,
         output_type="pt",
         class_labels=labels,
     ).images
@@ -116,7 +117,8 @@ def save_validation_grid(accelerator, unet, ema, objective, args, n_classes, out
     """Sample a grid with the EMA weights (main process only), save it under `samples/` and log it."""
     if accelerator.is_main_process:
         with ema_weights(accelerator.unwrap_model(unet), ema) as model:
-            images, grid = sample_grid(model, objective, args, n_classes, accelerator.device, "validation samples")
+            images, grid = sample_grid(model, objective, args.num_validation_images, args.validation_inference_steps,
+                                       args.seed, n_classes, "validation samples")  # fmt: skip
         folder = output_dir / "samples"
         folder.mkdir(parents=True, exist_ok=True)
         grid.save(folder / f"step-{step:06d}.png")
@@ -295,7 +297,8 @@ def export_run(
     when asked. Main process only."""
     model.eval()
     preconditioned = not objective.ddpm_pipeline_compatible  # sampled only by our pipeline
-    images, grid = sample_grid(model, objective, args, n_classes, accelerator.device, "final samples")
+    images, grid = sample_grid(model, objective, args.num_validation_images, args.validation_inference_steps,
+                               args.seed, n_classes, "final samples")  # fmt: skip
     metrics = run_metrics(args, record, images, model.config.in_channels)
     if args.score_samples:
         metrics.update(judge_metrics(model, objective, args))
