@@ -270,9 +270,21 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_pipeline(tmp_path):
     process.join(120)
     error = (output / "child_error.txt").read_text()
     assert error.startswith("ExportWriteError: Could not save the pipeline") and "File too large" in error
+    assert "free space and run the same command again" in error
     (output / "child_error.txt").unlink()
     after = {p: p.read_bytes() for p in output.rglob("*") if p.is_file() and "checkpoint-" not in str(p)}
     assert after == before and not (output / ".export.partial").exists()
+
+
+def test_only_a_full_disk_is_answered_with_free_space():
+    """A write error that is not about space (here: a file that vanished) does not send the user to free space."""
+    import errno
+
+    from training.staging import remedy
+
+    assert remedy(OSError(errno.ENOSPC, "No space left on device")) == "free space"
+    assert remedy(OSError(errno.EFBIG, "File too large")) == "free space"
+    assert remedy(FileNotFoundError(errno.ENOENT, "No such file or directory")) == "fix the cause above"
 
 
 # ---------------------------------------------------------------------------------------------- many machines

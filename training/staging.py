@@ -9,6 +9,7 @@ Entries of `output_dir` that the export does not write (checkpoints, a searched 
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from collections.abc import Iterator
@@ -26,6 +27,16 @@ class ExportWriteError(ValueError):
     """The exported pipeline could not be written; the previously exported one is intact."""
 
 
+FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)  # no space left, file too large, quota exceeded
+FULL_TEXTS = ("No space left", "File too large", "Disk quota")  # as safetensors reports them (no errno)
+
+
+def remedy(error: BaseException) -> str:
+    """What to do before trying again: free space when the disk or a limit was full, else fix what failed."""
+    full = getattr(error, "errno", None) in FULL or any(text in str(error) for text in FULL_TEXTS)
+    return "free space" if full else "fix the cause above"
+
+
 @contextmanager
 def staged_export(output_dir: Path) -> Iterator[Path]:
     """Yield the staging folder to write the export into; publish it into `output_dir` when the block succeeds."""
@@ -38,7 +49,7 @@ def staged_export(output_dir: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise ExportWriteError(
             f"Could not save the pipeline to {output_dir}: {error}. The pipeline saved there before (if any) is "
-            "untouched and the checkpoints hold this run: free space and run the same command again with "
+            f"untouched and the checkpoints hold this run: {remedy(error)} and run the same command again with "
             "--resume_from_checkpoint latest to export it."
         ) from error
     publish(staging, output_dir)
