@@ -30,30 +30,7 @@ from diffusers_cunet.presets import from_preset
 from training.baselines import UNET2D_PRESETS, ddpm_cifar10_unet
 
 from . import paths
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timed(fn, repeats: int, device: torch.device, warmup: int = 1) -> list[float]:
-    """Seconds per call of `fn`, one entry per repeat, after `warmup` calls."""
-    times = []
-    for i in range(warmup + repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
-
-
-def random_batch(model, batch: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    c = model.config
-    sample = torch.randn(batch, c.in_channels, c.sample_size, c.sample_size, device=device)
-    return sample, torch.randint(0, 1000, (batch,), device=device)
+from .timing import inputs, timed
 
 
 def summary(times: list[float]) -> dict[str, float]:
@@ -63,7 +40,7 @@ def summary(times: list[float]) -> dict[str, float]:
 def activation_memory_mb(model, batch: int, device: torch.device) -> float:
     """Memory of the tensors autograd keeps for the backward pass of one training step (the bulk of training
     memory, and the same on every device): each saved storage counted once."""
-    sample, t = random_batch(model, batch, device)
+    sample, t = inputs(model, batch, device)
     storages: dict[int, int] = {}
 
     def pack(tensor):
@@ -83,14 +60,14 @@ def measure(model, device, repeats: int, sampling_batch: int, sampling_steps: in
     model.eval()
     with torch.no_grad():
         for batch in (1, 16):
-            sample, t = random_batch(model, batch, device)
+            sample, t = inputs(model, batch, device)
             row[f"forward_b{batch}_s"] = summary(timed(lambda s=sample, t=t: model(s, t), repeats, device))
         pipe = ContinuousUNetPipeline(unet=model, scheduler=DDIMScheduler.from_config(make_noise_scheduler().config))
         pipe.set_progress_bar_config(disable=True)
         run = lambda: pipe(batch_size=sampling_batch, num_inference_steps=sampling_steps, output_type="pt")
         row[f"ddim{sampling_steps}_b{sampling_batch}_s"] = summary(timed(run, max(1, repeats // 5), device, warmup=0))
     model.train()
-    sample, t = random_batch(model, train_batch, device)
+    sample, t = inputs(model, train_batch, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def train_step():
@@ -111,7 +88,7 @@ def solver_sweep(device, repeats: int) -> list[dict[str, Any]]:
     rows = []
     for method, steps in [("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8), ("rk4", 1), ("rk4", 2)]:
         model.set_solver(method=method, steps=steps)
-        sample, t = random_batch(model, 16, device)
+        sample, t = inputs(model, 16, device)
         with torch.no_grad():
             times = timed(lambda s=sample, t=t: model(s, t), repeats, device)
         rows.append(

@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from diffusers_cunet.presets import from_preset
 from training.baselines import UNET2D_PRESETS, ddpm_cifar10_unet
 
 from . import paths
+from .timing import inputs, median_seconds, sync
 
 MODES = {
     # batch sizes, sampling batch and steps, repeats, training batch
@@ -51,37 +51,10 @@ def build_models(mode: str) -> dict[str, torch.nn.Module]:
     return {"cunet": from_preset("cifar10-32"), "unet2d": ddpm_cifar10_unet()}
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def median_seconds(fn, device: torch.device, repeats: int, warmup: int = 2) -> float:
-    """Median wall time of `fn()` over `repeats` calls after `warmup` calls, the device synchronised around each."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def precision_context(precision: str, device: torch.device):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
-
-
-def inputs(model, batch: int, device, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    c = model.config
-    generator = torch.Generator().manual_seed(0)
-    sample = torch.randn(batch, c.in_channels, c.sample_size, c.sample_size, generator=generator)
-    timestep = torch.randint(0, 1000, (batch,), generator=generator)
-    return sample.to(device, dtype), timestep.to(device)
 
 
 def runner(model, execution: str):
