@@ -40,6 +40,7 @@ from .quality import finished_run
 RESULTS_FILE, PLOT_FILE, GRID_FILE = "guidance.json", "guidance.png", "guidance_grid.png"
 GUIDED = {**EDM, "class_column": "label", "class_dropout_prob": 0.1}
 CLASSES = 10
+ACCURACY_TARGET = 0.95  # issue 27: a scale whose samples the judge puts in their class this often, at FID <= scale 1's
 
 
 @dataclass
@@ -140,6 +141,22 @@ def run(mode: str, runs: Path, results_dir: Path) -> dict[str, Any]:
     return results
 
 
+def verdicts(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per network: the scales whose FID is no worse than scale 1's and whose class accuracy meets the target, and
+    the most accurate scale at FID no worse than scale 1's."""
+    out = {}
+    for row in rows:
+        plain = next((p for p in row["points"] if p["scale"] == 1.0), None)
+        if plain is None:
+            continue
+        fair = [p for p in row["points"] if p["fid"] <= plain["fid"]]
+        best = max(fair, key=lambda p: p["class_accuracy"])
+        meeting = [p["scale"] for p in fair if p["scale"] != 1.0 and p["class_accuracy"] >= ACCURACY_TARGET]
+        out[row["name"]] = {"scales_meeting_target": meeting, "best_scale_at_fid_no_worse": best["scale"],
+                            "best_accuracy_at_fid_no_worse": best["class_accuracy"]}  # fmt: skip
+    return out
+
+
 def save(path: Path, mode: str, settings: GuidanceSettings, floor: dict, rows: dict[str, dict]) -> dict[str, Any]:
     """The results so far, with the machine, the judge and its accuracy on real test images, written atomically."""
     results = {
@@ -148,6 +165,7 @@ def save(path: Path, mode: str, settings: GuidanceSettings, floor: dict, rows: d
         "floor_real_vs_real": floor,
         "judge": judge_metadata(),
         "runs": list(rows.values()),
+        "verdicts": verdicts(list(rows.values())),
         "date": time.strftime("%Y-%m-%d"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

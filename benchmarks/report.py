@@ -379,12 +379,19 @@ def step_aware_report(step_aware_result: dict[str, Any], results: Path) -> list[
     return step_aware_section(step_aware_result, results)
 
 
+def guidance_report(guidance_result: dict[str, Any], results: Path) -> list[str]:
+    from .guidance_report import section as guidance_section
+
+    return guidance_section(guidance_result, results)
+
+
 # The report, in order: each section is written when its results file is in the results folder.
 SECTIONS = (
     ("cost.json", cost_report),
     ("gpu.json", gpu_report),
     ("fashion.json", fashion_report),
     ("step_aware.json", step_aware_report),
+    ("guidance.json", guidance_report),
     ("quality.json", quality_report),
     ("step_search.json", step_search_report),
     ("momentum.json", momentum_report),
