@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny
+from conftest import make_tiny, needs_data
 from gaussian_oracle import EDMGaussianOracle, GaussianOracle
 from test_hub_layout import run_without_the_package
 from test_pipelines import CASES, MEAN_TOLERANCE, STD_TOLERANCE, scheduler, steps_for
@@ -215,3 +215,26 @@ def test_the_no_install_pipeline_file_guides(tmp_path):
     expected = sample(pipe, guidance_scale=2.0)
     torch.testing.assert_close(torch.tensor(images), expected.images, rtol=0, atol=1e-6)
     assert evaluations == expected.ode_evaluations
+
+
+# ---------------------------------------------------------------------------------------------- the benchmark
+@needs_data
+def test_guidance_benchmark_tiny_mode(tmp_path):
+    """Both networks trained with a null class and scored at every scale; guided scales cost twice the ODE
+    evaluations; a stopped run keeps its scores; the plot, the class grid and the report section are written."""
+    from benchmarks import guidance
+    from benchmarks.guidance_report import section
+
+    results = guidance.run("tiny", tmp_path / "runs", tmp_path)
+    names = [row["name"] for row in results["runs"]]
+    assert names == [v.name for v in guidance.variants("tiny")]
+    for row in results["runs"]:
+        assert [p["scale"] for p in row["points"]] == list(guidance.MODES["tiny"].scales)
+        assert all(0 <= p["class_accuracy"] <= 1 and p["fid"] > 0 for p in row["points"])
+    cunet = results["runs"][0]["points"]
+    assert cunet[1]["ode_evaluations_per_image"] == 2 * cunet[0]["ode_evaluations_per_image"]
+    assert (tmp_path / guidance.PLOT_FILE).is_file() and (tmp_path / guidance.GRID_FILE).is_file()
+    again = guidance.run("tiny", tmp_path / "runs", tmp_path)  # finished: nothing is trained or scored again
+    assert again["runs"] == results["runs"]
+    text = "\n".join(section(again, tmp_path))
+    assert "cunet-x1-edm-guided" in text and "scales meeting the target" in text
