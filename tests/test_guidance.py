@@ -242,7 +242,7 @@ def test_guidance_benchmark_tiny_mode(tmp_path):
     names = [row["name"] for row in results["runs"]]
     assert names == [v.name for v in guidance.variants("tiny")]
     for row in results["runs"]:
-        assert [p["scale"] for p in row["points"]] == list(guidance.MODES["tiny"].scales)
+        assert [p["scale"] for p in row["points"]] == list(guidance.MODES["tiny"].scales_of(row["model_type"]))
         assert all(0 <= p["class_accuracy"] <= 1 and p["fid"] > 0 for p in row["points"])
     cunet = results["runs"][0]["points"]
     assert cunet[1]["ode_evaluations_per_image"] == 2 * cunet[0]["ode_evaluations_per_image"]
