@@ -27,7 +27,6 @@ from typing import Any
 
 from diffusers import DPMSolverMultistepScheduler, EDMDPMSolverMultistepScheduler
 
-from diffusers_cunet.atomic_write import replace_text
 from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.pipelines.scheduler_support import EDM_SCHEDULERS
@@ -237,10 +236,7 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
 
 def save(path: Path, mode: str, settings: FashionSettings, reference: dict, rows: dict[str, dict]) -> dict[str, Any]:
     """The results so far, with the judge's record, written atomically to `path`."""
-    results = write_results(path, mode, settings, reference, list(rows.values()))
-    results["judge"] = judge_metadata()
-    replace_text(path, json.dumps(results, indent=2))
-    return results
+    return write_results(path, mode, settings, reference, list(rows.values()), judge=judge_metadata())
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 
-from diffusers_cunet.atomic_write import replace_text
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from training.fashion_judge import judge_metadata, load_judge
 from training.fashion_mnist import CLASS_NAMES, split_tensors
@@ -35,7 +34,7 @@ from training.options import make_config
 
 from . import paths
 from .fashion import EDM, EULER1, FashionSettings, FashionVariant, sampler, train_options
-from .quality import finished_run
+from .quality import finished_run, write_results
 
 RESULTS_FILE, PLOT_FILE, GRID_FILE = "guidance.json", "guidance.png", "guidance_grid.png"
 GUIDED = {**EDM, "class_column": "label", "class_dropout_prob": 0.1}
@@ -168,21 +167,10 @@ def verdicts(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def save(path: Path, mode: str, settings: GuidanceSettings, floor: dict, rows: dict[str, dict]) -> dict[str, Any]:
-    """The results so far, with the machine, the judge and its accuracy on real test images, written atomically."""
-    results = {
-        "mode": mode,
-        "settings": asdict(settings),
-        "floor_real_vs_real": floor,
-        "judge": judge_metadata(),
-        "runs": list(rows.values()),
-        "verdicts": verdicts(list(rows.values())),
-        "date": time.strftime("%Y-%m-%d"),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": "cpu",
-    }
-    replace_text(path, json.dumps(results, indent=2))
-    return results
+    """The results so far, with the machine, the judge (its accuracy on real test images) and the verdicts, written
+    atomically."""
+    runs = list(rows.values())
+    return write_results(path, mode, settings, floor, runs, judge=judge_metadata(), verdicts=verdicts(runs))
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -197,7 +185,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         scales = [p["scale"] for p in row["points"]]
         left.plot(scales, [p["fid"] for p in row["points"]], marker="o", label=row["name"])
         right.plot(scales, [p["class_accuracy"] for p in row["points"]], marker="o", label=row["name"])
-    left.axhline(results["floor_real_vs_real"]["fid"], color="grey", linestyle=":", label="floor (real vs real)")
+    left.axhline(results["reference_real_vs_real"]["fid"], color="grey", linestyle=":", label="floor (real vs real)")
     right.axhline(results["judge"]["test_accuracy"], color="grey", linestyle=":", label="judge on real test images")
     left.set(xlabel="guidance scale", ylabel="FID (judge features)", title="FID")
     right.set(xlabel="guidance scale", ylabel="share judged the class asked for", title="class accuracy")

@@ -10,7 +10,7 @@ from .paths import shown
 
 
 def section(results: dict[str, Any], folder: Path) -> list[str]:
-    settings, floor, judge = results["settings"], results["floor_real_vs_real"], results["judge"]
+    settings, floor, judge = results["settings"], results["reference_real_vs_real"], results["judge"]
     lines = [
         "\n## Classifier-free guidance on Fashion-MNIST: class accuracy and FID against the scale\n",
         f"`python -m benchmarks.guidance --mode {results['mode']}` ({results['date']}, torch {results['torch']}, "

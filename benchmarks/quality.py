@@ -291,8 +291,10 @@ def finished_run(result: TrainingResult, model_type: str) -> TrainingResult:
     return result
 
 
-def write_results(path: Path, mode: str, settings: Settings, reference: dict, runs: list[dict]) -> dict[str, Any]:
-    """Write the results of `runs` so far to `path` (atomically) and return them."""
+def write_results(path: Path, mode: str, settings: Settings, reference: dict, runs: list[dict],
+                  **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """Write the results of `runs` so far, the machine and any `extra` entries to `path` (atomically) and return
+    them."""
     result = {
         "mode": mode,
         "settings": asdict(settings),
@@ -302,6 +304,7 @@ def write_results(path: Path, mode: str, settings: Settings, reference: dict, ru
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        **extra,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_text(path, json.dumps(result, indent=2))
