@@ -112,11 +112,12 @@ def guided_network(
         return None  # plain conditional sampling, bit for bit (an interval changes nothing at scale 1)
     if labels is None:
         raise ValueError("guidance_scale != 1 needs class_labels: guidance steers a class-conditional model.")
-    if null_class_of(model) is None:
+    null_class = null_class_of(model)
+    if null_class is None:
         raise ValueError(
             "This model has no null class, so it cannot be guided (guidance_scale must be 1): train it with "
             "--class_dropout_prob (e.g. 0.1) to record one."
         )
-    if (labels == null_class_of(model)).any():
+    if (labels == null_class).any():
         raise ValueError("class_labels must not be the null class when guiding.")
     return GuidedNetwork(model, guidance_scale, guidance_interval)

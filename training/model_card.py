@@ -69,7 +69,7 @@ def render_model_card(
         dataset_name=dataset_name,
         grid_path=grid_path,
         grid_caption=grid_caption,
-        class_conditional=bool(config.get("num_class_embeds")),
+        class_conditional=conditional,
         null_class=null_class,
         shipped_code=" and ".join(f"`{name}`" for name in shipped_code),
         preconditioning=(config.get("preconditioning") or {}).get("type"),
