@@ -48,9 +48,29 @@ class GuidanceSettings(FashionSettings):
     # the UNet2DModel's scales, when fewer (its guided sampling costs ~2.5x the cUNet's on 2 CPU cores)
     baseline_scales: tuple[float, ...] | None = None
     grid_columns: int = 8  # samples per class in the grid
+    repeat_seeds: tuple[int, ...] = ()  # both networks trained again with each of these seeds ...
+    repeat_scales: tuple[float, ...] = (1.0, 2.0)  # ... and scored at these scales
+    # the cUNets also sampled at these scales with guidance only for sigma in `interval` (EDM2's guidance interval)
+    interval: tuple[float, float] | None = None
+    interval_scales: tuple[float, ...] = ()
 
-    def scales_of(self, model_type: str) -> tuple[float, ...]:
-        return self.baseline_scales if model_type != "cunet" and self.baseline_scales else self.scales
+    def points_of(self, variant: FashionVariant) -> list[tuple[float, tuple[float, float] | None]]:
+        """The (scale, guidance interval) settings a model is scored at."""
+        if variant.seed != self.seed:
+            scales = self.repeat_scales
+        elif variant.model_type != "cunet" and self.baseline_scales:
+            scales = self.baseline_scales
+        else:
+            scales = self.scales
+        points = [(scale, None) for scale in scales]
+        if variant.model_type == "cunet" and self.interval:
+            points += [(scale, self.interval) for scale in self.interval_scales]
+        return points
+
+
+def point_key(point: dict[str, Any]) -> tuple[float, tuple[float, ...]]:
+    """A scored point's settings: its scale and its guidance interval (`()`: guided at every step)."""
+    return point["scale"], tuple(point.get("guidance_interval") or ())
 
 
 MODES = {
@@ -66,19 +86,40 @@ MODES = {
         sample_batch=10,
         scales=(1.0, 3.0),
         grid_columns=2,
+        repeat_seeds=(1,),
+        repeat_scales=(1.0,),
+        interval=(0.3, 5.0),
+        interval_scales=(3.0,),
     ),  # fmt: skip
     # the Fashion benchmark's CPU training (500 steps, batch 64); 1,000 samples per scale (100 per class); the
-    # UNet2DModel at two of the cUNet's five scales (sized to the 2-core machine's time)
-    "cpu": GuidanceSettings(steps=500, batch_size=64, samples=1000, baseline_scales=(1.0, 2.0)),
+    # UNet2DModel at two of the cUNet's five scales (sized to the 2-core machine's time); a second seed of both at
+    # scales 1 and 2; the cUNets at 3 and 5 guided only for sigma in [0.3, 5] too (no guidance where the image is
+    # still mostly noise, sigma_data = 0.5, nor where little is left to decide; not tuned)
+    "cpu": GuidanceSettings(
+        steps=500,
+        batch_size=64,
+        samples=1000,
+        baseline_scales=(1.0, 2.0),
+        repeat_seeds=(1,),
+        interval=(0.3, 5.0),
+        interval_scales=(3.0, 5.0),
+    ),  # fmt: skip
 }
 
 
 def variants(mode: str) -> list[FashionVariant]:
+    """Both networks at the mode's seed (the cUNet first: its samples make the class grid), then at each repeat
+    seed."""
+    settings = MODES[mode]
     widths = (16, 32) if mode == "tiny" else (32, 64, 128)
-    return [
-        FashionVariant("cunet-x1-edm-guided", "cunet", widths, EULER1, GUIDED),
-        FashionVariant("unet2d-x1-edm-guided", "unet2d", widths, None, GUIDED),
-    ]
+    out = []
+    for seed in (settings.seed, *settings.repeat_seeds):
+        suffix = "" if seed == settings.seed else f"-seed{seed}"
+        out += [
+            FashionVariant(f"cunet-x1-edm-guided{suffix}", "cunet", widths, EULER1, GUIDED, seed=seed),
+            FashionVariant(f"unet2d-x1-edm-guided{suffix}", "unet2d", widths, None, GUIDED, seed=seed),
+        ]
+    return out
 
 
 def balanced_labels(count: int) -> torch.Tensor:
@@ -86,18 +127,22 @@ def balanced_labels(count: int) -> torch.Tensor:
     return torch.arange(count) % CLASSES
 
 
-def score_scale(pipeline, scale: float, labels, test_features, judge, settings: GuidanceSettings) -> dict[str, Any]:
-    """Samples at guidance `scale`: their class accuracy (per class too), every Fashion score, the sampling time
-    per image and the ODE evaluations per image (read from one extra single-image call)."""
+def score_scale(pipeline, scale: float, labels, test_features, judge, settings: GuidanceSettings,
+                interval: tuple[float, float] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Samples at guidance `scale` (within `interval`, if given): their class accuracy (per class too), every
+    Fashion score, the sampling time per image and the ODE evaluations per image (read from one extra single-image
+    call)."""
+    guidance = dict(class_labels=labels, guidance_scale=scale, guidance_interval=interval)
     images, seconds = generate(pipeline, len(labels), settings.sampling_steps, settings.seed, settings.sample_batch,
-                               class_labels=labels, guidance_scale=scale)  # fmt: skip
+                               **guidance)  # fmt: skip
     predicted, _ = judge.predict(images)
     correct = predicted == labels
     per_class = [float(correct[labels == c].double().mean()) for c in range(CLASSES)]
     probe = pipeline(batch_size=1, num_inference_steps=settings.sampling_steps, output_type="pt",
-                     class_labels=labels[:1], guidance_scale=scale)  # fmt: skip
+                     **{**guidance, "class_labels": labels[:1]})  # fmt: skip
     return {
         "scale": scale,
+        "guidance_interval": list(interval) if interval else None,
         "class_accuracy": float(correct.double().mean()),
         "class_accuracy_per_class": per_class,
         **sample_scores(judge, None, images, real_features=test_features),
@@ -133,14 +178,15 @@ def run(mode: str, runs: Path, results_dir: Path, only: list[str] | None = None)
         if not result.already_done or "train_seconds_median" not in row:  # a finished run's are kept as measured
             row.update(steps=settings.steps, held_out_error=result.held_out_error[-1]["mean"],
                        train_seconds_median=result.median_step_seconds * settings.steps)  # fmt: skip
-        done = {point["scale"] for point in row["points"]}
-        for scale in settings.scales_of(variant.model_type):
-            if scale in done:
+        done = {point_key(point) for point in row["points"]}
+        for scale, interval in settings.points_of(variant):
+            if (scale, tuple(interval or ())) in done:
                 continue
-            point = score_scale(pipeline, scale, labels, test_features, judge, settings)
-            row["points"] = sorted([*row["points"], point], key=lambda p: p["scale"])
+            point = score_scale(pipeline, scale, labels, test_features, judge, settings, interval)
+            row["points"] = sorted([*row["points"], point], key=point_key)
             accuracy, fid, ms = point["class_accuracy"], point["fid"], point["sampling_s_per_image"] * 1e3
-            print(f"{variant.name} scale {scale}: class accuracy {accuracy:.3f}, FID {fid:.2f} "
+            within = f" within sigma {list(interval)}" if interval else ""
+            print(f"{variant.name} scale {scale}{within}: class accuracy {accuracy:.3f}, FID {fid:.2f} "
                   f"(floor {floor['fid']:.2f}), {ms:.0f} ms/image", flush=True)  # fmt: skip
             save(results_path, mode, settings, floor, rows)
     results = save(results_path, mode, settings, floor, rows)
@@ -150,18 +196,24 @@ def run(mode: str, runs: Path, results_dir: Path, only: list[str] | None = None)
     return results
 
 
+def point_label(point: dict[str, Any]) -> str:
+    """`3`, or `3 (sigma in [0.3, 5])` for a point guided only within an interval."""
+    interval = point.get("guidance_interval")
+    return f"{point['scale']:g}" + (f" (sigma in [{interval[0]:g}, {interval[1]:g}])" if interval else "")
+
+
 def verdicts(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per network: the scales whose FID is no worse than scale 1's and whose class accuracy meets the target, and
-    the most accurate scale at FID no worse than scale 1's."""
+    """Per network: the settings (scale, interval) whose FID is no worse than scale 1's and whose class accuracy
+    meets the target, and the most accurate setting at FID no worse than scale 1's."""
     out = {}
     for row in rows:
-        plain = next((p for p in row["points"] if p["scale"] == 1.0), None)
+        plain = next((p for p in row["points"] if point_key(p) == (1.0, ())), None)
         if plain is None:
             continue
         fair = [p for p in row["points"] if p["fid"] <= plain["fid"]]
         best = max(fair, key=lambda p: p["class_accuracy"])
-        meeting = [p["scale"] for p in fair if p["scale"] != 1.0 and p["class_accuracy"] >= ACCURACY_TARGET]
-        out[row["name"]] = {"scales_meeting_target": meeting, "best_scale_at_fid_no_worse": best["scale"],
+        meeting = [point_label(p) for p in fair if p is not plain and p["class_accuracy"] >= ACCURACY_TARGET]
+        out[row["name"]] = {"scales_meeting_target": meeting, "best_scale_at_fid_no_worse": point_label(best),
                             "best_accuracy_at_fid_no_worse": best["class_accuracy"]}  # fmt: skip
     return out
 
@@ -182,9 +234,14 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     for row in results["runs"]:
-        scales = [p["scale"] for p in row["points"]]
-        left.plot(scales, [p["fid"] for p in row["points"]], marker="o", label=row["name"])
-        right.plot(scales, [p["class_accuracy"] for p in row["points"]], marker="o", label=row["name"])
+        for within, style in ((False, dict(marker="o")), (True, dict(marker="x", linestyle="--"))):
+            points = [p for p in row["points"] if bool(p.get("guidance_interval")) == within]
+            if not points:
+                continue
+            label = row["name"] + (f" (sigma in {points[0]['guidance_interval']})" if within else "")
+            scales = [p["scale"] for p in points]
+            left.plot(scales, [p["fid"] for p in points], label=label, **style)
+            right.plot(scales, [p["class_accuracy"] for p in points], label=label, **style)
     left.axhline(results["reference_real_vs_real"]["fid"], color="grey", linestyle=":", label="floor (real vs real)")
     right.axhline(results["judge"]["test_accuracy"], color="grey", linestyle=":", label="judge on real test images")
     left.set(xlabel="guidance scale", ylabel="FID (judge features)", title="FID")

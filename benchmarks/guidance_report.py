@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .guidance import ACCURACY_TARGET, GRID_FILE, PLOT_FILE, plot, verdicts
+from .guidance import ACCURACY_TARGET, GRID_FILE, PLOT_FILE, plot, point_label, verdicts
 from .paths import shown
 
 
@@ -28,13 +28,13 @@ def section(results: dict[str, Any], folder: Path) -> list[str]:
     for row in results["runs"]:
         for p in row["points"]:
             evaluations = p["ode_evaluations_per_image"] if p["ode_evaluations_per_image"] is not None else "-"
-            lines.append(f"| `{row['name']}` | {p['scale']:g} | {p['class_accuracy']:.1%} | {p['fid']:.2f} | "
+            lines.append(f"| `{row['name']}` | {point_label(p)} | {p['class_accuracy']:.1%} | {p['fid']:.2f} | "
                          f"{p['kid_mean']:.3f} | {p['precision']:.3f} | {p['recall']:.3f} | {evaluations} | "
                          f"{p['sampling_s_per_image'] * 1e3:.0f} |")  # fmt: skip
     for name, verdict in verdicts(results["runs"]).items():
-        meeting = ", ".join(f"{s:g}" for s in verdict["scales_meeting_target"]) or "none"
+        meeting = ", ".join(verdict["scales_meeting_target"]) or "none"
         lines.append(f"\n`{name}`: scales meeting the target: {meeting}; the most accurate scale at FID no worse than "
-                     f"scale 1's: {verdict['best_scale_at_fid_no_worse']:g} "
+                     f"scale 1's: {verdict['best_scale_at_fid_no_worse']} "
                      f"({verdict['best_accuracy_at_fid_no_worse']:.1%}).")  # fmt: skip
     plot(results, folder / PLOT_FILE)
     lines.append(f"\n![FID and class accuracy against the guidance scale]({shown(folder / PLOT_FILE)})\n")

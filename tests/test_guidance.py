@@ -241,11 +241,15 @@ def test_guidance_benchmark_tiny_mode(tmp_path):
     results = guidance.run("tiny", tmp_path / "runs", tmp_path)
     names = [row["name"] for row in results["runs"]]
     assert names == [v.name for v in guidance.variants("tiny")]
-    for row in results["runs"]:
-        assert [p["scale"] for p in row["points"]] == list(guidance.MODES["tiny"].scales_of(row["model_type"]))
+    assert names[2:] == ["cunet-x1-edm-guided-seed1", "unet2d-x1-edm-guided-seed1"]  # the repeat seed
+    for row, variant in zip(results["runs"], guidance.variants("tiny")):
+        settings = [guidance.point_key(p) for p in row["points"]]
+        assert settings == sorted((s, tuple(i or ())) for s, i in guidance.MODES["tiny"].points_of(variant))
         assert all(0 <= p["class_accuracy"] <= 1 and p["fid"] > 0 for p in row["points"])
-    cunet = results["runs"][0]["points"]
-    assert cunet[1]["ode_evaluations_per_image"] == 2 * cunet[0]["ode_evaluations_per_image"]
+    plain, guided, within = (p["ode_evaluations_per_image"] for p in results["runs"][0]["points"])
+    assert guided == 2 * plain  # one batched call per step: twice the evaluations
+    assert plain <= within < guided  # the interval point (scale 3, sigma in [0.3, 5]) guides fewer steps
+    assert results["runs"][2]["held_out_error"] != results["runs"][0]["held_out_error"]  # another seed, another model
     assert (tmp_path / guidance.PLOT_FILE).is_file() and (tmp_path / guidance.GRID_FILE).is_file()
     again = guidance.run("tiny", tmp_path / "runs", tmp_path)  # finished: nothing is trained or scored again
     assert again["runs"] == json.loads(json.dumps(results["runs"]))  # (as read back: tuples become lists)
