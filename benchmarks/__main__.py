@@ -35,10 +35,8 @@ def main(argv: list[str] | None = None) -> Path:
     if not args.skip_quality:
         runs = args.runs or paths.ROOT / "outputs" / "bench" / args.mode
         quality.run(args.mode, runs, args.results / "quality.json", only=args.only)
-    path = report.write(args.results, args.report, paths.command_line("benchmarks", args, default_mode="quick"))
-    print(f"\nBenchmarks ({args.mode}) took {time.perf_counter() - start:.0f} s.")
-    print(f"Results: {paths.shown(args.results)}/ (cost.json, quality.json, *.png); report: {paths.shown(path)}")
-    return path
+    print(f"Results: {paths.shown(args.results)}/ (cost.json, quality.json, *.png)")
+    return report.finish("Benchmarks", "benchmarks", args, args.results, args.report, start, default_mode="quick")
 
 
 if __name__ == "__main__":

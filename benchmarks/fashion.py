@@ -249,9 +249,7 @@ def main(argv: list[str] | None = None) -> Path:
     start = time.perf_counter()
     runs = args.runs or paths.ROOT / "outputs" / "bench" / f"fashion-{args.mode}"
     run(args.mode, runs, results / RESULTS_FILE, args.only)
-    path = report.write(results, report_file, paths.command_line("benchmarks.fashion", args))
-    print(f"\nFashion-MNIST benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s; report: {path}")
-    return path
+    return report.finish("Fashion-MNIST benchmark", "benchmarks.fashion", args, results, report_file, start)
 
 
 if __name__ == "__main__":

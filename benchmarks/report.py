@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from training.metrics import DIGITS, HELD_OUT_DIGITS  # noqa: E402
 
 from . import frontier  # noqa: E402
-from .paths import shown  # noqa: E402
+from .paths import PUBLISHED_REPORT, command_line, shown  # noqa: E402
 
 TRAINING_DIGITS = DIGITS - HELD_OUT_DIGITS  # what the digits benchmarks train on
 
@@ -398,8 +399,22 @@ SECTIONS = (
 )
 
 
+# What produces the published report's sections, in their order: the published BENCHMARKS.md names these whichever
+# of them ran last (each rewrites the whole report from every results file).
+PUBLISH_COMMANDS = (
+    "python -m benchmarks.cost --publish",
+    "python -m benchmarks --mode full --skip-cost --publish",
+    "python -m benchmarks.fashion --mode cpu --publish",
+    "python -m benchmarks.step_aware --mode cpu --publish",
+    "python -m benchmarks.guidance --mode cpu --publish",
+)
+
+
 def write(results: Path, output: Path, command: str, notes: list[str] | None = None) -> Path:
-    """BENCHMARKS.md (at `output`) from the JSON files in `results`, with their plots next to them."""
+    """BENCHMARKS.md (at `output`) from the JSON files in `results`, with their plots next to them. It says it was
+    produced by `command`, or by every one of `PUBLISH_COMMANDS` when it is the published report."""
+    if output.resolve() == PUBLISHED_REPORT.resolve():
+        command = "; ".join(PUBLISH_COMMANDS)
     lines = [
         "# Benchmarks: continuous U-Net vs diffusers' UNet2DModel\n",
         f"Produced by `{command}` (see `benchmarks/`); raw numbers in `{shown(results)}/*.json`.\n",
@@ -419,3 +434,11 @@ def write(results: Path, output: Path, command: str, notes: list[str] | None = N
     text = "\n".join(lines).replace(f"]({shown(results)}/", f"]({os.path.relpath(results, output.parent)}/")
     output.write_text(text + "\n")
     return output
+
+
+def finish(label: str, module: str, args, results: Path, report_file: Path, start: float,
+           default_mode: str | None = None) -> Path:  # fmt: skip
+    """After a benchmark's run: the report rewritten from every results file, and how long the run took."""
+    path = write(results, report_file, command_line(module, args, default_mode))
+    print(f"\n{label} ({args.mode}) took {time.perf_counter() - start:.0f} s; report: {shown(path)}", flush=True)
+    return path

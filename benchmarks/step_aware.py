@@ -179,9 +179,7 @@ def main(argv: list[str] | None = None) -> Path:
     results, report_file = paths.outputs(args)
     start = time.perf_counter()
     run(args.mode, args.runs or paths.ROOT / "outputs" / "bench" / f"fashion-{args.mode}", results / RESULTS_FILE)
-    path = report.write(results, report_file, paths.command_line("benchmarks.step_aware", args))
-    print(f"\nStep-aware benchmark ({args.mode}) took {time.perf_counter() - start:.0f} s; report: {path}")
-    return path
+    return report.finish("Step-aware benchmark", "benchmarks.step_aware", args, results, report_file, start)
 
 
 if __name__ == "__main__":

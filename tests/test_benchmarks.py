@@ -181,3 +181,17 @@ def test_parallel_exits_non_zero_with_the_failing_runs_error(tmp_path, monkeypat
     assert "FAILED cunet-x1-edm: exit 1:" in err and "FAILED unet2d-x1-edm: exit 1:" in err
     assert "lacks the Fashion-MNIST file(s)" in err  # the failing run's own error line
     assert re.search(r"FAILED cunet-x1-edm-equal-time: not started: (cunet|unet2d)-x1-edm failed", err), err
+
+
+def test_published_report_names_every_benchmark_whichever_ran_last(tmp_path, monkeypatch):
+    """Each benchmark rewrites the whole report: the published one must name all of them, not the last one run; any
+    other report names the command that wrote it."""
+    from benchmarks import report
+
+    published = tmp_path / "published" / "BENCHMARKS.md"
+    monkeypatch.setattr(report, "PUBLISHED_REPORT", published)
+    (tmp_path / "results").mkdir()
+    header = report.write(tmp_path / "results", published, "python -m benchmarks.guidance").read_text().split("\n")[2]
+    assert header.startswith("Produced by `" + "; ".join(report.PUBLISH_COMMANDS) + "`")
+    other = report.write(tmp_path / "results", tmp_path / "mine.md", "python -m benchmarks.guidance").read_text()
+    assert other.split("\n")[2].startswith("Produced by `python -m benchmarks.guidance`")
