@@ -11,6 +11,8 @@ so the block knows how noisy its input is. Two dynamics are offered:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,6 +62,7 @@ class ODEDynamics(nn.Module):
             raise ValueError(f"Unknown ode_order {order!r}; expected one of {list(ODE_ORDERS)}.")
         self.order = order
         self.residual = residual
+        self.norm_options = (norm_type, norm_num_groups, norm_eps)
         in_channels = channels if order == "first" else 2 * channels
         self.norm1 = make_norm(norm_type, in_channels, norm_num_groups, norm_eps)
         self.conv1 = nn.Conv2d(in_channels, channels, kernel_size=3, padding=1)
@@ -124,29 +127,15 @@ class ODEBlock(nn.Module):
         channels (`int`): feature channels (kept constant through the block).
         temb_channels (`int`, *optional*): width of the time embedding that conditions the dynamics.
         order (`str`): `"first"` or `"second"` order dynamics.
-        norm_type, norm_num_groups, norm_eps: normalisation of the dynamics (see :func:`make_norm`).
-        residual (`bool`): add the state to the vector field, as the released cUNet code does.
-        dropout (`float`): dropout inside the vector field.
+        **dynamics_options: the rest of :class:`ODEDynamics`' arguments (`norm_type`, `norm_num_groups`,
+            `norm_eps`, `residual`, `dropout`); the initial velocity of a second-order block is normalised alike.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        temb_channels: int | None,
-        order: str = "first",
-        norm_type: str = "group",
-        norm_num_groups: int = 32,
-        norm_eps: float = 1e-6,
-        residual: bool = False,
-        dropout: float = 0.0,
-    ):
+    def __init__(self, channels: int, temb_channels: int | None, order: str = "first", **dynamics_options: Any):
         super().__init__()
-        self.dynamics = ODEDynamics(
-            channels, temb_channels, order, norm_type, norm_num_groups, norm_eps, residual, dropout
-        )
-        self.initial_velocity = (
-            InitialVelocity(channels, norm_type, norm_num_groups, norm_eps) if order == "second" else None
-        )
+        self.dynamics = ODEDynamics(channels, temb_channels, order, **dynamics_options)
+        norm = self.dynamics.norm_options
+        self.initial_velocity = InitialVelocity(channels, *norm) if order == "second" else None
         self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor | None, solver: SolverConfig) -> torch.Tensor:

@@ -142,7 +142,8 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         self.class_embedding = nn.Embedding(num_class_embeds, temb_dim) if num_class_embeds else None
 
         def ode_block(channels: int) -> ODEBlock:
-            return ODEBlock(channels, temb_dim, ode_order, norm_type, norm_num_groups, norm_eps, ode_residual, dropout)
+            return ODEBlock(channels, temb_dim, ode_order, norm_type=norm_type, norm_num_groups=norm_num_groups,
+                            norm_eps=norm_eps, residual=ode_residual, dropout=dropout)  # fmt: skip
 
         def attention(channels: int) -> Attention:
             return self._attention(channels, attention_head_dim, norm_eps, norm_num_groups)
