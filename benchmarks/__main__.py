@@ -21,10 +21,9 @@ from . import cost, paths, quality, report
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = paths.benchmark_parser(__doc__, quality.MODES, "quick")
+    parser = paths.benchmark_parser(__doc__, quality.MODES, "quick", only=True)
     parser.add_argument("--skip-cost", action="store_true")
     parser.add_argument("--skip-quality", action="store_true")
-    parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="train and score only these models")
     args = parser.parse_args(argv)
     args.results, args.report = paths.outputs(args)
     start = time.perf_counter()

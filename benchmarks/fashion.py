@@ -242,8 +242,7 @@ def save(path: Path, mode: str, settings: FashionSettings, reference: dict, rows
 def main(argv: list[str] | None = None) -> Path:
     from . import report
 
-    parser = paths.benchmark_parser(__doc__, MODES, "cpu")
-    parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="train and score only these models")
+    parser = paths.benchmark_parser(__doc__, MODES, "cpu", only=True)
     args = parser.parse_args(argv)
     results, report_file = paths.outputs(args)
     start = time.perf_counter()

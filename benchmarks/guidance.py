@@ -295,8 +295,7 @@ def class_grid(pipeline, settings: GuidanceSettings, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = paths.benchmark_parser(__doc__, MODES, "cpu")
-    parser.add_argument("--only", nargs="+", default=None, metavar="NAME", help="train and score only these models")
+    parser = paths.benchmark_parser(__doc__, MODES, "cpu", only=True)
     args = parser.parse_args(argv)
     results, report_file = paths.outputs(args)
     start = time.perf_counter()

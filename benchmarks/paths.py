@@ -21,9 +21,9 @@ def add_publish_option(parser: argparse.ArgumentParser) -> None:
 
 
 def benchmark_parser(description: str, modes, default_mode: str, runs_help: str = "where the training runs go",
-                     report: bool = True) -> argparse.ArgumentParser:  # fmt: skip
+                     report: bool = True, only: bool = False) -> argparse.ArgumentParser:  # fmt: skip
     """The options of a training benchmark: --mode, --publish, --results (and --report) to override where it writes,
-    --runs for its training runs."""
+    --runs for its training runs (and --only, to train and score some of its models)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(modes), default=default_mode)
     add_publish_option(parser)
@@ -31,6 +31,10 @@ def benchmark_parser(description: str, modes, default_mode: str, runs_help: str 
     if report:
         parser.add_argument("--report", type=Path, default=None, help="report file (overrides --publish)")
     parser.add_argument("--runs", type=Path, default=None, help=runs_help)
+    if only:
+        parser.add_argument(
+            "--only", nargs="+", default=None, metavar="NAME", help="train and score only these models"
+        )
     return parser
 
 

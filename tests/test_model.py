@@ -286,9 +286,9 @@ def test_cifar10_preset_stays_within_its_budget_against_ddpm_cifar10():
 
 def test_the_default_solver_is_the_presets_one_euler_step():
     """One source for the default: the constructor, SolverConfig and every preset agree (one Euler step)."""
-    from diffusers_cunet.presets import PRESETS
+    from diffusers_cunet.presets import PRESETS, from_preset
 
     model = ContinuousUNet2DModel(sample_size=8, block_out_channels=(16, 32), attention_levels=(False, True),
                                   attention_head_dim=8, norm_num_groups=8)  # fmt: skip
     assert model.solver == SolverConfig() == SolverConfig("euler", 1)
-    assert {(p["solver_method"], p["solver_steps"]) for p in PRESETS.values()} == {("euler", 1)}
+    assert {from_preset(name).solver for name in PRESETS} == {SolverConfig("euler", 1)}
