@@ -7,12 +7,15 @@ puts in the class asked for is the class accuracy (its own accuracy on real test
 beside it); FID, KID and precision/recall are the Fashion benchmark's, against the 10,000 test images, with the
 floor (as many real training images) beside them.
 
-    python -m benchmarks.guidance --mode cpu     # 2 CPU cores, ~1.5 h: two models; five scales (cUNet), two
+    python -m benchmarks.guidance --mode cpu     # 2 CPU cores, ~3 h: two seeds of each network; the first cUNet
+                                                 # at five scales, every cUNet at 3 guided in sigma [0.3, 5] too,
+                                                 # the other models at two scales (three: the second cUNet)
     python -m benchmarks.guidance --mode tiny    # seconds: the smoke test
 
 Resumable: a stopped run resumes training from the latest checkpoint and keeps every scored scale. Results:
 guidance.json, guidance.png (FID and class accuracy against the scale) and guidance_grid.png (one row per class) in
-outputs/benchmarks/results/ (with --publish: the tracked benchmarks/results/).
+outputs/benchmarks/results/, and the report BENCHMARKS.md beside them (with --publish: the tracked
+benchmarks/results/ and BENCHMARKS.md).
 """
 
 from __future__ import annotations
