@@ -224,15 +224,16 @@ def test_recipe_is_the_benchmarks_equal_time_cunet():
     import yaml
 
     from benchmarks import fashion
-    from diffusers_cunet.presets import preset_config
+    from diffusers_cunet.presets import from_preset, preset_config
 
     root = Path(__file__).resolve().parents[1]
+    model_config = from_preset("fashion-32").config  # the preset with the constructor's defaults (the solver)
     config = yaml.safe_load((root / "training" / "configs" / "fashion-mnist.yaml").read_text())
     variant = next(v for v in fashion.variants("cpu") if v.name == "cunet-x1-edm-equal-time")
     options = fashion.train_options(variant, config["max_train_steps"], fashion.MODES["cpu"], Path("run"))
     for key in ("dataset_name", "image_fit", "model_preset", "preconditioning", "learning_rate", "train_batch_size",
                 "lr_warmup_steps", "seed", "solver_method", "solver_steps"):  # fmt: skip
-        assert config.get(key, preset_config("fashion-32").get(key)) == options[key], key
+        assert config.get(key, model_config.get(key)) == options[key], key
     assert tuple(options["block_out_channels"]) == preset_config("fashion-32")["block_out_channels"]
     published = json.loads((root / "benchmarks" / "results" / "fashion.json").read_text())
     run = next(r for r in published["runs"] if r["name"] == variant.name)
