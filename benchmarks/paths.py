@@ -21,15 +21,14 @@ def add_publish_option(parser: argparse.ArgumentParser) -> None:
 
 
 def benchmark_parser(description: str, modes, default_mode: str, runs_help: str = "where the training runs go",
-                     report: bool = True, only: bool = False) -> argparse.ArgumentParser:  # fmt: skip
-    """The options of a training benchmark: --mode, --publish, --results (and --report) to override where it writes,
+                     only: bool = False) -> argparse.ArgumentParser:  # fmt: skip
+    """The options of a training benchmark: --mode, --publish, --results and --report to override where it writes,
     --runs for its training runs (and --only, to train and score some of its models)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(modes), default=default_mode)
     add_publish_option(parser)
     parser.add_argument("--results", type=Path, default=None, help="results folder (overrides --publish)")
-    if report:
-        parser.add_argument("--report", type=Path, default=None, help="report file (overrides --publish)")
+    parser.add_argument("--report", type=Path, default=None, help="report file (overrides --publish)")
     parser.add_argument("--runs", type=Path, default=None, help=runs_help)
     if only:
         parser.add_argument(
@@ -42,7 +41,7 @@ def outputs(args: argparse.Namespace) -> tuple[Path, Path]:
     """The results folder (created) and the report file a benchmark writes, from its parsed options."""
     results = args.results or results_dir(args.publish)
     results.mkdir(parents=True, exist_ok=True)
-    return results, getattr(args, "report", None) or report_path(args.publish)
+    return results, args.report or report_path(args.publish)
 
 
 def command_line(module: str, args: argparse.Namespace, default_mode: str | None = None) -> str:
