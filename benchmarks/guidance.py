@@ -72,9 +72,14 @@ class GuidanceSettings(FashionSettings):
         return points
 
 
+def setting_key(scale: float, interval) -> tuple[float, tuple[float, ...]]:
+    """A sampling setting as one comparable key: its scale and its guidance interval (`()`: guided at every step)."""
+    return scale, tuple(interval or ())
+
+
 def point_key(point: dict[str, Any]) -> tuple[float, tuple[float, ...]]:
-    """A scored point's settings: its scale and its guidance interval (`()`: guided at every step)."""
-    return point["scale"], tuple(point.get("guidance_interval") or ())
+    """A scored point's setting (points scored before intervals existed have no `guidance_interval`)."""
+    return setting_key(point["scale"], point.get("guidance_interval"))
 
 
 MODES = {
@@ -184,7 +189,7 @@ def run(mode: str, runs: Path, results_dir: Path, only: list[str] | None = None)
                        train_seconds_median=result.median_step_seconds * settings.steps)  # fmt: skip
         done = {point_key(point) for point in row["points"]}
         for scale, interval in settings.points_of(variant):
-            if (scale, tuple(interval or ())) in done:
+            if setting_key(scale, interval) in done:
                 continue
             point = score_scale(pipeline, scale, labels, test_features, judge, settings, interval)
             row["points"] = sorted([*row["points"], point], key=point_key)
