@@ -30,7 +30,6 @@ from diffusers import DPMSolverMultistepScheduler, EDMDPMSolverMultistepSchedule
 from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.pipelines.scheduler_support import EDM_SCHEDULERS
-from training.checkpointing import checkpoint_step, list_checkpoints
 from training.fashion_judge import judge_metadata, load_judge
 from training.fashion_mnist import split_tensors
 from training.fashion_scores import generate, judge_features, sample_scores
@@ -38,8 +37,8 @@ from training.loop import train
 from training.options import make_config
 
 from . import paths
-from .common import load_ema
-from .quality import Variant, finished_run, scored_steps, variant_steps, write_results
+from .common import checkpoint_models, chosen_variants
+from .quality import Variant, finished_run, variant_steps, write_results
 
 RESULTS_FILE = "fashion.json"
 
@@ -170,11 +169,7 @@ def train_options(variant: FashionVariant, steps: int, settings: FashionSettings
 def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None = None) -> dict[str, Any]:
     """Train and score the models of `mode` (those named in `only`, if given) and write `results_path` after each."""
     settings = MODES[mode]
-    names = [variant.name for variant in variants(mode)]
-    unknown = sorted(set(only or ()) - set(names))
-    if unknown:
-        raise ValueError(f"No {mode}-mode models named {unknown}; they are {names}.")
-    chosen = [variant for variant in variants(mode) if not only or variant.name in only]
+    chosen = chosen_variants(variants(mode), only, mode)
     judge = load_judge()
     test_images = split_tensors("test")[0][: settings.test_images]
     train_images = split_tensors("train")[0]
@@ -199,14 +194,12 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
         unet = result.unet.eval()
         noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
         held_out = {entry["step"]: entry["mean"] for entry in result.held_out_error}
-        checkpoints = {checkpoint_step(c): c for c in list_checkpoints(output)}
-        scored = scored_steps(sorted(checkpoints), steps, settings.scored_fractions if variant.curve else (1.0,))
+        fractions = settings.scored_fractions if variant.curve else (1.0,)
         curve = []
-        for step, checkpoint in sorted(checkpoints.items()):
+        for step, model in checkpoint_models(output, variant.model_type, steps, fractions, unet, unet.device):
             point = {"step": step, "train_seconds": result.median_step_seconds * step,
                      "held_out_error": held_out.get(step)}  # fmt: skip
-            if step in scored:
-                model = unet if step == steps else load_ema(checkpoint, variant.model_type)
+            if model is not None:
                 point.update(evaluate(model, noise_config, settings.sampling_steps, test_features, judge, settings))
                 print(f"{variant.name} step {step}: FID {point['fid']:.2f}", flush=True)
             curve.append(point)

@@ -36,6 +36,7 @@ from training.loop import train
 from training.options import make_config
 
 from . import paths, report
+from .common import chosen_variants
 from .fashion import EDM, EULER1, FashionSettings, FashionVariant, sampler, train_options
 from .quality import finished_run, write_results
 
@@ -164,6 +165,7 @@ def run(mode: str, runs: Path, results_dir: Path, only: list[str] | None = None)
     """Train (or resume) each model (those named in `only`, if given), score every scale not scored yet, and write
     the results after each."""
     settings = MODES[mode]
+    chosen = chosen_variants(variants(mode), only, mode)
     results_path = results_dir / RESULTS_FILE
     judge = load_judge()
     test_images = split_tensors("test")[0][: settings.test_images]
@@ -173,7 +175,6 @@ def run(mode: str, runs: Path, results_dir: Path, only: list[str] | None = None)
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     rows = {row["name"]: row for row in previous.get("runs", [])} if previous.get("mode") == mode else {}
     pipelines = {}
-    chosen = [variant for variant in variants(mode) if not only or variant.name in only]
     for variant in chosen:
         output = runs / variant.name
         print(f"\n=== {variant.name} ({settings.steps} steps) ===", flush=True)
@@ -199,8 +200,7 @@ def run(mode: str, runs: Path, results_dir: Path, only: list[str] | None = None)
                   f"(floor {floor['fid']:.2f}), {ms:.0f} ms/image", flush=True)  # fmt: skip
             save(results_path, mode, settings, floor, rows)
     results = save(results_path, mode, settings, floor, rows)
-    plot(results, results_dir / PLOT_FILE)
-    if variants(mode)[0].name in pipelines:
+    if variants(mode)[0].name in pipelines:  # (the FID/accuracy plot is drawn with the report section)
         class_grid(pipelines[variants(mode)[0].name], settings, results_dir / GRID_FILE)
     return results
 

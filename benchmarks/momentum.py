@@ -26,13 +26,12 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.preconditioning import edm_scheduler
-from training.checkpointing import checkpoint_step, list_checkpoints
 from training.loop import train
 from training.metrics import HELD_OUT_DIGITS, frechet_and_kid, held_out_digits
 from training.options import make_config
 
 from . import paths
-from .common import load_ema, sample
+from .common import checkpoint_models, sample
 
 DIGITS_RECIPE = yaml.safe_load((paths.ROOT / "training" / "configs" / "digits.yaml").read_text())  # make demo's
 METHODS = {
@@ -137,12 +136,11 @@ def run(
             ddpm_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
         history = json.loads((output / "metrics.json").read_text())["loss_history"]
         curve = []
-        for checkpoint in list_checkpoints(output):
-            model = load_ema(checkpoint, "cunet")
+        for step, model in checkpoint_models(output, "cunet", settings.steps):  # every checkpoint scored
             scheduler = next(iter(samplers(method, model, ddpm_config).values()))
             point = score(model, scheduler, settings.curve_calls, real, feature_net, settings)
-            curve.append({"step": checkpoint_step(checkpoint), **point})
-            print(f"{method} step {curve[-1]['step']}: FD {point['frechet_distance']:.1f}", flush=True)
+            curve.append({"step": step, **point})
+            print(f"{method} step {step}: FD {point['frechet_distance']:.1f}", flush=True)
         unet = result.unet.eval()
         sweeps = {}
         for name, scheduler in samplers(method, unet, ddpm_config).items() if not ablation else ():

@@ -23,13 +23,12 @@ from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline
 from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
 from diffusers_cunet.pipelines.scheduler_support import EDM_SCHEDULERS
-from training.checkpointing import checkpoint_step, list_checkpoints
 from training.export import read_run_values
 from training.loop import TrainingResult, train
 from training.metrics import HELD_OUT_DIGITS, DigitRecognizer, frechet_and_kid, held_out_digits
 from training.options import make_config
 
-from .common import load_ema, model_class, sample
+from .common import checkpoint_models, chosen_variants, model_class, sample
 
 
 @dataclass
@@ -150,13 +149,6 @@ def variant_steps(variant: Variant, rows: dict[str, dict[str, Any]], settings, t
     return max(1, round(share * rows[matched][time_key] / seconds_per_step))
 
 
-def scored_steps(steps: list[int], total: int, fractions: tuple[float, ...] | None) -> set[int]:
-    """The checkpoint steps nearest to each fraction of `total` (all of them when `fractions` is None)."""
-    if fractions is None or not steps:
-        return set(steps)
-    return {min(steps, key=lambda step: abs(step - fraction * total)) for fraction in fractions}
-
-
 def evaluate(unet, noise_config, real, feature_net, recognizer, settings: Settings) -> dict[str, float]:
     """Scores of `settings.samples` samples: DDIM for DDPM-style models, EDM DPM-Solver++ for EDM-trained ones."""
     if noise_config.get("_class_name") in EDM_SCHEDULERS:
@@ -214,10 +206,7 @@ def photo_patches(count: int, size: int, seed: int) -> torch.Tensor:
 def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None = None) -> dict[str, Any]:
     """Train and score the models of `mode` (those named in `only`, if given) and write `results_path`."""
     settings = MODES[mode]
-    chosen = [variant for variant in variants(mode) if not only or variant.name in only]
-    unknown = sorted(set(only or ()) - {variant.name for variant in variants(mode)})
-    if unknown:
-        raise ValueError(f"No {mode}-mode models named {unknown}; they are {[v.name for v in variants(mode)]}.")
+    chosen = chosen_variants(variants(mode), only, mode)
     digits = held_out_digits(settings.resolution, seed=settings.seed)
     train_images, real, feature_net = digits.train_images, digits.real, digits.feature_net
     recognizer = DigitRecognizer(seed=settings.seed, training_digits=len(train_images))
@@ -246,13 +235,11 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
         noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
         train_seconds = result.train_seconds
         held_out = {entry["step"]: entry["mean"] for entry in result.held_out_error}
-        checkpoints = {checkpoint_step(c): c for c in list_checkpoints(output)}
-        scored = scored_steps(sorted(checkpoints), steps, settings.scored_fractions)
         curve = []
-        for step, checkpoint in sorted(checkpoints.items()):
+        for step, model in checkpoint_models(output, variant.model_type, steps, settings.scored_fractions,
+                                             device=unet.device):  # fmt: skip
             point = {"step": step, "train_seconds": train_seconds * step / steps, "held_out_error": held_out.get(step)}
-            if step in scored:
-                model = load_ema(checkpoint, variant.model_type).to(unet.device)
+            if model is not None:
                 point.update(evaluate(model, noise_config, real, feature_net, recognizer, settings))
             curve.append(point)
         flops_per_call = count_forward_flops(unet)

@@ -101,6 +101,19 @@ def test_gpu_benchmark_refuses_full_sizes_without_cuda(tmp_path, capsys):
     assert "no CUDA device here" in capsys.readouterr().err and not (tmp_path / "gpu.json").exists()
 
 
+@pytest.mark.parametrize("module", ["quality", "fashion", "guidance"])
+def test_a_misspelt_model_name_is_an_error_that_lists_the_models(tmp_path, module):
+    """`--only` with a name no model has stops before anything is trained, instead of running nothing."""
+    import importlib
+
+    benchmark = importlib.import_module(f"benchmarks.{module}")
+    names = [variant.name for variant in benchmark.variants("tiny")]
+    with pytest.raises(ValueError, match=r"No tiny-mode models named \['cunet-x9'\]") as raised:
+        benchmark.run("tiny", tmp_path / "runs", tmp_path / "results.json", only=[names[0], "cunet-x9"])
+    assert all(name in str(raised.value) for name in names)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_benchmarks_write_outside_the_tracked_results_unless_asked(tmp_path, monkeypatch):
     from benchmarks import cost, paths
 

@@ -234,7 +234,7 @@ def test_the_no_install_pipeline_file_guides(tmp_path):
 @needs_data
 def test_guidance_benchmark_tiny_mode(tmp_path):
     """Both networks trained with a null class and scored at every scale; guided scales cost twice the ODE
-    evaluations; a stopped run keeps its scores; the plot, the class grid and the report section are written."""
+    evaluations; a stopped run keeps its scores; the class grid, the report section and its plot are written."""
     from benchmarks import guidance
     from benchmarks.guidance_report import section
 
@@ -250,8 +250,9 @@ def test_guidance_benchmark_tiny_mode(tmp_path):
     assert guided == 2 * plain  # one batched call per step: twice the evaluations
     assert plain <= within < guided  # the interval point (scale 3, sigma in [0.3, 5]) guides fewer steps
     assert results["runs"][2]["held_out_error"] != results["runs"][0]["held_out_error"]  # another seed, another model
-    assert (tmp_path / guidance.PLOT_FILE).is_file() and (tmp_path / guidance.GRID_FILE).is_file()
+    assert (tmp_path / guidance.GRID_FILE).is_file()
     again = guidance.run("tiny", tmp_path / "runs", tmp_path)  # finished: nothing is trained or scored again
     assert again["runs"] == json.loads(json.dumps(results["runs"]))  # (as read back: tuples become lists)
     text = "\n".join(section(again, tmp_path))
     assert "cunet-x1-edm-guided" in text and "scales meeting the target" in text
+    assert (tmp_path / guidance.PLOT_FILE).stat().st_size > 1000  # drawn once, with the report section
