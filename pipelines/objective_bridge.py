@@ -18,12 +18,13 @@ remembers the discrete scheduler it was built with (`model_schedule`).
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import numpy as np
 import torch
 
-from .scheduler_support import EDM_SCHEDULERS
+from .scheduler_support import EDM_SCHEDULERS, is_edm_scheduler
 
 
 def vp_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
@@ -44,6 +45,14 @@ def timestep_at_sigmas(alphas_cumprod: torch.Tensor, sigmas) -> np.ndarray:
     log_table = np.log(np.maximum(vp_sigmas(alphas_cumprod), 1e-12))  # increasing in t
     log_sigmas = np.log(np.maximum(np.asarray(sigmas, dtype=np.float64), 1e-12))
     return np.interp(log_sigmas, log_table, np.arange(len(log_table)))
+
+
+def step_sigmas(scheduler, timesteps: torch.Tensor) -> list[float]:
+    """The noise level (EDM's sigma) of each of `timesteps`: an EDM scheduler's own sigmas, or a discrete schedule's
+    sigma = sqrt((1 - abar) / abar) at each timestep."""
+    if is_edm_scheduler(scheduler):
+        return [float(sigma) for sigma in scheduler.sigmas[: len(timesteps)]]
+    return sigma_at_timesteps(scheduler.alphas_cumprod, timesteps.cpu().tolist()).tolist()
 
 
 def _per_image(value: float, sample: torch.Tensor) -> torch.Tensor:
@@ -71,11 +80,10 @@ class ObjectiveBridge:
         self.preconditioning = getattr(unet, "preconditioning", None)
         self.edm_scheduler = type(scheduler).__name__ in EDM_SCHEDULERS
         self.scheduler = scheduler
+        self.timesteps = timesteps
         self.mode = "native"
         if self.preconditioning is not None and not self.edm_scheduler:
             self.mode = "edm_model_vp_scheduler"
-            # the noise level of each step's x_t, on the scheduler's own schedule
-            self.sigmas = sigma_at_timesteps(scheduler.alphas_cumprod, timesteps.cpu().tolist())
         elif self.preconditioning is None and self.edm_scheduler:
             if model_schedule is None or not hasattr(model_schedule, "alphas_cumprod"):
                 raise ValueError(
@@ -88,6 +96,13 @@ class ObjectiveBridge:
             self.model_prediction = model_schedule.config.get("prediction_type", "epsilon")
             self.sigma_data = scheduler.config.sigma_data
             self.output_sign = -1.0 if scheduler.config.get("prediction_type") == "v_prediction" else 1.0
+
+    @cached_property
+    def sigmas(self) -> list[float]:
+        """The noise level (EDM's sigma) of each step, on the scheduler's own schedule: what an EDM model is asked
+        at under a discrete scheduler, and where a guidance interval starts and ends. Read to the host once, when
+        first asked (a sampler that needs neither never reads the timesteps back)."""
+        return step_sigmas(self.scheduler, self.timesteps)
 
     # -- the two conversions
     def edm_model_for_vp(self, step: int, model_input: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:

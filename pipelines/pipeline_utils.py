@@ -11,7 +11,7 @@ from diffusers import DiffusionPipeline
 from ..feature_cache import DeepFeatureCache, check_cache_schedule
 from ..guidance import GuidedNetwork
 from ..step_schedule import SCHEDULE_FILE, SolverStepSchedule
-from .objective_bridge import ObjectiveBridge, sigma_at_timesteps
+from .objective_bridge import ObjectiveBridge
 from .scheduler_support import is_edm_scheduler, seed_noise_sampler, step_kwargs
 
 # `solver_schedule(step_index, timestep)` -> ODE-solver settings for that denoising step, or None.
@@ -194,7 +194,7 @@ def reverse_process(
     # A schedule is given the integer timestep of discrete schedulers, or c_noise = log(sigma) / 4 with an EDM
     # scheduler. They are read to the host once here, not once per step (each read would stall a GPU).
     host_timesteps = timesteps.tolist() if solver_schedule is not None else None
-    guide_sigmas = step_sigmas(scheduler, timesteps) if guided is not None and guided.interval else None
+    guide_interval = guided is not None and guided.interval is not None
     for i, t in enumerate(pipeline.progress_bar(timesteps)):
         model_input = scheduler.scale_model_input(sample, t)  # step() advances the step index
         settings = None
@@ -202,8 +202,8 @@ def reverse_process(
             settings = solver_schedule(i, float(host_timesteps[i]) if edm else int(host_timesteps[i]))
         if cache is not None:
             cache.refresh = i % cache_interval == 0
-        if guide_sigmas is not None:
-            guided.for_sigma(guide_sigmas[i])
+        if guide_interval:
+            guided.for_sigma(bridge.sigmas[i])
         kwargs = model_kwargs(labels, settings, cache)
         if bridge.mode == "edm_model_vp_scheduler":
             prediction = bridge.edm_model_for_vp(i, model_input, kwargs)
@@ -219,14 +219,6 @@ def reverse_process(
         tally.add(settings, top_levels, guided.copies if guided is not None else 1)
         sample = scheduler.step(prediction, t, sample, **extra).prev_sample
     return sample, tally.total
-
-
-def step_sigmas(scheduler, timesteps: torch.Tensor) -> list[float]:
-    """The noise level (EDM's sigma) of each of `timesteps`: an EDM scheduler's own sigmas, or a discrete schedule's
-    sigma = sqrt((1 - abar) / abar) at each timestep."""
-    if is_edm_scheduler(scheduler):
-        return [float(sigma) for sigma in scheduler.sigmas[: len(timesteps)]]
-    return sigma_at_timesteps(scheduler.alphas_cumprod, timesteps.cpu().tolist()).tolist()
 
 
 def check_guidance_options(guided: GuidedNetwork | None, cache_interval: int | None) -> None:
