@@ -7,9 +7,9 @@ puts in the class asked for is the class accuracy (its own accuracy on real test
 beside it); FID, KID and precision/recall are the Fashion benchmark's, against the 10,000 test images, with the
 floor (as many real training images) beside them.
 
-    python -m benchmarks.guidance --mode cpu     # 2 CPU cores, ~3 h: two seeds of each network; the first cUNet
-                                                 # at five scales, every cUNet at 3 guided in sigma [0.3, 5] too,
-                                                 # the other models at two scales (three: the second cUNet)
+    python -m benchmarks.guidance --mode cpu     # 2 CPU cores, ~3.5 h: two seeds of each network; the first
+                                                 # cUNet at five scales, the other models at three, every cUNet at
+                                                 # 3 guided in sigma [0.3, 5] too
     python -m benchmarks.guidance --mode tiny    # seconds: the smoke test
 
 Resumable: a stopped run resumes training from the latest checkpoint and keeps every scored scale. Results:
@@ -102,15 +102,16 @@ MODES = {
         interval_scales=(3.0,),
     ),  # fmt: skip
     # the Fashion benchmark's CPU training (500 steps, batch 64); 1,000 samples per scale (100 per class); the
-    # UNet2DModel at two of the cUNet's five scales (sized to the 2-core machine's time); a second seed of both at
-    # scales 1 and 2; the cUNets at scale 3 guided only for sigma in [0.3, 5] too (no guidance where the image is
+    # UNet2DModel at three of the cUNet's five scales (sized to the 2-core machine's time); a second seed of both at
+    # scales 1, 2 and 3; the cUNets at scale 3 guided only for sigma in [0.3, 5] too (no guidance where the image is
     # still mostly noise, sigma_data = 0.5, nor where little is left to decide; not tuned)
     "cpu": GuidanceSettings(
         steps=500,
         batch_size=64,
         samples=1000,
-        baseline_scales=(1.0, 2.0),
+        baseline_scales=(1.0, 2.0, 3.0),
         repeat_seeds=(1,),
+        repeat_scales=(1.0, 2.0, 3.0),
         interval=(0.3, 5.0),
         interval_scales=(3.0,),
     ),  # fmt: skip
