@@ -4,8 +4,7 @@ weights of a run's checkpoints. (The digits split and feature network come from 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from operator import attrgetter
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,19 +18,15 @@ from training.checkpointing import EMA_FOLDER, checkpoint_step, list_checkpoints
 Variant = TypeVar("Variant")
 
 
-def chosen_variants(
-    variants: Sequence[Variant],
-    only: Iterable[str] | None,
-    mode: str,
-    name: Callable[[Variant], str] = attrgetter("name"),
-) -> list[Variant]:
-    """The `variants` named in `only` (all of them when it is None or empty), in their own order; a name that no
-    variant has is a ValueError that lists them (a misspelt `--only` would otherwise run nothing, silently)."""
-    names = [name(variant) for variant in variants]
+def chosen_variants(variants: Sequence[Variant], only: Iterable[str] | None, mode: str) -> list[Variant]:
+    """The `variants` (each with a `name`) named in `only` (all of them when it is None or empty), in their own
+    order; a name that no variant has is a ValueError that lists them (a misspelt `--only` would otherwise run
+    nothing, silently)."""
+    names = [variant.name for variant in variants]
     unknown = sorted(set(only or ()) - set(names))
     if unknown:
         raise ValueError(f"No {mode}-mode models named {unknown}; they are {names}.")
-    return [variant for variant in variants if not only or name(variant) in only]
+    return [variant for variant in variants if not only or variant.name in only]
 
 
 @torch.no_grad()
