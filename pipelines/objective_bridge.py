@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .scheduler_support import EDM_SCHEDULERS, is_edm_scheduler
+from .scheduler_support import is_edm_scheduler
 
 
 def vp_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
@@ -45,14 +45,6 @@ def timestep_at_sigmas(alphas_cumprod: torch.Tensor, sigmas) -> np.ndarray:
     log_table = np.log(np.maximum(vp_sigmas(alphas_cumprod), 1e-12))  # increasing in t
     log_sigmas = np.log(np.maximum(np.asarray(sigmas, dtype=np.float64), 1e-12))
     return np.interp(log_sigmas, log_table, np.arange(len(log_table)))
-
-
-def step_sigmas(scheduler, timesteps: torch.Tensor) -> list[float]:
-    """The noise level (EDM's sigma) of each of `timesteps`: an EDM scheduler's own sigmas, or a discrete schedule's
-    sigma = sqrt((1 - abar) / abar) at each timestep."""
-    if is_edm_scheduler(scheduler):
-        return [float(sigma) for sigma in scheduler.sigmas[: len(timesteps)]]
-    return sigma_at_timesteps(scheduler.alphas_cumprod, timesteps.cpu().tolist()).tolist()
 
 
 def _per_image(value: float, sample: torch.Tensor) -> torch.Tensor:
@@ -78,7 +70,7 @@ class ObjectiveBridge:
         self.unet = unet
         self.network = unet if network is None else network
         self.preconditioning = getattr(unet, "preconditioning", None)
-        self.edm_scheduler = type(scheduler).__name__ in EDM_SCHEDULERS
+        self.edm_scheduler = is_edm_scheduler(scheduler)
         self.scheduler = scheduler
         self.timesteps = timesteps
         self.mode = "native"
@@ -101,8 +93,11 @@ class ObjectiveBridge:
     def sigmas(self) -> list[float]:
         """The noise level (EDM's sigma) of each step, on the scheduler's own schedule: what an EDM model is asked
         at under a discrete scheduler, and where a guidance interval starts and ends. Read to the host once, when
-        first asked (a sampler that needs neither never reads the timesteps back)."""
-        return step_sigmas(self.scheduler, self.timesteps)
+        first asked (a sampler that needs neither never reads the timesteps back). An EDM scheduler's are its own;
+        a discrete schedule's are sqrt((1 - abar) / abar) at each timestep."""
+        if self.edm_scheduler:
+            return [float(sigma) for sigma in self.scheduler.sigmas[: len(self.timesteps)]]
+        return sigma_at_timesteps(self.scheduler.alphas_cumprod, self.timesteps.cpu().tolist()).tolist()
 
     # -- the two conversions
     def edm_model_for_vp(self, step: int, model_input: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
