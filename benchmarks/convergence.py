@@ -1,0 +1,391 @@
+"""Both networks trained to convergence on Fashion-MNIST, in the background, across sessions.
+
+A queue of training runs (EDM, class-conditional with a learned null class, batch 64, AdamW at a constant learning
+rate after warm-up, so a run can be extended past its planned steps without retraining) lives in a runs folder
+outside the work tree. Each run is trained in stages of `score_every` steps; after each stage its newest checkpoint's
+EMA weights are sampled and scored by the committed judge (`training.fashion_judge`) and the point is appended to
+`<runs>/points.jsonl`. Within a group the run with the fewest steps goes next, so every run of a group advances
+together; a group starts when the one before it is done.
+
+    python -m benchmarks.convergence                  # start or resume the queue (idempotent); run it with nohup:
+    nohup python -m benchmarks.convergence >> ~/.cache/diffusers-cunet/runs/convergence-cpu.log 2>&1 &
+    python -m benchmarks.convergence --status         # each run's step, latest scores, hours left
+    python -m benchmarks.convergence --extend cunet-x1 16000   # train a run further than planned
+    python -m benchmarks.convergence --publish        # only collect: benchmarks/results/convergence.json
+    python -m benchmarks.convergence --mode tiny      # seconds: the smoke test
+
+The runs folder: `--runs`, else `$DIFFUSERS_CUNET_RUNS`, else `~/.cache/diffusers-cunet/runs`; each mode has its
+own `convergence-<mode>/` in it. A relaunch resumes every unfinished run from its newest checkpoint (exactly: the
+trainer's resume), never trains a finished run again, and scores only checkpoints not scored yet; a second launch
+while one is running exits at once (a lock file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import paths
+from .fashion import EDM, EULER1
+from .quality import Variant
+
+RESULTS_FILE = "convergence.json"
+RUNS_VARIABLE = "DIFFUSERS_CUNET_RUNS"
+DEFAULT_RUNS = Path("~/.cache/diffusers-cunet/runs")
+POINTS_FILE = "points.jsonl"  # one scored checkpoint a line, appended
+EXTENSIONS_FILE = "extensions.json"  # steps a run was extended to, by name
+LOCK_FILE = "queue.lock"
+GUIDED = {**EDM, "class_column": "label", "class_dropout_prob": 0.1}
+CLASSES = 10
+
+
+@dataclass
+class ConvergenceRun(Variant):
+    """A training run of the queue: its planned steps and its group (a group starts when the one before is done)."""
+
+    steps: int = 12_000
+    group: int = 0
+
+
+@dataclass
+class ConvergenceSettings:
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    warmup_steps: int = 500
+    score_every: int = 2000
+    samples: int = 2000  # generated images scored at each point, labels uniform over the classes, guidance scale 1
+    sampling_steps: int = 20  # EDM DPM-Solver++, the recipe's sampler
+    sample_batch: int = 250
+    held_out: int = 256  # test images of the held-out denoising error
+    test_images: int = 10_000  # real images FID/KID are measured against
+    max_train_samples: int | None = None
+    grid_images: int = 20  # the exported sample grid of each stage (two per class)
+    seed: int = 0  # of sampling: every point of every run sees the same noise and labels
+
+
+@dataclass
+class Mode:
+    settings: ConvergenceSettings
+    runs: list[ConvergenceRun] = field(default_factory=list)
+
+
+def _runs(x1: tuple[int, ...], half: tuple[int, ...], steps: int) -> list[ConvergenceRun]:
+    """The x1 pair, then the x0.5 pair, then a second seed of the x0.5 pair (the seed spread at convergence)."""
+    out = []
+    for group, (width, widths, seed) in enumerate([("x1", x1, 0), ("x0.5", half, 0), ("x0.5", half, 1)]):
+        suffix = f"-seed{seed}" if seed else ""
+        out += [
+            ConvergenceRun(f"cunet-{width}{suffix}", "cunet", widths, EULER1, GUIDED, seed, steps=steps, group=group),
+            ConvergenceRun(f"unet2d-{width}{suffix}", "unet2d", widths, None, GUIDED, seed, steps=steps, group=group),
+        ]
+    return out
+
+
+MODES = {
+    "tiny": Mode(
+        ConvergenceSettings(batch_size=8, warmup_steps=1, score_every=2, samples=20, sampling_steps=3, sample_batch=10,
+                            held_out=8, test_images=48, max_train_samples=256, grid_images=4),
+        _runs((16, 32), (16, 32), steps=4)[:3],  # the queue's order: a pair, then a group after it,
+    ),  # fmt: skip
+    # 2 CPU cores: ~11 h of training for the first four runs (issue 36's budget), spread over sessions
+    "cpu": Mode(ConvergenceSettings(), _runs((32, 64, 128), (16, 32, 64), steps=12_000)),
+}
+
+
+def runs_folder(option: Path | None, mode: str) -> Path:
+    """Where `mode`'s runs live: the option, else $DIFFUSERS_CUNET_RUNS, else ~/.cache/diffusers-cunet/runs."""
+    root = option or Path(os.environ.get(RUNS_VARIABLE) or DEFAULT_RUNS)
+    return root.expanduser() / f"convergence-{mode}"
+
+
+def planned_steps(run: ConvergenceRun, folder: Path) -> int:
+    """The run's steps: planned, or extended (`--extend`)."""
+    path = folder / EXTENSIONS_FILE
+    extended = json.loads(path.read_text()) if path.is_file() else {}
+    return max(run.steps, extended.get(run.name, 0))
+
+
+def steps_done(folder: Path, run: ConvergenceRun) -> int:
+    """The step of the run's newest complete checkpoint (0 before the first)."""
+    from training.checkpointing import checkpoint_step, list_checkpoints
+
+    kept = list_checkpoints(folder / run.name)
+    return checkpoint_step(kept[-1]) if kept else 0
+
+
+def read_points(folder: Path) -> list[dict[str, Any]]:
+    """The scored points so far, in the order they were scored (a line cut short by a kill is passed over)."""
+    path = folder / POINTS_FILE
+    if not path.is_file():
+        return []
+    points = []
+    for line in path.read_text().splitlines():
+        try:
+            points.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # the last line of a process killed while appending
+    return points
+
+
+def append_point(folder: Path, point: dict[str, Any]) -> None:
+    """One scored point, appended as a line and forced to disk (a kill leaves at most a cut last line)."""
+    path = folder / POINTS_FILE
+    text = path.read_text() if path.is_file() else ""
+    with path.open("a") as file:
+        if text and not text.endswith("\n"):
+            file.write("\n")  # after a cut line, start a fresh one
+        file.write(json.dumps(point) + "\n")
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def next_run(mode: Mode, folder: Path) -> ConvergenceRun | None:
+    """The unfinished run with the fewest steps in the first group that has one (None when all are done)."""
+    unfinished = [run for run in mode.runs if steps_done(folder, run) < planned_steps(run, folder)]
+    if not unfinished:
+        return None
+    group = min(run.group for run in unfinished)
+    return min((run for run in unfinished if run.group == group), key=lambda run: steps_done(folder, run))
+
+
+def train_options(run: ConvergenceRun, settings: ConvergenceSettings, folder: Path, steps: int) -> dict[str, Any]:
+    """The trainer's options for `run` up to `steps`: constant learning rate after warm-up (extensible), a
+    checkpoint at every scoring step, the held-out error at the end of each stage."""
+    return dict(
+        output_dir=folder / run.name, dataset_name="fashion_mnist", image_fit="pad", model_preset="fashion-32",
+        held_out_samples=settings.held_out, held_out_split="test", max_train_samples=settings.max_train_samples,
+        train_batch_size=settings.batch_size, max_train_steps=steps, learning_rate=settings.learning_rate,
+        lr_scheduler="constant_with_warmup", lr_warmup_steps=settings.warmup_steps,
+        checkpointing_steps=settings.score_every, checkpoints_total_limit=2, validation_steps=0,
+        num_validation_images=settings.grid_images, validation_inference_steps=settings.sampling_steps,
+        report_to="none", logging_steps=10, resume_from_checkpoint="latest", **run.train_options(),
+    )  # fmt: skip
+
+
+def balanced_labels(count: int) -> torch.Tensor:
+    """Labels 0, 1, ..., 9, 0, 1, ...: every class equally often, as in the test set."""
+    return torch.arange(count) % CLASSES
+
+
+class Scorer:
+    """The judge, the test images' features and the floor, loaded once per process."""
+
+    def __init__(self, settings: ConvergenceSettings):
+        from training.fashion_judge import load_judge
+        from training.fashion_mnist import split_tensors
+        from training.fashion_scores import judge_features, sample_scores
+
+        self.settings = settings
+        self.judge = load_judge()
+        self.test_features = judge_features(self.judge, split_tensors("test")[0][: settings.test_images])
+        train_images = split_tensors("train")[0][: settings.samples]
+        self.floor = sample_scores(self.judge, None, train_images, real_features=self.test_features)
+
+    def score(self, unet, noise_config: dict[str, Any], guidance_scale: float = 1.0,
+              samples: int | None = None, sampling_steps: int | None = None) -> dict[str, Any]:  # fmt: skip
+        """Every judge score of samples drawn with uniform labels at `guidance_scale`, the class accuracy and the
+        sampling seconds per image."""
+        from diffusers_cunet.pipelines import ContinuousUNetPipeline
+        from training.fashion_scores import generate, sample_scores
+
+        from .fashion import sampler
+
+        settings = self.settings
+        count, steps = samples or settings.samples, sampling_steps or settings.sampling_steps
+        labels = balanced_labels(count)
+        pipeline = ContinuousUNetPipeline(unet=unet.eval(), scheduler=sampler(noise_config, steps))
+        images, seconds = generate(pipeline, count, steps, settings.seed, settings.sample_batch,
+                                   class_labels=labels, guidance_scale=guidance_scale)  # fmt: skip
+        predicted, _ = self.judge.predict(images)
+        scores = sample_scores(self.judge, None, images, real_features=self.test_features)
+        scores.update(class_accuracy=float((predicted == labels).double().mean()), guidance_scale=guidance_scale,
+                      sampling_steps=steps, sampling_s_per_image=seconds)  # fmt: skip
+        return scores
+
+
+def held_out_at(output: Path, step: int) -> float | None:
+    """The held-out denoising error the trainer measured at `step` (the exported metrics of the stage it ended)."""
+    path = output / "metrics.json"
+    if not path.is_file():
+        return None
+    return next((entry["mean"] for entry in json.loads(path.read_text()).get("held_out_error", [])
+                 if entry["step"] == step), None)  # fmt: skip
+
+
+def score_new_checkpoints(run: ConvergenceRun, folder: Path, scorer: Scorer) -> None:
+    """Score every checkpoint of `run` that has no point yet, oldest first, appending each point."""
+    from training.checkpointing import checkpoint_step, list_checkpoints, read_run_record
+
+    from .common import load_ema
+
+    scored = {point["step"] for point in read_points(folder) if point["run"] == run.name}
+    output = folder / run.name
+    noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
+    for checkpoint in list_checkpoints(output):
+        step = checkpoint_step(checkpoint)
+        if step in scored:
+            continue
+        started = time.perf_counter()
+        unet = load_ema(checkpoint, run.model_type)
+        record = read_run_record(checkpoint)
+        point = {"run": run.name, "step": step, "train_seconds": record["train_time"],
+                 "held_out_error": held_out_at(output, step), **scorer.score(unet, noise_config)}  # fmt: skip
+        point["scoring_seconds"] = time.perf_counter() - started
+        append_point(folder, point)
+        print(f"{run.name} step {step}: FID {point['fid']:.2f} (floor {scorer.floor['fid']:.2f}), class accuracy "
+              f"{point['class_accuracy']:.3f}, scored in {point['scoring_seconds']:.0f} s", flush=True)  # fmt: skip
+
+
+@contextmanager
+def queue_lock(folder: Path) -> Iterator[bool]:
+    """Whether this process holds the queue (False: another launch is running it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / LOCK_FILE).open("a+") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        file.seek(0)
+        file.truncate()
+        file.write(str(os.getpid()))
+        file.flush()
+        yield True
+
+
+def work(mode_name: str, folder: Path) -> None:
+    """Train and score until every run of the queue is done (a relaunch resumes where a stopped one was)."""
+    from training.loop import train
+    from training.options import make_config
+
+    mode = MODES[mode_name]
+    scorer = None
+    while True:
+        for run in mode.runs:  # scores missed by a process stopped between a stage and its scoring
+            if (folder / run.name / "scheduler").is_dir():
+                scorer = scorer or Scorer(mode.settings)
+                score_new_checkpoints(run, folder, scorer)
+        run = next_run(mode, folder)
+        if run is None:
+            print("every run of the queue is done", flush=True)
+            return
+        done, total = steps_done(folder, run), planned_steps(run, folder)
+        target = min(total, (done // mode.settings.score_every + 1) * mode.settings.score_every)
+        print(f"\n=== {run.name}: step {done} -> {target} (of {total}) ===", flush=True)
+        train(make_config(**train_options(run, mode.settings, folder, target)))
+
+
+def status_lines(mode_name: str, folder: Path) -> list[str]:
+    """Each run's step, latest scores and estimated hours left (its median seconds per step so far)."""
+    from training.checkpointing import list_checkpoints, read_run_record
+
+    mode = MODES[mode_name]
+    points = read_points(folder)
+    lines = [f"runs folder: {folder}"]
+    hours_left = 0.0
+    for run in mode.runs:
+        done, total = steps_done(folder, run), planned_steps(run, folder)
+        kept = list_checkpoints(folder / run.name)
+        record = read_run_record(kept[-1]) if kept else {}
+        step_times = sorted(record.get("step_seconds", []))
+        per_step = step_times[len(step_times) // 2] if step_times else None
+        left = (total - done) * per_step / 3600 if per_step else None
+        hours_left += left or 0.0
+        own = [point for point in points if point["run"] == run.name]
+        latest = own[-1] if own else None
+        scores = (f"FID {latest['fid']:.2f}, KID {latest['kid_mean']:.4f}, precision {latest['precision']:.3f}, "
+                  f"recall {latest['recall']:.3f}, class accuracy {latest['class_accuracy']:.3f} at step "
+                  f"{latest['step']}") if latest else "not scored yet"  # fmt: skip
+        timing = f"{per_step:.2f} s/step, {left:.1f} h left" if per_step else "no step timed yet"
+        lines.append(f"{run.name:<18} step {done:>6}/{total:<6} {timing}; {scores}")
+    lines.append(f"training left (at each run's own pace): {hours_left:.1f} h")
+    return lines
+
+
+def collect(mode_name: str, folder: Path) -> dict[str, Any]:
+    """The results file's content: per run its configuration, parameters and scored points so far."""
+    from diffusers_cunet.flops import count_parameters
+    from training.checkpointing import list_checkpoints
+    from training.fashion_judge import judge_metadata
+
+    from .common import load_ema
+
+    mode = MODES[mode_name]
+    points = read_points(folder)
+    rows = []
+    for run in mode.runs:
+        own = sorted((point for point in points if point["run"] == run.name), key=lambda point: point["step"])
+        if not own:
+            continue
+        kept = list_checkpoints(folder / run.name)
+        params = count_parameters(load_ema(kept[-1], run.model_type)) if kept else None
+        rows.append({"name": run.name, "network": run.model_type, "width": run.name.split("-")[1], "seed": run.seed,
+                     "block_out_channels": list(run.block_out_channels), "planned_steps": planned_steps(run, folder),
+                     "steps": own[-1]["step"], "params": params, "points": own})  # fmt: skip
+    return {"mode": mode_name, "settings": asdict(mode.settings), "runs": rows, "judge": judge_metadata(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
+    parser.add_argument("--runs", type=Path, default=None, help=f"runs folder (default: ${RUNS_VARIABLE}, else "
+                        f"{DEFAULT_RUNS})")  # fmt: skip
+    parser.add_argument("--status", action="store_true", help="print each run's progress and exit")
+    parser.add_argument("--extend", nargs=2, metavar=("RUN", "STEPS"), help="train RUN to STEPS (more than planned)")
+    paths.add_publish_option(parser)
+    parser.add_argument("--results", type=Path, default=None, help="results folder (overrides --publish)")
+    return parser.parse_args(argv)
+
+
+def extend(mode_name: str, folder: Path, name: str, steps: int) -> None:
+    """Record that run `name` trains to `steps` (the queue's next launch takes it up)."""
+    runs = {run.name: run for run in MODES[mode_name].runs}
+    if name not in runs:
+        raise SystemExit(f"No {mode_name}-mode run named {name!r}; they are {sorted(runs)}.")
+    if steps <= planned_steps(runs[name], folder):
+        raise SystemExit(f"{name} already trains to {planned_steps(runs[name], folder)} steps; extend it past that.")
+    path = folder / EXTENSIONS_FILE
+    extended = json.loads(path.read_text()) if path.is_file() else {}
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**extended, name: steps}, indent=2))
+    print(f"{name} now trains to {steps} steps (relaunch the queue to go on)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    folder = runs_folder(args.runs, args.mode)
+    if args.status:
+        print("\n".join(status_lines(args.mode, folder)))
+        return
+    if args.extend:
+        extend(args.mode, folder, args.extend[0], int(args.extend[1]))
+        return
+    if args.publish or args.results:
+        from diffusers_cunet.atomic_write import replace_text
+
+        results = args.results or paths.results_dir(args.publish)
+        results.mkdir(parents=True, exist_ok=True)
+        replace_text(results / RESULTS_FILE, json.dumps(collect(args.mode, folder), indent=2))
+        print(f"wrote {results / RESULTS_FILE}")
+        return
+    with queue_lock(folder) as held:
+        if not held:
+            print(f"the {args.mode} queue in {folder} is already being run by another process; nothing to do")
+            sys.exit(0)
+        work(args.mode, folder)
+
+
+if __name__ == "__main__":
+    main()
