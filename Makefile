@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 FASHION_STAMP := $(FASHION_MNIST_DIR)/t10k-labels-idx1-ubyte.gz
 
-.PHONY: setup demo fashion fashion-data test lint bench cost clean
+.PHONY: setup demo fashion fashion-data convergence test lint bench cost clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,12 @@ fashion-data: $(FASHION_STAMP)
 ## The real-data recipe: the cUNet on Fashion-MNIST's 60,000 training images, scored by the judge -> outputs/fashion/.
 fashion: $(STAMP) $(FASHION_STAMP)
 	$(PY) training/train.py --config training/configs/fashion-mnist.yaml --output_dir outputs/fashion
+
+## Both networks trained to convergence on Fashion-MNIST (python -m benchmarks.convergence): start or resume the queue
+## in the background, idempotent; runs in ~/.cache/diffusers-cunet/runs (or $$DIFFUSERS_CUNET_RUNS). Progress:
+## .venv/bin/python -m benchmarks.convergence --status
+convergence: $(STAMP) $(FASHION_STAMP)
+	$(PY) -m benchmarks.convergence --background
 
 ## The main job: train the small cUNet on the embedded scikit-learn digits, write a sample grid and a pipeline.
 demo: $(STAMP)

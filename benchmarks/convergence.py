@@ -7,8 +7,9 @@ EMA weights are sampled and scored by the committed judge (`training.fashion_jud
 `<runs>/points.jsonl`. Within a group the run with the fewest steps goes next, so every run of a group advances
 together; a group starts when the one before it is done.
 
-    python -m benchmarks.convergence                  # start or resume the queue (idempotent); run it with nohup:
-    nohup python -m benchmarks.convergence >> ~/.cache/diffusers-cunet/runs/convergence-cpu.log 2>&1 &
+    make convergence                                  # = python -m benchmarks.convergence --background: start or
+                                                      # resume the queue in the background (idempotent)
+    python -m benchmarks.convergence                  # the same in the foreground
     python -m benchmarks.convergence --status         # each run's step, latest scores, hours left
     python -m benchmarks.convergence --extend cunet-x1 16000   # train a run further than planned
     python -m benchmarks.convergence --publish        # only collect: benchmarks/results/convergence.json
@@ -17,7 +18,9 @@ together; a group starts when the one before it is done.
 The runs folder: `--runs`, else `$DIFFUSERS_CUNET_RUNS`, else `~/.cache/diffusers-cunet/runs`; each mode has its
 own `convergence-<mode>/` in it. A relaunch resumes every unfinished run from its newest checkpoint (exactly: the
 trainer's resume), never trains a finished run again, and scores only checkpoints not scored yet; a second launch
-while one is running exits at once (a lock file).
+while one is running exits at once (a lock file). `--background` runs a snapshot of the committed code
+(`git archive HEAD` into `<runs>/code/`), so editing the work tree never changes a queue that is running; its output
+goes to `<runs>/queue.log`.
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ DEFAULT_RUNS = Path("~/.cache/diffusers-cunet/runs")
 POINTS_FILE = "points.jsonl"  # one scored checkpoint a line, appended
 EXTENSIONS_FILE = "extensions.json"  # steps a run was extended to, by name
 LOCK_FILE = "queue.lock"
+LOG_FILE = "queue.log"
+CODE_FOLDER = "code"  # the committed code a background queue runs
 GUIDED = {**EDM, "class_column": "label", "class_dropout_prob": 0.1}
 CLASSES = 10
 
@@ -94,8 +99,8 @@ def _runs(x1: tuple[int, ...], half: tuple[int, ...], steps: int) -> list[Conver
 
 MODES = {
     "tiny": Mode(
-        ConvergenceSettings(batch_size=8, warmup_steps=1, score_every=2, samples=20, sampling_steps=3, sample_batch=10,
-                            held_out=8, test_images=48, max_train_samples=256, grid_images=4),
+        ConvergenceSettings(batch_size=4, warmup_steps=1, score_every=2, samples=12, sampling_steps=2, sample_batch=12,
+                            held_out=4, test_images=24, max_train_samples=32, grid_images=2),
         _runs((16, 32), (16, 32), steps=4)[:3],  # the queue's order: a pair, then a group after it,
     ),  # fmt: skip
     # 2 CPU cores: ~11 h of training for the first four runs (issue 36's budget), spread over sessions
@@ -247,6 +252,34 @@ def score_new_checkpoints(run: ConvergenceRun, folder: Path, scorer: Scorer) -> 
               f"{point['class_accuracy']:.3f}, scored in {point['scoring_seconds']:.0f} s", flush=True)  # fmt: skip
 
 
+def queue_is_running(folder: Path) -> bool:
+    """Whether another process holds the queue's lock."""
+    with queue_lock(folder) as held:
+        return not held
+
+
+def launch_in_background(mode_name: str, folder: Path) -> int | None:
+    """Start the queue as a detached process running a snapshot of the committed code (the work tree where it is
+    no git checkout); returns its process id (None when a queue is already running)."""
+    import shutil
+    import subprocess
+
+    if queue_is_running(folder):
+        return None
+    code = paths.ROOT
+    if (paths.ROOT / ".git").exists():
+        code = folder / CODE_FOLDER
+        shutil.rmtree(code, ignore_errors=True)
+        code.mkdir(parents=True)
+        archive = subprocess.run(["git", "-C", str(paths.ROOT), "archive", "HEAD"], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(code)], input=archive.stdout, check=True)
+    command = [sys.executable, "-m", "benchmarks.convergence", "--mode", mode_name, "--runs", str(folder.parent)]
+    with (folder / LOG_FILE).open("a") as log:
+        process = subprocess.Popen(command, cwd=code, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)  # fmt: skip
+    return process.pid
+
+
 @contextmanager
 def queue_lock(folder: Path) -> Iterator[bool]:
     """Whether this process holds the queue (False: another launch is running it)."""
@@ -343,6 +376,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=Path, default=None, help=f"runs folder (default: ${RUNS_VARIABLE}, else "
                         f"{DEFAULT_RUNS})")  # fmt: skip
     parser.add_argument("--status", action="store_true", help="print each run's progress and exit")
+    parser.add_argument("--background", action="store_true", help=f"run the queue detached (committed code; output "
+                        f"to <runs>/{LOG_FILE})")  # fmt: skip
     parser.add_argument("--extend", nargs=2, metavar=("RUN", "STEPS"), help="train RUN to STEPS (more than planned)")
     paths.add_publish_option(parser)
     parser.add_argument("--results", type=Path, default=None, help="results folder (overrides --publish)")
@@ -371,6 +406,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.extend:
         extend(args.mode, folder, args.extend[0], int(args.extend[1]))
+        return
+    if args.background:
+        pid = launch_in_background(args.mode, folder)
+        if pid is None:
+            print(f"the {args.mode} queue in {folder} is already running; nothing started")
+        else:
+            print(f"the {args.mode} queue runs in the background (process {pid}); its log: {folder / LOG_FILE}; "
+                  f"progress: python -m benchmarks.convergence --status")  # fmt: skip
         return
     if args.publish or args.results:
         from diffusers_cunet.atomic_write import replace_text

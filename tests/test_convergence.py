@@ -1,0 +1,114 @@
+"""The convergence benchmark's queue in its tiny mode: real training on Fashion-MNIST, a real kill (SIGKILL) in the
+middle and a relaunch that finishes the queue without training a finished run again or scoring a point twice; the
+lock against a second launch; extending a run; --status."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, needs_data
+
+from benchmarks import convergence
+from training.export import read_run_values
+
+pytestmark = needs_data
+MODE = convergence.MODES["tiny"]
+
+
+def points_by_run(folder) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    for point in convergence.read_points(folder):
+        found.setdefault(point["run"], []).append(point["step"])
+    return found
+
+
+def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
+    folder = convergence.runs_folder(tmp_path, "tiny")
+    command = [sys.executable, "-m", "benchmarks.convergence", "--mode", "tiny", "--runs", str(tmp_path)]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not convergence.read_points(folder) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # no handler can run: what the next session finds after a stop
+    process.wait()
+    assert points_by_run(folder), "the first stage was scored before the kill"
+    assert sum(len(steps) for steps in points_by_run(folder).values()) < 2 * len(MODE.runs), "killed part-way"
+
+    convergence.main(["--mode", "tiny", "--runs", str(tmp_path)])  # the relaunch finishes the queue
+    planned = {run.name: run.steps for run in MODE.runs}
+    assert points_by_run(folder) == {name: [2, 4] for name in planned}, "each checkpoint scored once, in order"
+    for run in MODE.runs:
+        assert convergence.steps_done(folder, run) == run.steps
+        assert read_run_values(folder / run.name)["training_steps"] == run.steps  # its pipeline exported
+    point = convergence.read_points(folder)[-1]
+    for key in ("fid", "kid_mean", "precision", "recall", "class_accuracy", "held_out_error", "train_seconds"):
+        assert point[key] is not None and point[key] == point[key], key  # present and not NaN
+    assert point["guidance_scale"] == 1.0 and point["samples"] == MODE.settings.samples
+
+    lines_before = (folder / convergence.POINTS_FILE).read_text()
+    capsys.readouterr()
+    convergence.main(["--mode", "tiny", "--runs", str(tmp_path)])  # a finished queue: nothing trained or scored
+    assert "every run of the queue is done" in capsys.readouterr().out
+    assert (folder / convergence.POINTS_FILE).read_text() == lines_before
+
+    convergence.main(["--mode", "tiny", "--runs", str(tmp_path), "--extend", "unet2d-x1", "6"])
+    convergence.main(["--mode", "tiny", "--runs", str(tmp_path)])  # only the extended run trains on, from step 4
+    assert points_by_run(folder)["unet2d-x1"] == [2, 4, 6]
+    assert points_by_run(folder)["cunet-x1"] == [2, 4]
+    with pytest.raises(SystemExit, match="already trains to 6"):
+        convergence.main(["--mode", "tiny", "--runs", str(tmp_path), "--extend", "unet2d-x1", "5"])
+
+    capsys.readouterr()
+    convergence.main(["--mode", "tiny", "--runs", str(tmp_path), "--status"])
+    status = capsys.readouterr().out
+    assert "unet2d-x1" in status and "6/6" in status and "FID" in status and "h left" in status
+
+    results = tmp_path / "results"
+    convergence.main(["--mode", "tiny", "--runs", str(tmp_path), "--results", str(results)])
+    collected = json.loads((results / convergence.RESULTS_FILE).read_text())
+    row = next(row for row in collected["runs"] if row["name"] == "unet2d-x1")
+    assert row["network"] == "unet2d" and row["params"] > 0 and [p["step"] for p in row["points"]] == [2, 4, 6]
+
+
+def test_a_second_launch_leaves_a_running_queue_alone(tmp_path, capsys):
+    folder = convergence.runs_folder(tmp_path, "tiny")
+    with convergence.queue_lock(folder) as held:  # this test holds the queue, as a running launch would
+        assert held
+        with pytest.raises(SystemExit) as stopped:
+            convergence.main(["--mode", "tiny", "--runs", str(tmp_path)])
+        assert stopped.value.code == 0
+        assert "already being run" in capsys.readouterr().out
+        assert convergence.launch_in_background("tiny", folder) is None
+    assert not convergence.read_points(folder), "nothing was trained"
+
+
+def test_points_file_tolerates_a_line_cut_by_a_kill(tmp_path):
+    (tmp_path / convergence.POINTS_FILE).write_text('{"run": "a", "step": 2}\n{"run": "a", "st')
+    convergence.append_point(tmp_path, {"run": "a", "step": 4})
+    assert [point["step"] for point in convergence.read_points(tmp_path)] == [2, 4]
+
+
+def test_runs_folder_option_variable_and_default(tmp_path, monkeypatch):
+    monkeypatch.delenv(convergence.RUNS_VARIABLE, raising=False)
+    assert convergence.runs_folder(None, "cpu") == convergence.DEFAULT_RUNS.expanduser() / "convergence-cpu"
+    monkeypatch.setenv(convergence.RUNS_VARIABLE, str(tmp_path / "env"))
+    assert convergence.runs_folder(None, "cpu") == tmp_path / "env" / "convergence-cpu"
+    assert convergence.runs_folder(tmp_path / "opt", "cpu") == tmp_path / "opt" / "convergence-cpu"
+    assert os.fspath(convergence.DEFAULT_RUNS).startswith("~"), "outside the work tree by default"
+
+
+def test_cpu_queue_is_the_issue_plan():
+    runs = convergence.MODES["cpu"].runs
+    assert [run.name for run in runs] == ["cunet-x1", "unet2d-x1", "cunet-x0.5", "unet2d-x0.5", "cunet-x0.5-seed1",
+                                          "unet2d-x0.5-seed1"]  # fmt: skip
+    for run in runs:
+        options = convergence.train_options(run, convergence.MODES["cpu"].settings, ROOT, run.steps)
+        assert options["lr_scheduler"] == "constant_with_warmup", "extensible without retraining"
+        assert options["class_dropout_prob"] == 0.1 and options["preconditioning"] == "edm"
+        assert options["train_batch_size"] == 64 and run.steps == 12_000
