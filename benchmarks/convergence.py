@@ -99,8 +99,18 @@ def _runs(x1: tuple[int, ...], half: tuple[int, ...], steps: int) -> list[Conver
 
 MODES = {
     "tiny": Mode(
-        ConvergenceSettings(batch_size=4, warmup_steps=1, score_every=2, samples=12, sampling_steps=2, sample_batch=12,
-                            held_out=4, test_images=24, max_train_samples=32, grid_images=2),
+        ConvergenceSettings(
+            batch_size=4,
+            warmup_steps=1,
+            score_every=2,
+            samples=12,
+            sampling_steps=2,
+            sample_batch=12,
+            held_out=4,
+            test_images=24,
+            max_train_samples=32,
+            grid_images=2,
+        ),
         _runs((16, 32), (16, 32), steps=4)[:3],  # the queue's order: a pair, then a group after it,
     ),  # fmt: skip
     # 2 CPU cores: ~11 h of training for the first four runs (issue 36's budget), spread over sessions
