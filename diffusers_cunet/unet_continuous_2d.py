@@ -12,7 +12,7 @@ import inspect
 import math
 import os
 import warnings
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from torch import nn
 
 from .feature_cache import DeepFeatureCache
 from .guidance import check_null_class
-from .hub_code import write_model_code
+from .hub_code import MODEL_CODE_MODULE, write_model_code
 from .ode_blocks import NORM_TYPES, ODE_ORDERS, ODEBlock, make_norm
 from .preconditioning import EDMPreconditioning, preconditioning_from_config
 from .solvers import SolverConfig
@@ -121,9 +121,12 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         preconditioning: dict[str, Any] | None = None,
     ):
         super().__init__()
-        # A pipeline records `instance.__module__` as this component's library in model_index.json: name the code
-        # file every save ships, the one entry diffusers loads by Hub id (see diffusers_cunet.hub_code).
-        self.__module__ = "modeling_cunet"
+        # A pipeline records `instance.__module__` as this component's library in model_index.json. The package's
+        # class is recorded as the library `diffusers_cunet` (entered in diffusers' table of libraries on import);
+        # the class of the shipped code file names that file, so a folder re-saved from it loads as it was loaded
+        # (see diffusers_cunet.hub_code).
+        if not __name__.startswith("diffusers_cunet."):
+            self.__module__ = MODEL_CODE_MODULE
         self._solver = self._validate_arguments(locals())  # locals(): every constructor argument, by name
         # Built once (forward checks timesteps against it); every setting, defaults included, goes to the config.
         self._preconditioning = preconditioning_from_config(preconditioning)
@@ -519,12 +522,35 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         config_dict = {key: value for key, value in config_dict.items() if key != "auto_map"}
         return super().extract_init_dict(config_dict, **kwargs)
 
-    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
-        """As `ModelMixin.save_pretrained`, plus `modeling_cunet.py` (this class as one file) and the `auto_map`
-        entry that let `AutoModel.from_pretrained(folder, trust_remote_code=True)` load the folder without this
-        package installed."""
-        super().save_pretrained(save_directory, *args, **kwargs)
-        if kwargs.get("is_main_process", True):
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        is_main_process: bool = True,
+        save_function: Callable | None = None,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str = "10GB",
+        push_to_hub: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """As `ModelMixin.save_pretrained` (same parameters: a pipeline hands each on), plus `modeling_cunet.py`
+        (this class as one file) and the `auto_map` entry that let `AutoModel.from_pretrained(folder,
+        trust_remote_code=True)` load the folder without this package installed. A `variant` is written beside the
+        other weights (`diffusion_pytorch_model.<variant>.safetensors`), never over them.
+
+        Weights are always safetensors: a pickle runs code when it is loaded. `safe_serialization=False` (which
+        diffusers' own pipeline tests pass) writes safetensors all the same, with a warning that says so."""
+        if not safe_serialization:
+            warnings.warn(
+                f"safe_serialization=False: {type(self).__name__} writes its weights as safetensors all the same "
+                "(never pickle, which runs code when loaded); diffusers loads them either way.",
+                stacklevel=2,
+            )
+        super().save_pretrained(
+            save_directory, is_main_process=is_main_process, save_function=save_function, safe_serialization=True,
+            variant=variant, max_shard_size=max_shard_size, push_to_hub=push_to_hub, **kwargs,
+        )  # fmt: skip
+        if is_main_process:
             write_model_code(save_directory)
 
     @classmethod

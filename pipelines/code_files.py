@@ -1,11 +1,12 @@
 """Check and write the code files of saved folders: `unet/modeling_cunet.py` and `pipeline_cunet.py` (see
 `diffusers_cunet.hub_code`), which let diffusers load a folder without this package.
 
-    python -m diffusers_cunet.pipelines.code_files FOLDER [FOLDER ...]   # write or refresh them
+    python -m diffusers_cunet.pipelines.code_files FOLDER [FOLDER ...]   # lay out for the Hub, refresh the files
 
-Folders saved by an older version (whose `model_index.json` names the installed module) or whose code files are
-missing or from another version get this version's files; weights and configs are untouched. Not part of the
-remote pipeline file.
+A folder gets this version's code files and the Hub layout: it then loads anywhere with `trust_remote_code=True`,
+and diffusers' own pipeline classes need that flag for it even where the package is installed (a folder saved by
+`DDPMPipeline.save_pretrained` needed none); `ContinuousUNetPipeline.from_pretrained` never does. Weights and
+configs are untouched. Not part of the remote pipeline file.
 """
 
 from __future__ import annotations
@@ -16,21 +17,23 @@ import os
 from pathlib import Path
 
 from diffusers_cunet import hub_code
+from diffusers_cunet.diffusers_library import LIBRARY
 from diffusers_cunet.hub_code import MODEL_CODE_FILE, write_model_code
 from diffusers_cunet.remote_code import model_code, pipeline_code
 
 
 def code_file_problems(folder: str | os.PathLike) -> list[str]:
-    """What keeps a saved pipeline or model folder from loading without the package: code files named by its
-    `model_index.json` or `config.json` that are missing, or that this version of the package would write
-    differently. Empty when the folder is as this version saves it."""
+    """What keeps a saved pipeline or model folder from loading as its layout promises (see
+    `diffusers_cunet.hub_code`): code files named by its `model_index.json` or `config.json` that are missing, or
+    that this version of the package would write differently, or a unet entry naming a module of an older version.
+    Empty when the folder is as this version saves it, in either layout."""
     folder = Path(folder)
     expected: dict[Path, str] = {}
     if (folder / hub_code.INDEX_FILE).is_file():
         index = json.loads((folder / hub_code.INDEX_FILE).read_text())
         unet = index.get("unet")
         if isinstance(unet, list) and unet[1:] == [hub_code.MODEL_CLASS]:
-            if unet[0] != hub_code.MODEL_CODE_MODULE:
+            if unet[0] not in (hub_code.MODEL_CODE_MODULE, LIBRARY):
                 return [f"{folder / hub_code.INDEX_FILE} names the unet's code as {unet[0]!r}, which loads only "
                         f"with this package imported and never by Hub id"]  # fmt: skip
             expected[folder / "unet" / MODEL_CODE_FILE] = model_code()
@@ -85,6 +88,9 @@ def main(argv: list[str] | None = None) -> None:
         except (OSError, ValueError) as error:
             parser.error(str(error))
         print(f"{folder}: wrote " + ", ".join(str(path.relative_to(folder)) for path in written))
+        if (folder / hub_code.INDEX_FILE).is_file():
+            print(f"{folder} is laid out for the Hub: diffusers loads it with trust_remote_code=True (with or "
+                  "without this package); ContinuousUNetPipeline.from_pretrained needs no flag")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -100,23 +100,32 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         pipeline.solver_schedule = load_solver_schedule(pretrained_model_name_or_path, **kwargs)
         return pipeline
 
-    def save_pretrained(self, save_directory, **kwargs):
-        """As `DiffusionPipeline.save_pretrained`, plus the attached `SolverStepSchedule`, if any, and the code
-        files that let diffusers load the folder without this package: `pipeline_cunet.py`, named in
-        `model_index.json` with `unet/modeling_cunet.py` (see `diffusers_cunet.hub_code`). With `push_to_hub=True`
-        the folder is uploaded once complete (`repo_id`, `token`, `private`, `commit_message`, `create_pr` as
-        diffusers takes them)."""
-        push = kwargs.pop("push_to_hub", False)
+    def save_pretrained(
+        self,
+        save_directory,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ):
+        """As `DiffusionPipeline.save_pretrained` (same parameters: `variant` writes the unet's
+        `diffusion_pytorch_model.<variant>.safetensors` beside its other weights), plus the attached
+        `SolverStepSchedule`, if any, and the code files that let diffusers load the folder without this package:
+        `pipeline_cunet.py`, named in `model_index.json` with `unet/modeling_cunet.py` (see
+        `diffusers_cunet.hub_code`). With `push_to_hub=True` the folder is uploaded once complete (`repo_id`,
+        `token`, `private`, `commit_message`, `create_pr` as diffusers takes them)."""
         hub = {
             key: kwargs.pop(key)
             for key in ("repo_id", "token", "private", "commit_message", "create_pr")
             if key in kwargs
         }
-        super().save_pretrained(save_directory, **kwargs)
+        super().save_pretrained(save_directory, safe_serialization=safe_serialization, variant=variant,
+                                max_shard_size=max_shard_size, **kwargs)  # fmt: skip
         write_code_layout(save_directory, with_pipeline_code=True)
         if hasattr(self.solver_schedule, "save_pretrained"):
             self.solver_schedule.save_pretrained(save_directory)
-        if push:  # after the code files are written: diffusers would upload the folder before they are
+        if push_to_hub:  # after the code files are written: diffusers would upload the folder before they are
             name = hub.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
             upload_pipeline_folder(save_directory, name, hub.pop("token", None), hub.pop("private", None), **hub)
 

@@ -65,14 +65,19 @@ def make_tiny(seed: int = 0, **overrides) -> ContinuousUNet2DModel:
     return perturb_zero_init(ContinuousUNet2DModel(**{**TINY_CONFIG, **overrides}), seed=seed).eval()
 
 
-def lay_out_hub_cache(cache, repo_id: str, pipe) -> None:
+def lay_out_hub_cache(cache, repo_id: str, pipe, hub_layout: bool = True) -> None:
     """A Hugging Face cache as a download leaves it: snapshots/<commit>/..., refs/main -> <commit>, and the
     repository's file listing in trees/<commit>.json, which diffusers reads offline to decide what to fetch (as it
-    reads the Hub's listing online)."""
+    reads the Hub's listing online). `hub_layout`: the folder as our tools lay it out for sharing (the code files
+    named; see diffusers_cunet.hub_code), else as `pipe.save_pretrained` left it."""
+    from diffusers_cunet.pipelines.code_files import write_code_files
+
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = cache / f"models--{repo_id.replace('/', '--')}"
     snapshot = repo / "snapshots" / commit
     pipe.save_pretrained(snapshot)
+    if hub_layout:
+        write_code_files(snapshot)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(commit)
     files = {path.relative_to(snapshot).as_posix(): {"size": path.stat().st_size, "blob_id": hashlib.sha1(

@@ -22,6 +22,7 @@ from diffusers import (
 
 from diffusers_cunet import ContinuousUNet2DModel
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from diffusers_cunet.pipelines.code_files import write_code_files
 
 SCHEDULERS = [DDPMScheduler, DDIMScheduler, DPMSolverMultistepScheduler]
 
@@ -54,24 +55,54 @@ def test_pil_output():
     assert images[0].size == (8, 8)
 
 
-def test_pipeline_save_and_load_round_trip(tmp_path):
+def test_pipeline_save_and_load_round_trip(tmp_path, caplog):
     pipe = make_pipeline()
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
     pipe.save_pretrained(tmp_path)
     index = json.loads((tmp_path / "model_index.json").read_text())
-    # the code file shipped in unet/: the one entry diffusers can load by Hub id
-    assert index["unet"] == ["modeling_cunet", "ContinuousUNet2DModel"]
-    assert (tmp_path / "unet" / "modeling_cunet.py").is_file()
+    assert index["unet"] == ["diffusers_cunet", "ContinuousUNet2DModel"]  # the library, as ["diffusers", ...]
+    assert (tmp_path / "unet" / "modeling_cunet.py").is_file()  # the model folder alone loads without the package
     assert not list(tmp_path.rglob("*.bin"))
-    with pytest.raises(ValueError, match="custom code in modeling_cunet.py"):
-        DDPMPipeline.from_pretrained(tmp_path)  # diffusers' refusal: its loader would run the shipped code
-    loaded = DDPMPipeline.from_pretrained(tmp_path, trust_remote_code=True)
-    ours = ContinuousUNetPipeline.from_pretrained(tmp_path)  # the installed classes; no shipped code runs
-    assert type(ours.unet) is ContinuousUNet2DModel and type(loaded.unet) is not ContinuousUNet2DModel
+    with caplog.at_level("WARNING"):
+        loaded = DDPMPipeline.from_pretrained(tmp_path)  # no flag, as for a UNet2DModel
+    assert type(loaded.unet) is ContinuousUNet2DModel
+    assert "Expected types" not in caplog.text
+    ours = ContinuousUNetPipeline.from_pretrained(tmp_path)
+    assert type(ours.unet) is ContinuousUNet2DModel
     for other in (loaded, ours):
         other.set_progress_bar_config(disable=True)
         assert isinstance(other.scheduler, DDIMScheduler)
         np.testing.assert_array_equal(generate(other), generate(pipe))
+
+    write_code_files(tmp_path)  # laid out for the Hub: diffusers then runs the shipped code, and only when trusted
+    assert json.loads((tmp_path / "model_index.json").read_text())["unet"][0] == "modeling_cunet"
+    with pytest.raises(ValueError, match="custom code in modeling_cunet.py"):
+        DDPMPipeline.from_pretrained(tmp_path)
+    shipped = DDPMPipeline.from_pretrained(tmp_path, trust_remote_code=True)
+    assert type(shipped.unet) is not ContinuousUNet2DModel
+    assert type(ContinuousUNetPipeline.from_pretrained(tmp_path).unet) is ContinuousUNet2DModel
+    shipped.set_progress_bar_config(disable=True)
+    np.testing.assert_array_equal(generate(shipped), generate(pipe))
+
+
+def test_variant_saves_beside_the_weights_and_reloads(tmp_path):
+    pipe = make_pipeline()
+    pipe.save_pretrained(tmp_path)
+    full = (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").read_bytes()
+    pipe.to(torch.float16).save_pretrained(tmp_path, variant="fp16")
+    pipe.to(torch.float32)
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.safetensors").read_bytes() == full, "fp32 file kept"
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.fp16.safetensors").is_file()
+    half = DDPMPipeline.from_pretrained(tmp_path, variant="fp16", torch_dtype=torch.float32)
+    half.set_progress_bar_config(disable=True)
+    assert half.unet.dtype == torch.float32
+    np.testing.assert_allclose(generate(half), generate(pipe), atol=2e-2)  # fp16 rounding of the weights
+    dtypes = DDPMPipeline.from_pretrained(tmp_path, torch_dtype={"unet": torch.bfloat16, "default": torch.float32})
+    assert dtypes.unet.dtype == torch.bfloat16
+    with pytest.warns(UserWarning, match="safetensors all the same"):
+        pipe.save_pretrained(tmp_path / "asked-for-pickle", safe_serialization=False)
+    assert not list((tmp_path / "asked-for-pickle").rglob("*.bin"))
+    assert (tmp_path / "asked-for-pickle" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
 
 
 USER_SCRIPT = """
@@ -96,6 +127,13 @@ def _run_as_user(cache, imports: str, trust: bool = True) -> subprocess.Complete
 def test_load_by_hub_id_from_offline_cache(tmp_path):
     pipe = make_pipeline()
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    library_layout = tmp_path / "as-saved"  # pushed as DDPMPipeline saved it: loads where the package is imported
+    lay_out_hub_cache(library_layout, "org/cunet-cifar10", pipe, hub_layout=False)
+    result = _run_as_user(library_layout, imports="import diffusers_cunet", trust=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    np.testing.assert_allclose(images, generate(pipe), rtol=0, atol=1e-6)
+
     cache = tmp_path / "hub"
     lay_out_hub_cache(cache, "org/cunet-cifar10", pipe)
 

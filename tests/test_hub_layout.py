@@ -76,9 +76,9 @@ def sample(pipe, **kwargs) -> tuple[np.ndarray, int | None]:
 def test_saved_folders_name_their_code_files(tmp_path):
     DDPMPipeline(unet=make_tiny(), scheduler=DDIMScheduler()).save_pretrained(tmp_path / "ddpm")
     conditional_pipeline().save_pretrained(tmp_path / "ours")
-    for name in ("ddpm", "ours"):
+    for name, entry in (("ddpm", "diffusers_cunet"), ("ours", "modeling_cunet")):  # library and Hub layouts
         index = json.loads((tmp_path / name / "model_index.json").read_text())
-        assert index["unet"] == ["modeling_cunet", "ContinuousUNet2DModel"]
+        assert index["unet"] == [entry, "ContinuousUNet2DModel"]
         assert (tmp_path / name / "unet" / "modeling_cunet.py").read_text() == model_code()
         assert code_file_problems(tmp_path / name) == []
     index = json.loads((tmp_path / "ours" / "model_index.json").read_text())
