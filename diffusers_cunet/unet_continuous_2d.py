@@ -27,6 +27,7 @@ from diffusers.models.upsampling import Upsample2D
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from .class_names import checked_id2label
 from .feature_cache import DeepFeatureCache
 from .guidance import check_null_class
 from .hub_code import MODEL_CODE_MODULE, write_model_code
@@ -86,6 +87,8 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
             `{"type": "edm-fdm", "sigma_data": 0.5, "momentum": 1.0}` (see `diffusers_cunet.preconditioning`);
             `None` for a DDPM-style model that predicts noise / velocity / the clean sample at integer timesteps.
             It does not change `forward`, which stays the raw network F; samplers and the training loss read it.
+        id2label (`dict`, *optional*): the class names of a class-conditional model, by class index (the null
+            class aside); the pipelines then take `class_labels` as names too.
     """
 
     _supports_gradient_checkpointing = True
@@ -119,6 +122,7 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         num_class_embeds: int | None = None,
         null_class_label: int | None = None,
         preconditioning: dict[str, Any] | None = None,
+        id2label: dict[str, str] | None = None,
     ):
         super().__init__()
         # A pipeline records `instance.__module__` as this component's library in model_index.json. The package's
@@ -133,6 +137,8 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
         self._warned_edm_timesteps = False  # a DDPM-style model warns once about an EDM scheduler's timesteps
         if self._preconditioning is not None:
             self.register_to_config(preconditioning=self._preconditioning.to_config())
+        if id2label is not None:  # string keys, as a saved and reloaded config has them
+            self.register_to_config(id2label=checked_id2label(id2label, num_class_embeds, null_class_label))
         block_out_channels = tuple(block_out_channels)
         attention_levels = tuple(attention_levels)
         mid_channels = mid_channels or block_out_channels[-1]
@@ -437,6 +443,8 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
             shape = tuple(sample.shape) if isinstance(sample, torch.Tensor) else type(sample).__name__
             raise ValueError(f"sample must be a 4-d tensor (batch, channels, height, width), got {shape}.")
         batch, channels, height, width = sample.shape
+        if batch == 0:
+            raise ValueError("sample holds no images (a batch of 0): ask for at least one.")
         if channels != self.config.in_channels:
             raise ValueError(
                 f"sample has {channels} channels but the model expects in_channels={self.config.in_channels}."

@@ -49,6 +49,10 @@ def load_pipeline(pipeline_class, name_or_path: str | os.PathLike, **options: An
             stacklevel=3,
         )
     model_options = {key: options[key] for key in MODEL_OPTIONS if options.get(key) is not None}
+    if isinstance(model_options.get("torch_dtype"), dict):  # per component, as diffusers takes it
+        dtypes = model_options.pop("torch_dtype")
+        if dtypes.get("unet", dtypes.get("default")) is not None:
+            model_options["torch_dtype"] = dtypes.get("unet", dtypes.get("default"))
     unet = options.get("unet") or component_class(index, "unet", index_path).from_pretrained(
         folder, subfolder="unet", **model_options
     )
@@ -63,13 +67,26 @@ def load_pipeline(pipeline_class, name_or_path: str | os.PathLike, **options: An
 
 
 def pipeline_folder(name_or_path: str | os.PathLike, options: dict[str, Any]) -> Path:
-    """A local folder as it is; a Hub id -> its snapshot in the Hugging Face cache (downloaded if needed)."""
+    """A local folder as it is; a Hub id -> its snapshot in the Hugging Face cache (downloaded if needed). A name that
+    is neither is a `ValueError` that says so for both readings."""
     path = Path(str(name_or_path))
     if path.is_dir():
         return path
+    text = str(name_or_path)
+    if path.exists():
+        raise ValueError(f"{text} is a file, not a saved pipeline folder.")
+    if text.startswith((".", "/", "~")) or text.count("/") != 1 or os.sep != "/" and os.sep in text:
+        raise ValueError(f"No folder {text} exists (from {os.getcwd()}): give the folder a pipeline was saved to.")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    return Path(snapshot_download(str(name_or_path), allow_patterns=PIPELINE_FILES, **hub_options(options)))
+    try:
+        return Path(snapshot_download(text, allow_patterns=PIPELINE_FILES, **hub_options(options)))
+    except (LocalEntryNotFoundError, RepositoryNotFoundError, HFValidationError) as error:
+        where = "in the Hugging Face cache (offline)" if isinstance(error, LocalEntryNotFoundError) else "on the Hub"
+        raise ValueError(f"No folder {text} exists (from {os.getcwd()}), and no repository {text} is {where}.") from (
+            error
+        )
 
 
 def component_class(index: dict[str, Any], name: str, index_path: Path) -> type:

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -19,11 +21,16 @@ from ..guidance import guided_network
 from ..hub_code import upload_pipeline_folder, write_code_layout
 from .pipeline_utils import (
     SolverSchedule,
+    check_callback_inputs,
     check_feature_cache,
+    check_generator,
     check_guidance_options,
+    check_latents,
     check_output_type,
     check_schedule_kind,
+    check_steps,
     class_labels_for,
+    label_ids,
     load_solver_schedule,
     reverse_process,
     to_output_type,
@@ -61,6 +68,7 @@ class ContinuousUNetPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents"]  # what `callback_on_step_end` may read and replace
 
     def __init__(self, unet, scheduler):
         super().__init__()
@@ -129,6 +137,16 @@ class ContinuousUNetPipeline(DiffusionPipeline):
             name = hub.pop("repo_id", os.path.basename(os.path.normpath(save_directory)))
             upload_pipeline_folder(save_directory, name, hub.pop("token", None), hub.pop("private", None), **hub)
 
+    @property
+    def labels(self) -> dict[int, str]:
+        """The model's class names by index (empty when it records none)."""
+        return {int(index): name for index, name in (getattr(self.unet.config, "id2label", None) or {}).items()}
+
+    def get_label_ids(self, label: str | list[str]) -> list[int]:
+        """The class indices of class names (as DiT's pipeline offers); unknown names are a `ValueError` that lists
+        the model's."""
+        return label_ids(getattr(self.unet.config, "id2label", None), [label] if isinstance(label, str) else label)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -143,16 +161,20 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         cache_levels: int = 1,
         guidance_scale: float = 1.0,
         guidance_interval: tuple[float, float] | None = None,
+        latents: torch.Tensor | None = None,
+        callback_on_step_end: Callable[..., dict[str, Any]] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> ContinuousUNetPipelineOutput | tuple:
         r"""
         Args:
             batch_size (`int`): number of images.
-            generator (`torch.Generator`, *optional*): makes generation deterministic.
+            generator (`torch.Generator` or a list of one per image, *optional*): makes generation deterministic.
             num_inference_steps (`int`): denoising steps of the scheduler.
             output_type (`str`): `"pil"`, `"np"` (arrays in [0, 1]) or `"pt"` (tensors in [0, 1]).
             return_dict (`bool`): return a `ContinuousUNetPipelineOutput` instead of a tuple.
-            class_labels (`torch.Tensor` or `list[int]`, *optional*): one class per image, for class-conditional
-                models.
+            class_labels (`torch.Tensor`, `list[int | str]`, *optional*): one class per image, for
+                class-conditional models: indices, or names from the model's `id2label` (`get_label_ids`). A model
+                with a null class samples unconditionally when none are given.
             solver_schedule (`callable`, *optional*): `solver_schedule(step_index, timestep)` returns the ODE-solver
                 settings (e.g. `{"method": "euler", "steps": 1}`) for that denoising step, or `None` for the
                 model's own settings; a `diffusers_cunet.step_schedule.SolverStepSchedule` is one. Defaults to
@@ -170,6 +192,15 @@ class ContinuousUNetPipeline(DiffusionPipeline):
             guidance_interval (`tuple[float, float]`, *optional*): guide only at noise levels sigma in [low, high]
                 (EDM's sigma; for discrete schedulers sigma = sqrt((1 - abar) / abar)); plain conditional calls,
                 at half the cost, elsewhere.
+            latents (`torch.Tensor`, *optional*): the starting noise, `(batch_size, channels, height, width)` of unit
+                variance (drawn from `generator` when not given); scaled by the scheduler's `init_noise_sigma`, as
+                diffusers' pipelines do.
+            callback_on_step_end (`callable`, *optional*): `callback_on_step_end(pipeline, step_index, timestep,
+                callback_kwargs)`, called after each step with the tensors named in
+                `callback_on_step_end_tensor_inputs` (`"latents"`: the current sample); the tensors of the dict it
+                returns replace them.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): the tensors handed to the callback
+                (default `["latents"]`).
 
         Returns:
             `ContinuousUNetPipelineOutput` with the images and the ODE function evaluations spent per image, or a
@@ -177,6 +208,9 @@ class ContinuousUNetPipeline(DiffusionPipeline):
         """
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        check_steps(num_inference_steps)
+        check_generator(generator, batch_size)
+        tensor_inputs = check_callback_inputs(callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
         check_output_type(output_type)
         check_scheduler(self.scheduler, self.unet)
         solver_schedule = solver_schedule if solver_schedule is not None else self.solver_schedule
@@ -192,18 +226,31 @@ class ContinuousUNetPipeline(DiffusionPipeline):
 
         # 1. initial noise at the scheduler's scale (sigma_max for the sigma-based schedulers)
         shape = (batch_size, config.in_channels, *size)
-        sample = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        if latents is None:
+            sample = randn_tensor(shape, generator=generator, device=device, dtype=self.unet.dtype)
+        else:
+            sample = check_latents(latents, shape).to(device=device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         check_timesteps(self.scheduler)
         sample = sample * self.scheduler.init_noise_sigma
 
         # 2. denoising loop
+        on_step_end = None
+        if callback_on_step_end is not None:
+
+            def on_step_end(i, t, latents):  # noqa: E306
+                tensors = {"latents": latents}  # by diffusers' names (`_callback_tensor_inputs`)
+                outputs = callback_on_step_end(self, i, t, {name: tensors[name] for name in tensor_inputs})
+                return (outputs or {}).get("latents", latents)
+
         sample, evaluations = reverse_process(
-            self, sample, self.scheduler.timesteps, labels, solver_schedule, generator, cache_interval, cache, guided
-        )
+            self, sample, self.scheduler.timesteps, labels, solver_schedule, generator, cache_interval, cache, guided,
+            on_step_end,
+        )  # fmt: skip
 
         # 3. post-process
         images = to_output_type((sample / 2 + 0.5).clamp(0, 1), output_type)
+        self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return ContinuousUNetPipelineOutput(images=images, ode_evaluations=evaluations)

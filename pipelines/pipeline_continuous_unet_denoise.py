@@ -18,6 +18,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from .pipeline_utils import (
     SolverSchedule,
     check_output_type,
+    check_steps,
     class_labels_for,
     reverse_process,
     to_output_type,
@@ -180,8 +181,7 @@ class ContinuousUNetDenoisePipeline(DiffusionPipeline):
             raise ValueError("Give exactly one of noise_std or timestep.")
         if noise_std is not None and not noise_std > 0:
             raise ValueError(f"noise_std must be positive, got {noise_std!r}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        check_steps(num_inference_steps)
         check_output_type(output_type)
         check_scheduler(self.scheduler, self.unet, cross_objective=False)
         device = self._execution_device

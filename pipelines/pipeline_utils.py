@@ -8,8 +8,9 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline
 
+from ..class_names import label_ids
 from ..feature_cache import DeepFeatureCache, check_cache_schedule
-from ..guidance import GuidedNetwork
+from ..guidance import NULL_CLASS_KEY, GuidedNetwork
 from ..step_schedule import SCHEDULE_FILE, SolverStepSchedule
 from .objective_bridge import ObjectiveBridge
 from .scheduler_support import is_edm_scheduler, seed_noise_sampler, step_kwargs
@@ -86,20 +87,65 @@ def to_output_type(images: torch.Tensor, output_type: str):
 
 
 def class_labels_for(unet, class_labels, batch_size: int, device) -> torch.Tensor | None:
-    """Validate `class_labels` against the model (required iff it is class-conditional)."""
-    num_classes = getattr(unet.config, "num_class_embeds", None)
+    """Validate `class_labels` (indices, or names from the model's `id2label`) against the model: required for a
+    class-conditional model unless it has a null class, which then stands in (unconditional samples)."""
+    config = unet.config
+    num_embeds = getattr(config, "num_class_embeds", None)
+    null_class = getattr(config, NULL_CLASS_KEY, None)
+    classes = (num_embeds or 0) - (null_class is not None)  # the real classes; the null one is "no class"
     if class_labels is None:
-        if num_classes:
-            raise ValueError(f"class_labels are required: the model is conditioned on {num_classes} classes.")
+        if null_class is not None:
+            return torch.full((batch_size,), null_class, device=device, dtype=torch.long)
+        if num_embeds:
+            raise ValueError(f"class_labels are required: the model is conditioned on {classes} classes.")
         return None
-    if not num_classes:
+    if not num_embeds:
         raise ValueError("class_labels were given but the model is not class-conditional.")
+    if isinstance(class_labels, (str, int)):
+        class_labels = [class_labels]
+    if not torch.is_tensor(class_labels):
+        class_labels = label_ids(getattr(config, "id2label", None), list(class_labels))
     labels = torch.as_tensor(class_labels, device=device).long().reshape(-1)
     if labels.shape[0] != batch_size:
         raise ValueError(f"Got {labels.shape[0]} class_labels for a batch of {batch_size}.")
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"class_labels must lie in [0, {num_classes - 1}], got {labels.tolist()}.")
+    if labels.min() < 0 or labels.max() >= num_embeds:
+        null = f" or {null_class}, the null class (unconditional)" if null_class is not None else ""
+        raise ValueError(f"class_labels must lie in [0, {classes - 1}]{null}, got {labels.tolist()}.")
     return labels
+
+
+def check_generator(generator, batch_size: int) -> None:
+    """Raise for a list of generators whose length is not the batch size (diffusers' rule: one per image)."""
+    if isinstance(generator, list) and len(generator) != batch_size:
+        raise ValueError(f"Got a list of {len(generator)} generators for a batch of {batch_size}: give one per "
+                         "image, or a single generator.")  # fmt: skip
+
+
+def check_latents(latents, shape: tuple[int, ...]) -> torch.Tensor:
+    """`latents` if it is a floating-point tensor of `shape`; a `ValueError` saying what was expected otherwise."""
+    if not torch.is_tensor(latents):
+        raise ValueError(f"latents must be a tensor of shape {shape}, got {type(latents).__name__}.")
+    if tuple(latents.shape) != tuple(shape):
+        raise ValueError(f"Unexpected latents shape {tuple(latents.shape)}: expected {tuple(shape)} "
+                         "(batch_size, channels, height, width).")  # fmt: skip
+    if not latents.is_floating_point():
+        raise ValueError(f"latents must be a floating-point tensor, got {latents.dtype}.")
+    return latents
+
+
+def check_callback_inputs(names: list[str] | None, allowed: list[str]) -> list[str]:
+    """The tensors a step callback asks for (`["latents"]` when `None`), each one the pipeline hands out."""
+    names = list(allowed) if names is None else list(names)
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        raise ValueError(f"callback_on_step_end_tensor_inputs {unknown} are not among the pipeline's {allowed}.")
+    return names
+
+
+def check_steps(num_inference_steps) -> None:
+    """Raise before any work for a step count that is not a positive integer."""
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
 
 
 HUB_OPTIONS = ("cache_dir", "revision", "token", "local_files_only", "proxies", "force_download")
@@ -176,12 +222,14 @@ def reverse_process(
     cache_interval=None,
     cache=None,
     guided: GuidedNetwork | None = None,
+    on_step_end: Callable[[int, Any, torch.Tensor], torch.Tensor] | None = None,
 ):
     """Run `pipeline.unet` and `pipeline.scheduler` over `timesteps` from `sample`; returns the final sample and
     the ODE function evaluations per image. The scheduler decides how its input is scaled and how a step is taken;
     a model trained on the other objective (EDM vs discrete VP) is bridged to it (`objective_bridge`). With a
     feature `cache`, network call i runs whole when i is a multiple of `cache_interval` and reuses the deep
-    features otherwise. With `guided`, the network is asked through it (classifier-free guidance)."""
+    features otherwise. With `guided`, the network is asked through it (classifier-free guidance). `on_step_end(i,
+    t, sample)`, where given, is called after each step and returns the sample to go on from."""
     check_schedule_kind(solver_schedule, pipeline.scheduler)
     scheduler, unet = pipeline.scheduler, pipeline.unet
     network = guided if guided is not None else unet
@@ -218,6 +266,8 @@ def reverse_process(
         top_levels = cache.levels if cache is not None and cache.reusing else None
         tally.add(settings, top_levels, guided.copies if guided is not None else 1)
         sample = scheduler.step(prediction, t, sample, **extra).prev_sample
+        if on_step_end is not None:
+            sample = on_step_end(i, t, sample)
     return sample, tally.total
 
 

@@ -66,6 +66,7 @@ from training.model_setup import (
     model_class_for,
     skippable_blocks,
 )
+from training.output_folder import check_output_dir, clear_previous_run
 from training.preemption import Preempted, PreemptionGuard, signal_numbers
 
 logger = logging.getLogger("diffusers_cunet.train")
@@ -152,6 +153,7 @@ def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingRe
         raise ValueError(f"--collective_timeout must be a positive number of seconds, got {args.collective_timeout}.")
     if args.max_nonfinite_steps < 0:
         raise ValueError(f"--max_nonfinite_steps must be >= 0, got {args.max_nonfinite_steps}.")
+    check_output_dir(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     images = load_training_images(args, warn=logger.warning)
     model_config = model_arguments(args, images.num_classes, data_channels(args, images.dataset, images.image_column))
     check_resolution(model_config["sample_size"], model_config)
@@ -261,6 +263,10 @@ def set_up(args: argparse.Namespace, output_dir: Path, prepared: Prepared) -> Se
     register_checkpoint_hooks(accelerator, unet, ema, prepared.model_class, lambda: session.record.saved())
     session.held_out = make_held_out_error(args, prepared.images, accelerator.unwrap_model(unet).config)
     if accelerator.is_main_process:
+        if args.overwrite_output_dir and not args.resume_from_checkpoint:
+            removed = clear_previous_run(output_dir)
+            if removed:
+                logger.warning("--overwrite_output_dir: removed the earlier run's %s", ", ".join(removed))
         output_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_checkpoints(output_dir)
     if prepared.checkpoint is not None:

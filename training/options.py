@@ -214,6 +214,12 @@ def add_optimisation_options(p: argparse.ArgumentParser) -> None:
 def add_output_options(p: argparse.ArgumentParser) -> None:
     out = p.add_argument_group("validation, checkpoints and output")
     out.add_argument("--output_dir", default="outputs/cunet")
+    out.add_argument(
+        "--overwrite_output_dir",
+        action="store_true",
+        help="Start a new run in an --output_dir that holds another run's checkpoints or pipeline, removing them "
+        "first (without it such a run refuses to start; --resume_from_checkpoint latest continues it instead).",
+    )
     out.add_argument("--validation_steps", type=int, default=500, help="Sample a grid every N steps (0: only at end).")
     out.add_argument("--num_validation_images", type=int, default=64)
     out.add_argument(
