@@ -38,6 +38,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 PRESETS["fashion-32"] = {**PRESETS["digits-16"], "sample_size": 32}
 
 
+DEFAULT_PRESET = "digits-16"  # the trainer's architecture when none is named
+
+
 def preset_config(name: str, **overrides: Any) -> dict[str, Any]:
     """The constructor arguments of a named preset, with `overrides` applied."""
     if name not in PRESETS:

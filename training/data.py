@@ -187,6 +187,11 @@ def infer_channels(dataset, image_column: str, probe: int = 64) -> int:
     return 1 if modes and modes <= set(GREYSCALE_MODES) else 3
 
 
+def image_size(dataset, image_column: str) -> int:
+    """The short side of the data's first image (what `--image_fit resize` scales to the model's size)."""
+    return min(dataset[0][image_column].size)
+
+
 def resize_short_side(image: Image.Image, size: int) -> Image.Image:
     width, height = image.size
     scale = size / min(width, height)
@@ -311,6 +316,30 @@ def num_classes(dataset, class_column: str) -> int:
     return int(max(labels)) + 1
 
 
+def class_names(dataset, class_column: str) -> list[str] | None:
+    """The names of `class_column`'s classes, by label: a `ClassLabel`'s names (an image folder's subfolders), or
+    `None` for a column of bare integers."""
+    names = getattr(dataset.features[class_column], "names", None)
+    return list(names) if names else None
+
+
+def encode_class_names(dataset, class_column: str, names: list[str] | None = None):
+    """A column of class names (strings) as a `ClassLabel` of the given `names` (default: the column's names,
+    sorted), so names become labels 0, 1, ...; any other column as it is."""
+    import datasets
+
+    if class_column not in dataset.column_names:
+        raise ValueError(f"Class column {class_column!r} not found; the data set has columns {dataset.column_names}.")
+    feature = dataset.features[class_column]
+    if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
+        return dataset
+    names = names or sorted(set(dataset[class_column]))
+    unknown = sorted(set(dataset[class_column]) - set(names))
+    if unknown:
+        raise ValueError(f"Class column {class_column!r} holds names {unknown} not among the training data's {names}.")
+    return dataset.cast_column(class_column, datasets.ClassLabel(names=names))
+
+
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
     """A random permutation per epoch from `seed + epoch`: the data order is a pure function of the epoch."""
 
@@ -363,6 +392,7 @@ class TrainingImages:
     num_classes: int | None
     source: str
     held_out: Any = None  # the examples kept out of training (--held_out_samples), or None
+    class_names: list[str] | None = None  # by label, where the data names its classes
 
 
 def load_training_images(args, warn: Callable[[str], None] | None = None) -> TrainingImages:
@@ -375,6 +405,10 @@ def load_training_images(args, warn: Callable[[str], None] | None = None) -> Tra
 
     dataset = load_split(args.split)
     image_column = find_image_column(dataset.column_names, args.image_column)
+    names = None
+    if args.class_column:
+        dataset = encode_class_names(dataset, args.class_column)
+        names = class_names(dataset, args.class_column)
     n_classes = num_classes(dataset, args.class_column) if args.class_column else None
     if args.max_train_samples is not None:
         dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
@@ -389,6 +423,8 @@ def load_training_images(args, warn: Callable[[str], None] | None = None) -> Tra
                 f"has only {len(other)} examples."
             )
         held_out = other.select(range(args.held_out_samples))
+        if args.class_column:
+            held_out = encode_class_names(held_out, args.class_column, names)
     elif args.held_out_samples:
         if args.held_out_samples >= len(dataset):
             raise ValueError(
@@ -397,7 +433,7 @@ def load_training_images(args, warn: Callable[[str], None] | None = None) -> Tra
             )
         split = len(dataset) - args.held_out_samples
         held_out, dataset = dataset.select(range(split, len(dataset))), dataset.select(range(split))
-    return TrainingImages(dataset, image_column, n_classes, source, held_out)
+    return TrainingImages(dataset, image_column, n_classes, source, held_out, names)
 
 
 def image_tensors(dataset, transform: ImageTransform) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -48,6 +48,7 @@ from training.data import (
     ImageTransform,
     TrainingImages,
     check_data_folder,
+    image_size,
     image_tensors,
     load_training_images,
     make_dataloader,
@@ -61,6 +62,7 @@ from training.model_setup import (
     check_resolution,
     compile_in_place,
     data_channels,
+    fit_to_images,
     make_objective,
     model_arguments,
     model_class_for,
@@ -155,7 +157,10 @@ def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingRe
         raise ValueError(f"--max_nonfinite_steps must be >= 0, got {args.max_nonfinite_steps}.")
     check_output_dir(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     images = load_training_images(args, warn=logger.warning)
-    model_config = model_arguments(args, images.num_classes, data_channels(args, images.dataset, images.image_column))
+    channels = data_channels(args, images.dataset, images.image_column)
+    model_config = model_arguments(args, images.num_classes, channels, images.class_names)
+    if not (args.model_config and "sample_size" in args.model_config):
+        fit_to_images(model_config, args, image_size(images.dataset, images.image_column), logger.warning)
     check_resolution(model_config["sample_size"], model_config)
     model_class = model_class_for(args)
     set_seed(args.seed)  # before the model: identical initial weights in every run and every process

@@ -74,6 +74,7 @@ def render_model_card(
         shipped_code=" and ".join(f"`{name}`" for name in shipped_code),
         preconditioning=(config.get("preconditioning") or {}).get("type"),
         num_classes=null_class if null_class is not None else config.get("num_class_embeds"),
+        class_names=list((config.get("id2label") or {}).values()),
         parameters=f"{count_parameters(unet):,}",
         block_out_channels=", ".join(str(c) for c in config.block_out_channels),
         sample_size=config.sample_size,

@@ -17,7 +17,7 @@ from diffusers_cunet.guidance import NULL_CLASS_KEY
 from diffusers_cunet.noise_schedule import make_noise_scheduler
 from diffusers_cunet.objectives import DDPMObjective, EDMObjective, Objective
 from diffusers_cunet.preconditioned_unet_2d import PreconditionedUNet2DModel
-from diffusers_cunet.presets import preset_config
+from diffusers_cunet.presets import DEFAULT_PRESET, preset_config
 from training.baselines import UNET2D_PRESETS, unet2d_config
 from training.data import infer_channels
 from training.options import names_with_hints
@@ -38,9 +38,11 @@ def data_channels(args: argparse.Namespace, dataset, image_column: str) -> int:
     return int(args.channels) if args.channels != "auto" else infer_channels(dataset, image_column)
 
 
-def model_arguments(args: argparse.Namespace, n_classes: int | None, channels: int | None = None) -> dict[str, Any]:
+def model_arguments(args: argparse.Namespace, n_classes: int | None, channels: int | None = None,
+                    class_names: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     cunet = args.model_type == "cunet"
-    config = preset_config(args.model_preset) if cunet else dict(UNET2D_PRESETS[args.model_preset])
+    preset = args.model_preset or DEFAULT_PRESET
+    config = preset_config(preset) if cunet else dict(UNET2D_PRESETS[preset])
     model_class = model_class_for(args)
     user_config = read_model_config(args.model_config, model_class) if args.model_config is not None else {}
     if channels is not None and "in_channels" not in user_config:
@@ -66,6 +68,8 @@ def model_arguments(args: argparse.Namespace, n_classes: int | None, channels: i
         **null_class_options(args, n_classes),
     }
     config.update({k: v for k, v in overrides.items() if v is not None})
+    if class_names and "id2label" in inspect.signature(model_class.__init__).parameters:
+        config["id2label"] = {str(index): name for index, name in enumerate(class_names)}
     if args.block_out_channels:
         if cunet:
             config["block_out_channels"] = tuple(args.block_out_channels)
@@ -147,6 +151,28 @@ def preconditioning_config(args: argparse.Namespace) -> dict[str, Any]:
         config.update(momentum=args.fdm_momentum, beta_min=args.fdm_beta_min, beta_d=args.fdm_beta_d)
         config["normalize_input"] = args.fdm_normalize_input
     return config
+
+
+def fit_to_images(config: dict[str, Any], args: argparse.Namespace, image_size: int, warn) -> None:
+    """The data decides the resolution: given no --model_preset and no --resolution, the model takes the images'
+    size (their short side); otherwise a model of another size than the images is said aloud, never silent. The
+    embedded digits (8x8) keep the default preset's 16x16, their documented recipe."""
+    if args.dataset_name == "digits" and not args.train_data_dir:
+        return
+    if args.resolution is None and args.model_preset is None:
+        factor = 2 ** (len(config["block_out_channels"]) - 1)
+        if image_size % factor:
+            raise ValueError(
+                f"The images are {image_size} pixels on their short side, which the {DEFAULT_PRESET} model's "
+                f"{len(config['block_out_channels'])} levels cannot take (a multiple of {factor} is needed): pass "
+                "--resolution (e.g. the nearest multiple) or a --model_preset."
+            )
+        config["sample_size"] = image_size
+    elif image_size != config["sample_size"]:
+        how = "padded or cropped" if args.image_fit == "pad" else "resized (short side) and cropped"
+        size = config["sample_size"]
+        warn(f"The images are {image_size} pixels on their short side and the model's sample size is {size}: "
+             f"every image is {how} to {size}x{size}.")  # fmt: skip
 
 
 def check_resolution(resolution: int, config: dict[str, Any]) -> None:

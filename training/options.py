@@ -18,7 +18,7 @@ import yaml
 
 from diffusers_cunet.noise_schedule import BETA_SCHEDULES, PREDICTION_TYPES
 from diffusers_cunet.preconditioning import PRECONDITIONING_TYPES
-from diffusers_cunet.presets import PRESETS
+from diffusers_cunet.presets import DEFAULT_PRESET, PRESETS
 from training.data import IMAGE_FITS
 from training.fashion_mnist import HUB_NAMES as FASHION_NAMES
 
@@ -99,7 +99,13 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         choices=MODEL_TYPES,
         help="cunet: ContinuousUNet2DModel; unet2d: diffusers' UNet2DModel, the baseline, with the same recipe.",
     )
-    model.add_argument("--model_preset", default="digits-16", choices=sorted(PRESETS))
+    model.add_argument(
+        "--model_preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help=f"Architecture preset (default {DEFAULT_PRESET}; given none, the model takes the images' size, except "
+        "for the embedded digits, which the default preset trains at 16x16).",
+    )
     model.add_argument(
         "--channels",
         default="auto",
