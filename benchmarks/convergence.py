@@ -49,6 +49,7 @@ DEFAULT_RUNS = Path("~/.cache/diffusers-cunet/runs")
 POINTS_FILE = "points.jsonl"  # one scored checkpoint a line, appended
 EXTENSIONS_FILE = "extensions.json"  # steps a run was extended to, by name
 LOCK_FILE = "queue.lock"
+TIMING_FILE = "timing.json"  # sampling seconds per image of the finished models, measured side by side
 LOG_FILE = "queue.log"
 CODE_FOLDER = "code"  # the committed code a background queue runs
 GUIDED = {**EDM, "class_column": "label", "class_dropout_prob": 0.1}
@@ -61,6 +62,7 @@ class ConvergenceRun(Variant):
 
     steps: int = 12_000
     group: int = 0
+    full_protocol: bool = False  # also scored on 10,000 samples at the end
 
 
 @dataclass
@@ -77,6 +79,16 @@ class ConvergenceSettings:
     max_train_samples: int | None = None
     grid_images: int = 20  # the exported sample grid of each stage (two per class)
     seed: int = 0  # of sampling: every point of every run sees the same noise and labels
+    # at the end of each run, on its last checkpoint: guided scales (the recommended one is chosen from them), the
+    # recipe's sampler at other step counts, and (runs with `full_protocol`) 10,000 samples against the test images
+    final_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
+    final_sweep: tuple[int, ...] = (10, 50)
+    full_samples: int = 10_000
+    # sampling seconds per image of the finished runs of the first two groups, side by side in one process
+    timing_steps: tuple[int, ...] = (10, 20, 50)
+    timing_images: int = 250
+    timing_repeats: int = 3
+    convergence_fraction: float = 0.7  # FID here within the seed spread of the final FID: converged
 
 
 @dataclass
@@ -86,13 +98,15 @@ class Mode:
 
 
 def _runs(x1: tuple[int, ...], half: tuple[int, ...], steps: int) -> list[ConvergenceRun]:
-    """The x1 pair, then the x0.5 pair, then a second seed of the x0.5 pair (the seed spread at convergence)."""
+    """The x1 pair (also scored by the full protocol), then the x0.5 pair, then a second seed of the x0.5 pair (the
+    seed spread at convergence)."""
     out = []
     for group, (width, widths, seed) in enumerate([("x1", x1, 0), ("x0.5", half, 0), ("x0.5", half, 1)]):
         suffix = f"-seed{seed}" if seed else ""
+        common = dict(steps=steps, group=group, full_protocol=group == 0)
         out += [
-            ConvergenceRun(f"cunet-{width}{suffix}", "cunet", widths, EULER1, GUIDED, seed, steps=steps, group=group),
-            ConvergenceRun(f"unet2d-{width}{suffix}", "unet2d", widths, None, GUIDED, seed, steps=steps, group=group),
+            ConvergenceRun(f"cunet-{width}{suffix}", "cunet", widths, EULER1, GUIDED, seed, **common),
+            ConvergenceRun(f"unet2d-{width}{suffix}", "unet2d", widths, None, GUIDED, seed, **common),
         ]
     return out
 
@@ -110,6 +124,12 @@ MODES = {
             test_images=24,
             max_train_samples=32,
             grid_images=2,
+            final_scales=(2.0,),
+            final_sweep=(3,),
+            full_samples=24,
+            timing_steps=(2,),
+            timing_images=2,
+            timing_repeats=1,
         ),
         _runs((16, 32), (16, 32), steps=4)[:3],  # the queue's order: a pair, then a group after it,
     ),  # fmt: skip
@@ -163,6 +183,24 @@ def append_point(folder: Path, point: dict[str, Any]) -> None:
         file.write(json.dumps(point) + "\n")
         file.flush()
         os.fsync(file.fileno())
+
+
+def point_key(point: dict[str, Any]) -> tuple:
+    """What a point measured: the run, step, kind (`checkpoint`, `guided`, `sweep` or `full`) and sampling setting."""
+    return (point["run"], point["step"], point.get("kind", "checkpoint"), point.get("guidance_scale", 1.0),
+            point.get("sampling_steps"), point.get("samples"))  # fmt: skip
+
+
+def final_tasks(run: ConvergenceRun, settings: ConvergenceSettings) -> list[dict[str, Any]]:
+    """What is measured on a run's last checkpoint beyond its regular point: each a `kind` and its setting."""
+    tasks = [{"kind": "guided", "guidance_scale": scale, "sampling_steps": settings.sampling_steps,
+              "samples": settings.samples} for scale in settings.final_scales]  # fmt: skip
+    tasks += [{"kind": "sweep", "guidance_scale": 1.0, "sampling_steps": steps, "samples": settings.samples}
+              for steps in settings.final_sweep]  # fmt: skip
+    if run.full_protocol:
+        tasks.append({"kind": "full", "guidance_scale": 1.0, "sampling_steps": settings.sampling_steps,
+                      "samples": settings.full_samples})  # fmt: skip
+    return tasks
 
 
 def next_run(mode: Mode, folder: Path) -> ConvergenceRun | None:
@@ -238,13 +276,85 @@ def held_out_at(output: Path, step: int) -> float | None:
                  if entry["step"] == step), None)  # fmt: skip
 
 
+def score_final_tasks(run: ConvergenceRun, folder: Path, scorer: Scorer, step: int) -> None:
+    """The end-of-run measurements (`final_tasks`) of `run`'s checkpoint at `step` not made yet, each appended."""
+    from training.checkpointing import list_checkpoints
+
+    from .common import load_ema
+
+    done = {point_key(point) for point in read_points(folder)}
+    todo = [task for task in final_tasks(run, scorer.settings)
+            if point_key({"run": run.name, "step": step, **task}) not in done]  # fmt: skip
+    if not todo:
+        return
+    output = folder / run.name
+    checkpoint = next(path for path in list_checkpoints(output) if path.name == f"checkpoint-{step}")
+    unet = load_ema(checkpoint, run.model_type)
+    noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
+    for task in todo:
+        started = time.perf_counter()
+        scores = scorer.score(unet, noise_config, task["guidance_scale"], task["samples"], task["sampling_steps"])
+        point = {"run": run.name, "step": step, **scores, "kind": task["kind"],
+                 "scoring_seconds": time.perf_counter() - started}  # fmt: skip
+        append_point(folder, point)
+        print(f"{run.name} step {step} {task['kind']} (scale {task['guidance_scale']:g}, {task['sampling_steps']} "
+              f"steps, {task['samples']} samples): FID {point['fid']:.2f}, class accuracy "
+              f"{point['class_accuracy']:.3f}", flush=True)  # fmt: skip
+
+
+def time_finished_runs(mode: Mode, folder: Path) -> None:
+    """Sampling seconds per image of the finished runs of the first two groups, side by side in one process (each
+    step count, each repeat, every model in turn; the median kept), written to `timing.json` once per set of final
+    steps."""
+    from diffusers_cunet.pipelines import ContinuousUNetPipeline
+    from training.checkpointing import list_checkpoints
+
+    from .common import load_ema
+    from .fashion import sampler
+
+    runs = [run for run in mode.runs if run.group <= 1]
+    steps = {run.name: steps_done(folder, run) for run in runs}
+    if any(steps[run.name] < planned_steps(run, folder) for run in runs):
+        return
+    path = folder / TIMING_FILE
+    if path.is_file() and json.loads(path.read_text()).get("steps") == steps:
+        return
+    settings = mode.settings
+    pipelines = {}
+    for run in runs:
+        output = folder / run.name
+        unet = load_ema(list_checkpoints(output)[-1], run.model_type).eval()
+        noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
+        pipelines[run.name] = ContinuousUNetPipeline(unet=unet, scheduler=sampler(noise_config, 0))
+        pipelines[run.name].set_progress_bar_config(disable=True)
+    labels = balanced_labels(settings.timing_images)
+    seconds: dict[str, dict[str, list[float]]] = {name: {} for name in pipelines}
+    for sampling_steps in settings.timing_steps:
+        for _ in range(settings.timing_repeats):
+            for name, pipeline in pipelines.items():
+                started = time.perf_counter()
+                pipeline(batch_size=len(labels), class_labels=labels, num_inference_steps=sampling_steps,
+                         generator=torch.Generator().manual_seed(settings.seed), output_type="pt")  # fmt: skip
+                per_image = (time.perf_counter() - started) / len(labels)
+                seconds[name].setdefault(str(sampling_steps), []).append(per_image)
+    medians = {name: {steps_: sorted(values)[len(values) // 2] for steps_, values in by_steps.items()}
+               for name, by_steps in seconds.items()}  # fmt: skip
+    result = {"steps": steps, "seconds_per_image": medians, "batch": settings.timing_images,
+              "repeats": settings.timing_repeats, "threads": torch.get_num_threads()}  # fmt: skip
+    from diffusers_cunet.atomic_write import replace_text
+
+    replace_text(path, json.dumps(result, indent=2))
+    print(f"sampling seconds per image, side by side: {json.dumps(medians)}", flush=True)
+
+
 def score_new_checkpoints(run: ConvergenceRun, folder: Path, scorer: Scorer) -> None:
     """Score every checkpoint of `run` that has no point yet, oldest first, appending each point."""
     from training.checkpointing import checkpoint_step, list_checkpoints, read_run_record
 
     from .common import load_ema
 
-    scored = {point["step"] for point in read_points(folder) if point["run"] == run.name}
+    scored = {point["step"] for point in read_points(folder)
+              if point["run"] == run.name and point.get("kind", "checkpoint") == "checkpoint"}  # fmt: skip
     output = folder / run.name
     noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
     for checkpoint in list_checkpoints(output):
@@ -254,7 +364,7 @@ def score_new_checkpoints(run: ConvergenceRun, folder: Path, scorer: Scorer) -> 
         started = time.perf_counter()
         unet = load_ema(checkpoint, run.model_type)
         record = read_run_record(checkpoint)
-        point = {"run": run.name, "step": step, "train_seconds": record["train_time"],
+        point = {"run": run.name, "step": step, "kind": "checkpoint", "train_seconds": record["train_time"],
                  "held_out_error": held_out_at(output, step), **scorer.score(unet, noise_config)}  # fmt: skip
         point["scoring_seconds"] = time.perf_counter() - started
         append_point(folder, point)
@@ -319,6 +429,10 @@ def work(mode_name: str, folder: Path) -> None:
             if (folder / run.name / "scheduler").is_dir():
                 scorer = scorer or Scorer(mode.settings)
                 score_new_checkpoints(run, folder, scorer)
+                done = steps_done(folder, run)
+                if done >= planned_steps(run, folder):
+                    score_final_tasks(run, folder, scorer, done)
+        time_finished_runs(mode, folder)
         run = next_run(mode, folder)
         if run is None:
             print("every run of the queue is done", flush=True)
@@ -345,19 +459,53 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
         per_step = step_times[len(step_times) // 2] if step_times else None
         left = (total - done) * per_step / 3600 if per_step else None
         hours_left += left or 0.0
-        own = [point for point in points if point["run"] == run.name]
+        own = [
+            point for point in points if point["run"] == run.name and point.get("kind", "checkpoint") == "checkpoint"
+        ]
         latest = own[-1] if own else None
         scores = (f"FID {latest['fid']:.2f}, KID {latest['kid_mean']:.4f}, precision {latest['precision']:.3f}, "
                   f"recall {latest['recall']:.3f}, class accuracy {latest['class_accuracy']:.3f} at step "
                   f"{latest['step']}") if latest else "not scored yet"  # fmt: skip
         timing = f"{per_step:.2f} s/step, {left:.1f} h left" if per_step else "no step timed yet"
         lines.append(f"{run.name:<18} step {done:>6}/{total:<6} {timing}; {scores}")
-    lines.append(f"training left (at each run's own pace): {hours_left:.1f} h")
+    untimed = [run.name for run in mode.runs if not list_checkpoints(folder / run.name)]
+    untimed_text = f", not counting {', '.join(untimed)} (no checkpoint to time yet)" if untimed else ""
+    lines.append(f"training left (at each run's own pace): {hours_left:.1f} h{untimed_text}")
     return lines
 
 
+POINT_FIELDS = ("step", "train_seconds", "fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy",
+                "held_out_error", "sampling_s_per_image")  # fmt: skip
+
+
+def seed_spread(rows: list[dict[str, Any]]) -> float | None:
+    """The largest final-FID difference between two seeds of one network and width (None before any pair)."""
+    by_model: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        if row["points"] and row["steps"] >= row["planned_steps"]:
+            by_model.setdefault((row["network"], row["width"]), []).append(row["points"][-1]["fid"])
+    spreads = [max(fids) - min(fids) for fids in by_model.values() if len(fids) > 1]
+    return max(spreads) if spreads else None
+
+
+def converged(row: dict[str, Any], spread: float | None, fraction: float) -> bool | None:
+    """FID at `fraction` of the steps within `spread` of the final FID (None while either is unknown)."""
+    if spread is None or not row["points"] or row["steps"] < row["planned_steps"]:
+        return None
+    final = row["points"][-1]
+    earlier = min(row["points"], key=lambda point: abs(point["step"] - fraction * final["step"]))
+    return abs(earlier["fid"] - final["fid"]) <= spread
+
+
+def recommended_scale(guided: list[dict[str, Any]], plain: dict[str, Any]) -> float:
+    """The guidance scale with the best class accuracy at an FID no worse than scale 1's (1 if none is)."""
+    fair = [point for point in [plain, *guided] if point["fid"] <= plain["fid"]]
+    return max(fair, key=lambda point: point["class_accuracy"])["guidance_scale"]
+
+
 def collect(mode_name: str, folder: Path) -> dict[str, Any]:
-    """The results file's content: per run its configuration, parameters and scored points so far."""
+    """The results file: per run its configuration, parameters, scored points (scale 1, the recipe's sampler), the
+    end-of-run measurements and the convergence verdict; the seed spread; the side-by-side sampling times."""
     from diffusers_cunet.flops import count_parameters
     from training.checkpointing import list_checkpoints
     from training.fashion_judge import judge_metadata
@@ -366,18 +514,35 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
 
     mode = MODES[mode_name]
     points = read_points(folder)
+    timing_path = folder / TIMING_FILE
+    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
     rows = []
     for run in mode.runs:
-        own = sorted((point for point in points if point["run"] == run.name), key=lambda point: point["step"])
-        if not own:
+        own = [point for point in points if point["run"] == run.name]
+        regular = sorted((p for p in own if p.get("kind", "checkpoint") == "checkpoint"), key=lambda p: p["step"])
+        if not regular:
             continue
         kept = list_checkpoints(folder / run.name)
-        params = count_parameters(load_ema(kept[-1], run.model_type)) if kept else None
-        rows.append({"name": run.name, "network": run.model_type, "width": run.name.split("-")[1], "seed": run.seed,
-                     "block_out_channels": list(run.block_out_channels), "planned_steps": planned_steps(run, folder),
-                     "steps": own[-1]["step"], "params": params, "points": own})  # fmt: skip
-    return {"mode": mode_name, "settings": asdict(mode.settings), "runs": rows, "judge": judge_metadata(),
-            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+        last = regular[-1]["step"]
+        at_end = [p for p in own if p["step"] == last and p.get("kind") in ("guided", "sweep", "full")]
+        guided = sorted((p for p in at_end if p["kind"] == "guided"), key=lambda p: p["guidance_scale"])
+        row = {
+            "name": run.name, "network": run.model_type, "width": run.name.split("-")[1], "seed": run.seed,
+            "block_out_channels": list(run.block_out_channels), "planned_steps": planned_steps(run, folder),
+            "steps": last, "params": count_parameters(load_ema(kept[-1], run.model_type)) if kept else None,
+            "points": [{key: p.get(key) for key in POINT_FIELDS} for p in regular],
+            "guided": guided, "sweep": [p for p in at_end if p["kind"] == "sweep"],
+            "final": next((p for p in at_end if p["kind"] == "full"), None),
+            "recommended_guidance_scale": recommended_scale(guided, regular[-1]) if guided else None,
+            "seconds_per_image": (timing or {}).get("seconds_per_image", {}).get(run.name),
+        }  # fmt: skip
+        rows.append(row)
+    spread = seed_spread(rows)
+    for row in rows:
+        row["converged"] = converged(row, spread, mode.settings.convergence_fraction)
+    return {"mode": mode_name, "settings": asdict(mode.settings), "runs": rows, "seed_spread_fid": spread,
+            "timing": timing, "judge": judge_metadata(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d")}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -21,10 +21,11 @@ pytestmark = needs_data
 MODE = convergence.MODES["tiny"]
 
 
-def points_by_run(folder) -> dict[str, list[int]]:
+def points_by_run(folder, kind: str = "checkpoint") -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     for point in convergence.read_points(folder):
-        found.setdefault(point["run"], []).append(point["step"])
+        if point["kind"] == kind:
+            found.setdefault(point["run"], []).append(point["step"])
     return found
 
 
@@ -46,7 +47,17 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     for run in MODE.runs:
         assert convergence.steps_done(folder, run) == run.steps
         assert read_run_values(folder / run.name)["training_steps"] == run.steps  # its pipeline exported
-    point = convergence.read_points(folder)[-1]
+    finals = {(p["run"], p["kind"], p["guidance_scale"], p["sampling_steps"], p["samples"])
+              for p in convergence.read_points(folder) if p["kind"] != "checkpoint"}  # fmt: skip
+    settings = MODE.settings
+    for run in MODE.runs:  # each end-of-run measurement once, on the last checkpoint
+        assert (run.name, "guided", 2.0, settings.sampling_steps, settings.samples) in finals
+        assert (run.name, "sweep", 1.0, 3, settings.samples) in finals
+        assert ((run.name, "full", 1.0, settings.sampling_steps, settings.full_samples) in finals) == run.full_protocol
+    assert sum(len(steps) for steps in points_by_run(folder, "guided").values()) == len(MODE.runs)
+    timing = json.loads((folder / convergence.TIMING_FILE).read_text())
+    assert set(timing["seconds_per_image"]) == {run.name for run in MODE.runs} and timing["threads"] >= 1
+    point = [p for p in convergence.read_points(folder) if p["kind"] == "checkpoint"][-1]
     for key in ("fid", "kid_mean", "precision", "recall", "class_accuracy", "held_out_error", "train_seconds"):
         assert point[key] is not None and point[key] == point[key], key  # present and not NaN
     assert point["guidance_scale"] == 1.0 and point["samples"] == MODE.settings.samples
@@ -74,6 +85,9 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     collected = json.loads((results / convergence.RESULTS_FILE).read_text())
     row = next(row for row in collected["runs"] if row["name"] == "unet2d-x1")
     assert row["network"] == "unet2d" and row["params"] > 0 and [p["step"] for p in row["points"]] == [2, 4, 6]
+    assert row["final"]["samples"] == settings.full_samples and row["final"]["step"] == 6  # measured again at 6
+    assert row["recommended_guidance_scale"] in (1.0, 2.0) and row["converged"] is None  # no second seed here
+    assert collected["seed_spread_fid"] is None and collected["timing"]["steps"]["unet2d-x1"] == 6
 
 
 def test_a_second_launch_leaves_a_running_queue_alone(tmp_path, capsys):
