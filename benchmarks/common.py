@@ -1,5 +1,5 @@
 """What every benchmark shares: choosing the variants to run, sampling a model with a scheduler, and scoring the EMA
-weights of a run's checkpoints. (The digits split and feature network come from `training.metrics.held_out_digits`.)"""
+weights of a run's checkpoints. (The digits split and feature network: `evaluation.digits.held_out_digits`.)"""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 A queue of training runs (EDM, class-conditional with a learned null class, batch 64, AdamW at a constant learning
 rate after warm-up, so a run can be extended past its planned steps without retraining) lives in a runs folder
 outside the work tree. Each run is trained in stages of `score_every` steps; after each stage its newest checkpoint's
-EMA weights are sampled and scored by the committed judge (`training.fashion_judge`) and the point is appended to
+EMA weights are sampled and scored by the committed judge (`evaluation.fashion_judge`) and the point is appended to
 `<runs>/points.jsonl`. Within a group the run with the fewest steps goes next, so every run of a group advances
 together; a group starts when the one before it is done.
 
@@ -235,9 +235,9 @@ class Scorer:
     """The judge, the test images' features and the floor, loaded once per process."""
 
     def __init__(self, settings: ConvergenceSettings):
-        from training.fashion_judge import load_judge
+        from evaluation.fashion_judge import load_judge
+        from evaluation.fashion_scores import judge_features, sample_scores
         from training.fashion_mnist import split_tensors
-        from training.fashion_scores import judge_features, sample_scores
 
         self.settings = settings
         self.judge = load_judge()
@@ -250,7 +250,7 @@ class Scorer:
         """Every judge score of samples drawn with uniform labels at `guidance_scale`, the class accuracy and the
         sampling seconds per image."""
         from diffusers_cunet.pipelines import ContinuousUNetPipeline
-        from training.fashion_scores import generate, sample_scores
+        from evaluation.fashion_scores import generate, sample_scores
 
         from .fashion import sampler
 
@@ -507,8 +507,8 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
     """The results file: per run its configuration, parameters, scored points (scale 1, the recipe's sampler), the
     end-of-run measurements and the convergence verdict; the seed spread; the side-by-side sampling times."""
     from diffusers_cunet.flops import count_parameters
+    from evaluation.fashion_judge import judge_metadata
     from training.checkpointing import list_checkpoints
-    from training.fashion_judge import judge_metadata
 
     from .common import load_ema
 

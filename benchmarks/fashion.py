@@ -1,5 +1,5 @@
 """Fashion-MNIST decides the quality claims: cUNets against diffusers' UNet2DModel, each pair on one objective,
-scored by FID, KID, precision/recall and class coverage in the committed judge's features (`training.fashion_judge`)
+scored by FID, KID, precision/recall and class coverage in the committed judge's features (`evaluation.fashion_judge`)
 against the 10,000 test images, with the floor (as many real training images) beside them.
 
     python -m benchmarks.fashion --mode cpu        # 2 CPU cores, ~3 h (measured): x1 pairs (EDM, two seeds;
@@ -30,9 +30,9 @@ from diffusers import DPMSolverMultistepScheduler, EDMDPMSolverMultistepSchedule
 from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.pipelines.scheduler_support import EDM_SCHEDULERS
-from training.fashion_judge import judge_metadata, load_judge
+from evaluation.fashion_judge import judge_metadata, load_judge
+from evaluation.fashion_scores import generate, judge_features, sample_scores
 from training.fashion_mnist import split_tensors
-from training.fashion_scores import generate, judge_features, sample_scores
 from training.loop import train
 from training.options import make_config
 

@@ -2,7 +2,7 @@
 
 A cUNet and a UNet2DModel of the same widths, trained alike (EDM, labels replaced by the null class with
 probability 0.1, the Fashion benchmark's CPU recipe), each sampled at several guidance scales with the same noise
-and the same balanced labels. The committed judge (`training.fashion_judge`) classifies every sample: the share it
+and the same balanced labels. The committed judge (`evaluation.fashion_judge`) classifies every sample: the share it
 puts in the class asked for is the class accuracy (its own accuracy on real test images is the ceiling printed
 beside it); FID, KID and precision/recall are the Fashion benchmark's, against the 10,000 test images, with the
 floor (as many real training images) beside them.
@@ -29,9 +29,9 @@ from typing import Any
 import torch
 
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
-from training.fashion_judge import judge_metadata, load_judge
+from evaluation.fashion_judge import judge_metadata, load_judge
+from evaluation.fashion_scores import generate, judge_features, sample_scores
 from training.fashion_mnist import CLASS_NAMES, split_tensors
-from training.fashion_scores import generate, judge_features, sample_scores
 from training.loop import train
 from training.options import make_config
 

@@ -26,8 +26,8 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.preconditioning import edm_scheduler
+from evaluation.digits import HELD_OUT_DIGITS, frechet_and_kid, held_out_digits
 from training.loop import train
-from training.metrics import HELD_OUT_DIGITS, frechet_and_kid, held_out_digits
 from training.options import make_config
 
 from . import paths

@@ -23,9 +23,9 @@ from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline
 from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
 from diffusers_cunet.pipelines.scheduler_support import EDM_SCHEDULERS
+from evaluation.digits import HELD_OUT_DIGITS, DigitRecognizer, frechet_and_kid, held_out_digits
 from training.export import read_run_values
 from training.loop import TrainingResult, train
-from training.metrics import HELD_OUT_DIGITS, DigitRecognizer, frechet_and_kid, held_out_digits
 from training.options import make_config
 
 from .common import checkpoint_models, chosen_variants, model_class, sample

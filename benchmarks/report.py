@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from training.metrics import DIGITS, HELD_OUT_DIGITS  # noqa: E402
+from evaluation.digits import DIGITS, HELD_OUT_DIGITS  # noqa: E402
 
 from . import frontier  # noqa: E402
 from .paths import PUBLISHED_REPORT, command_line, shown  # noqa: E402

@@ -24,9 +24,9 @@ from typing import Any
 from diffusers_cunet.atomic_write import replace_text
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.step_schedule import SolverStepSchedule
-from training.fashion_judge import load_judge
+from evaluation.fashion_judge import load_judge
+from evaluation.fashion_scores import judge_features
 from training.fashion_mnist import split_tensors
-from training.fashion_scores import judge_features
 from training.skip_search import SampleEvaluator, full_schedule, search_result, skip_search
 
 from . import fashion, paths

@@ -17,10 +17,11 @@ from training_helpers import loss_history, train
 
 from diffusers_cunet import PreconditionedUNet2DModel
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from evaluation.distances import precision_recall
+from evaluation.fashion_judge import WEIGHTS, judge_metadata, load_judge
+from evaluation.fashion_scores import sample_scores
 from training import fashion_mnist
 from training.data import ImageTransform, load_image_dataset
-from training.fashion_judge import WEIGHTS, judge_metadata, load_judge
-from training.fashion_scores import precision_recall, sample_scores
 
 
 def write_idx(folder: Path, split: str, images: np.ndarray, labels: np.ndarray) -> None:

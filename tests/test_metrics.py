@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from evaluation.digits import DigitRecognizer, blob_images
 from training.data import digits_images
-from training.metrics import DigitRecognizer, blob_images
 
 
 def test_real_digits_are_recognised_and_blobs_are_not():
@@ -36,7 +36,7 @@ def test_benchmarks_can_keep_their_held_out_digits_out_of_the_recognizer():
 
 
 def test_the_digit_counts_the_reports_print_are_the_data_sets():
+    from evaluation.digits import DIGITS, HELD_OUT_DIGITS
     from training.data import digits_images
-    from training.metrics import DIGITS, HELD_OUT_DIGITS
 
     assert len(digits_images(8)[0]) == DIGITS and 0 < HELD_OUT_DIGITS < DIGITS

@@ -81,7 +81,7 @@ def test_greedy_search_meets_the_bound_with_fewer_evaluations():
 
 
 def test_evaluator_scores_a_real_pipeline():
-    from training.metrics import DigitFeatureNet
+    from evaluation.digits import DigitFeatureNet
 
     unet = make_tiny(in_channels=1, out_channels=1)
     pipe = ContinuousUNetPipeline(unet=unet, scheduler=DDIMScheduler.from_config(make_noise_scheduler().config))

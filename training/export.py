@@ -19,7 +19,7 @@ from PIL import Image, ImageOps
 from diffusers_cunet.objectives import Objective
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.pipelines.scheduler_support import loading_advice
-from training.fashion_scores import NEIGHBOURS
+from evaluation.distances import NEIGHBOURS
 from training.hub import upload_or_explain
 from training.model_card import render_model_card
 from training.staging import staged_export
@@ -171,7 +171,7 @@ def run_metrics(args, record: RunRecord, images: torch.Tensor, in_channels: int)
     samples."""
     metrics: dict[str, Any] = {RECORD_LABELS[key]: value for key, value in run_values(record).items()}
     if args.dataset_name == "digits" and not args.train_data_dir and in_channels == 1:
-        from training.metrics import DigitRecognizer
+        from evaluation.digits import DigitRecognizer
 
         logger.info("Scoring the samples with the digit recognizer ...")
         recognizer = DigitRecognizer(seed=args.seed)
@@ -184,9 +184,9 @@ def run_metrics(args, record: RunRecord, images: torch.Tensor, in_channels: int)
 def judge_metrics(model, objective: Objective, args) -> dict[str, Any]:
     """Fashion-MNIST scores of `--score_samples` samples (the sample grid's sampler and steps) against the test
     images, each with its sample size, and the floor at the same size (real training images)."""
-    from training.fashion_judge import load_judge
+    from evaluation.fashion_judge import load_judge
+    from evaluation.fashion_scores import generate, judge_features, sample_scores
     from training.fashion_mnist import split_tensors
-    from training.fashion_scores import generate, judge_features, sample_scores
 
     logger.info("Scoring %d samples against the Fashion-MNIST test images ...", args.score_samples)
     judge = load_judge()

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from diffusers_cunet.flops import count_parameters
 from diffusers_cunet.guidance import drop_labels
 from diffusers_cunet.objectives import Objective
+from evaluation.held_out import HeldOutError
 from training.checkpointing import (
     any_process,
     check_checkpoint_matches,
@@ -54,7 +55,6 @@ from training.data import (
     make_dataloader,
 )
 from training.export import RunRecord, ema_weights, export_run, read_run_values, save_validation_grid
-from training.held_out import HeldOutError
 from training.hub import check_hub_access
 from training.launcher import warn_if_fewer_processes
 from training.model_setup import (

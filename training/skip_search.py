@@ -26,7 +26,8 @@ import torch
 from diffusers_cunet.flops import count_call_flops
 from diffusers_cunet.pipelines.scheduler_support import is_edm_scheduler
 from diffusers_cunet.step_schedule import SolverStepSchedule
-from training.fashion_scores import fid_and_kid, generate, judge_features, sample_scores
+from evaluation.distances import fid_and_kid
+from evaluation.fashion_scores import generate, judge_features, sample_scores
 from training.step_search import greedy_reduction, run_command_line
 
 RESULTS_FILE = "skip_search.json"
@@ -69,7 +70,7 @@ class SampleEvaluator:
 
     Args:
         pipeline: a `ContinuousUNetPipeline` with the scheduler to search for.
-        judge: the Fashion-MNIST judge (`training.fashion_judge.load_judge()`).
+        judge: the Fashion-MNIST judge (`evaluation.fashion_judge.load_judge()`).
         real_features: the judge's features of the real test images.
         num_samples, num_inference_steps, seed, batch_size: the sampling of every scored setting.
     """
@@ -154,7 +155,7 @@ def search_result(full: SkipTrial, best: SkipTrial, trials: list[SkipTrial], **s
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from diffusers_cunet.pipelines import ContinuousUNetPipeline
-    from training.fashion_judge import load_judge
+    from evaluation.fashion_judge import load_judge
     from training.fashion_mnist import split_tensors
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

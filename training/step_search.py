@@ -74,7 +74,7 @@ class ScheduleEvaluator:
         return total
 
     def __call__(self, schedule: SolverStepSchedule) -> Trial:
-        from training.metrics import frechet_and_kid
+        from evaluation.digits import frechet_and_kid
 
         start = time.perf_counter()
         out = self.pipeline(
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from diffusers import DDIMScheduler
 
     from diffusers_cunet.pipelines import ContinuousUNetPipeline
-    from training.metrics import HELD_OUT_DIGITS, held_out_digits
+    from evaluation.digits import HELD_OUT_DIGITS, held_out_digits
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="folder of a saved pipeline trained on the digits")

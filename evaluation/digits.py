@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from evaluation.distances import fid_and_kid
+
 
 def _resize(image: np.ndarray, size: int, resample: Image.Resampling) -> np.ndarray:
     """A greyscale image in [0, 1] resized to `size` x `size` through 8-bit PIL, back in [0, 1]."""
@@ -188,18 +190,10 @@ def train_digit_feature_net(
 def frechet_and_kid(
     real: torch.Tensor, fake: torch.Tensor, feature_net: torch.nn.Module, kid_subset_size: int = 100
 ) -> dict[str, float]:
-    """Fréchet distance and KID (mean, std) of `fake` vs `real` images in [0, 1], in `feature_net`'s space."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    fid = FrechetInceptionDistance(feature=feature_net, normalize=True)
-    subset = min(kid_subset_size, len(real), len(fake))
-    kid = KernelInceptionDistance(feature=feature_net, normalize=True, subset_size=subset)
-    for metric in (fid, kid):
-        metric.update(real.float(), real=True)
-        metric.update(fake.float(), real=False)
-    kid_mean, kid_std = kid.compute()
-    return {"frechet_distance": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
+    """Fréchet distance and KID (mean, std) of `fake` vs `real` images in [0, 1], in `feature_net`'s space
+    (`evaluation.distances.fid_and_kid` on its features)."""
+    scores = fid_and_kid(feature_net(real.float()), feature_net(fake.float()), kid_subset_size)
+    return {"frechet_distance": scores.pop("fid"), **scores}
 
 
 DIGITS = 1797  # scikit-learn's 8x8 digits (`sklearn.datasets.load_digits`)

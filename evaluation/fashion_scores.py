@@ -1,9 +1,6 @@
-"""Sample quality on Fashion-MNIST in the committed judge's feature space (`training.fashion_judge`).
+"""Sample quality on Fashion-MNIST in the committed judge's feature space (`evaluation.fashion_judge`).
 
-- FID and KID: torchmetrics' `FrechetInceptionDistance` / `KernelInceptionDistance` on the judge's features (no
-  Inception download).
-- Precision and recall (Kynkaanniemi et al. 2019, arXiv 1904.06991): the share of samples inside the real images'
-  k-nearest-neighbour manifold (fidelity) and of real images inside the samples' (diversity).
+- FID, KID, precision and recall (`evaluation.distances`) on the judge's features (no Inception download).
 - Class coverage: how many of the ten classes the judge confidently finds among the samples, and the confident share.
 
 The floor of each score is the same measurement with as many real training images in place of the samples.
@@ -15,63 +12,16 @@ from typing import Any
 
 import torch
 
-from training.fashion_judge import FashionJudge
+from evaluation.distances import fid_and_kid, precision_recall
+from evaluation.fashion_judge import FashionJudge
 
 CONFIDENT = 0.9  # the judge's probability for a sample to count as a recognisable garment
-NEIGHBOURS = 3  # k of the precision/recall manifolds (the paper's default)
 
 
 @torch.no_grad()
 def judge_features(judge: FashionJudge, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """The judge's 128-d features of `images` (in [0, 1]), in float64."""
     return torch.cat([judge(images[i : i + batch_size]).double() for i in range(0, len(images), batch_size)])
-
-
-def manifold_radii(features: torch.Tensor, k: int = NEIGHBOURS) -> torch.Tensor:
-    """Each point's distance to its k-th nearest neighbour among the others (the radius of its ball)."""
-    distances = torch.cdist(features, features)
-    return distances.kthvalue(k + 1, dim=1).values  # the 0-th neighbour is the point itself
-
-
-def in_manifold(points: torch.Tensor, manifold: torch.Tensor, radii: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
-    """Whether each of `points` lies within some ball of `manifold` (centres and radii)."""
-    inside = [(torch.cdist(points[i : i + chunk], manifold) <= radii[None]).any(dim=1)
-              for i in range(0, len(points), chunk)]  # fmt: skip
-    return torch.cat(inside)
-
-
-def precision_recall(real: torch.Tensor, fake: torch.Tensor, k: int = NEIGHBOURS) -> dict[str, float]:
-    """Improved precision and recall of `fake` against `real` features (equal counts give the unbiased reading)."""
-    if len(real) <= k or len(fake) <= k:
-        raise ValueError(f"Precision/recall with k={k} needs more than {k} real and fake images.")
-    precision = in_manifold(fake, real, manifold_radii(real, k)).double().mean()
-    recall = in_manifold(real, fake, manifold_radii(fake, k)).double().mean()
-    return {"precision": float(precision), "recall": float(recall)}
-
-
-class _GivenFeatures(torch.nn.Identity):
-    """The "feature network" of torchmetrics' FID/KID when the judge's features are computed once beforehand."""
-
-    num_features = FashionJudge.num_features
-
-
-@torch.no_grad()
-def fid_and_kid(real: torch.Tensor, fake: torch.Tensor, kid_subset_size: int = 1000) -> dict[str, float]:
-    """FID and KID (mean, std over subsets) between `real` and `fake` judge features (torchmetrics' estimators)."""
-    import warnings
-
-    from torchmetrics.image.fid import FrechetInceptionDistance
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    with warnings.catch_warnings():  # KID keeps every feature in memory: a few MB here
-        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        fid = FrechetInceptionDistance(feature=_GivenFeatures())
-        kid = KernelInceptionDistance(feature=_GivenFeatures(), subset_size=min(kid_subset_size, len(real), len(fake)))
-    for metric in (fid, kid):
-        metric.update(real, real=True)
-        metric.update(fake, real=False)
-    kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
 
 
 def class_coverage(judge: FashionJudge, images: torch.Tensor) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 128-d penultimate layer is the feature space of FID, KID, precision and recall on Fashion-MNIST, so the scores are
 the same on every machine and need no Inception download.
 
-    python -m training.fashion_judge        # retrain it (a few minutes on 2 CPU cores) and rewrite the weights
+    python -m evaluation.fashion_judge        # retrain it (a few minutes on 2 CPU cores) and rewrite the weights
 
 It takes images in [0, 1] of 28x28 or 32x32 (Fashion-MNIST padded by 2 black pixels, as `--image_fit pad` trains).
 """
@@ -82,7 +82,9 @@ def load_judge(path: Path = WEIGHTS) -> FashionJudge:
     from safetensors.torch import load_file
 
     if not path.is_file():
-        raise ValueError(f"The Fashion-MNIST judge's weights {path} are missing: `python -m training.fashion_judge`.")
+        raise ValueError(
+            f"The Fashion-MNIST judge's weights {path} are missing: `python -m evaluation.fashion_judge`."
+        )
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as error:
