@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 FASHION_STAMP := $(FASHION_MNIST_DIR)/t10k-labels-idx1-ubyte.gz
 
-.PHONY: setup demo fashion fashion-data convergence test lint bench cost clean
+.PHONY: setup demo sample fashion fashion-data convergence test lint bench cost clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ fashion: $(STAMP) $(FASHION_STAMP)
 ## .venv/bin/python -m benchmarks.convergence --status
 convergence: $(STAMP) $(FASHION_STAMP)
 	$(PY) -m benchmarks.convergence --background
+
+## Garments from the shipped model (pretrained/cunet-fashion-mnist/), no training: one row per class -> outputs/samples.png
+## (python sample.py --help for classes, guidance scale, steps, seed and output).
+sample: $(STAMP)
+	$(PY) sample.py
 
 ## The main job: train the small cUNet on the embedded scikit-learn digits, write a sample grid and a pipeline.
 demo: $(STAMP)

@@ -85,6 +85,21 @@ def loading_advice(folder: str, preconditioned: bool = False) -> str:
 EDM_SCHEDULERS = ("EDMEulerScheduler", "EDMDPMSolverMultistepScheduler")
 
 
+def supported_schedulers(unet, prediction_type: str = "epsilon") -> list[type]:
+    """The diffusers scheduler classes `ContinuousUNetPipeline` drives correctly for `unet`, those of its own
+    objective first: an EDM-trained model's EDM schedulers, then (through the objective bridge) every discrete one;
+    a DDPM-style model's discrete schedulers that take its `prediction_type` (its scheduler config's), then the EDM
+    ones where it predicts the noise or the velocity."""
+    import diffusers
+
+    preconditioning = getattr(unet, "preconditioning", None)
+    prediction = "epsilon" if preconditioning is not None else prediction_type
+    discrete = sorted(name for name, predictions in SUPPORTED_SCHEDULERS.items() if prediction in predictions)
+    edm = list(EDM_SCHEDULERS) if preconditioning is not None or prediction in NO_SAMPLE else []
+    names = [*edm, *discrete] if preconditioning is not None else [*discrete, *edm]
+    return [getattr(diffusers, name) for name in names if hasattr(diffusers, name)]
+
+
 def is_edm_scheduler(scheduler) -> bool:
     return type(scheduler).__name__ in EDM_SCHEDULERS
 

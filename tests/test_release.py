@@ -1,0 +1,124 @@
+"""The shipped model (`pretrained/cunet-fashion-mnist/`): it loads the ways people load models (our pipeline,
+diffusers' loader running the shipped code in a process without the package, a Hub id from an offline cache), the
+same seed giving the same images every way; every scheduler the support table allows samples it; `make sample`'s script draws
+every class by name; its card is what its results file renders; packaging a checkpoint gives such a folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import ROOT
+from training_helpers import train
+
+from diffusers_cunet import ContinuousUNet2DModel
+from diffusers_cunet.pipelines import ContinuousUNetPipeline
+from diffusers_cunet.pipelines.scheduler_support import supported_schedulers
+from training import release
+
+SHIPPED = release.SHIPPED
+pytestmark = pytest.mark.skipif(not (SHIPPED / "model_index.json").is_file(), reason="no shipped model")
+
+
+def sample(pipe, **kwargs) -> np.ndarray:
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(batch_size=2, class_labels=["Trouser", "Bag"], num_inference_steps=4, output_type="np",
+               generator=torch.Generator().manual_seed(0), **kwargs)  # fmt: skip
+    return out.images
+
+
+def test_the_folder_is_small_fp16_and_loads_as_fp32():
+    size = sum(path.stat().st_size for path in SHIPPED.rglob("*") if path.is_file())
+    assert size <= 5e6, f"{size / 1e6:.1f} MB"
+    from safetensors import safe_open
+
+    with safe_open(str(SHIPPED / "unet" / "diffusion_pytorch_model.safetensors"), "pt") as weights:
+        assert {weights.get_tensor(key).dtype for key in weights.keys()} == {torch.float16}
+    pipe = ContinuousUNetPipeline.from_pretrained(SHIPPED)
+    assert type(pipe.unet) is ContinuousUNet2DModel and pipe.unet.dtype == torch.float32
+    assert pipe.labels[1] == "Trouser" and pipe.unet.config.null_class_label == 10
+
+
+LOAD_WITHOUT_PACKAGE = """
+import json, sys, torch
+sys.modules["diffusers_cunet"] = None  # this process cannot import the package
+from diffusers import DiffusionPipeline
+pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True{revision})
+pipe.set_progress_bar_config(disable=True)
+images = pipe(batch_size=2, class_labels=["Trouser", "Bag"], num_inference_steps=4, output_type="np",
+              generator=torch.Generator().manual_seed(0)).images
+print(json.dumps(images.tolist()))
+"""
+
+
+def run_without_the_package(target: str, env: dict[str, str] | None = None, revision: str = "") -> np.ndarray:
+    script = textwrap.dedent(LOAD_WITHOUT_PACKAGE.format(revision=revision))
+    result = subprocess.run([sys.executable, "-c", script, target], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **(env or {})}, cwd="/")  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def test_the_same_images_every_way_it_loads(tmp_path):
+    from conftest import lay_out_hub_cache
+
+    ours = sample(ContinuousUNetPipeline.from_pretrained(SHIPPED))
+    np.testing.assert_allclose(run_without_the_package(str(SHIPPED)), ours, rtol=0, atol=1e-6)
+    cache = tmp_path / "hub"
+    lay_out_hub_cache(cache, release.REPO_ID, ContinuousUNetPipeline.from_pretrained(SHIPPED))
+    snapshot = next((cache / f"models--{release.REPO_ID.replace('/', '--')}" / "snapshots").iterdir())
+    env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    from_hub = ContinuousUNetPipeline.from_pretrained(release.REPO_ID, cache_dir=cache, local_files_only=True)
+    np.testing.assert_allclose(sample(from_hub), ours, rtol=0, atol=1e-6)
+    # offline, diffusers loads a repository's own pipeline file from its snapshot folder (see the README)
+    np.testing.assert_allclose(run_without_the_package(str(snapshot), env), ours, rtol=0, atol=1e-6)
+
+
+def test_every_allowed_scheduler_samples_it():
+    pipe = ContinuousUNetPipeline.from_pretrained(SHIPPED)
+    allowed = supported_schedulers(pipe.unet)
+    assert allowed, "the support table allows some scheduler"
+    for scheduler_class in allowed:
+        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+        images = sample(pipe)
+        assert np.isfinite(images).all() and images.std() > 0.01, scheduler_class.__name__
+
+
+def test_make_sample_draws_classes_by_name(tmp_path, capsys):
+    sys.path.insert(0, str(ROOT))
+    import sample as sample_script
+
+    path = sample_script.main(["--classes", "Trouser", "Bag", "--steps", "3", "--columns", "2", "--output",
+                               str(tmp_path / "grid.png")])  # fmt: skip
+    assert path.is_file() and str(path) in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=r"Unknown class name 'Sock'"):
+        sample_script.main(["--classes", "Sock", "--output", str(tmp_path / "no.png")])
+
+
+def test_the_card_is_what_the_results_render(tmp_path):
+    results = json.loads(release.RESULTS.read_text())
+    copy = tmp_path / "folder"
+    shutil.copytree(SHIPPED, copy)
+    release.render_card(results, copy)
+    assert (copy / "README.md").read_text() == (SHIPPED / "README.md").read_text()
+    card = (SHIPPED / "README.md").read_text()
+    assert f"{results['scale_1']['fid']:.2f}" in card and "library_name: diffusers" in card
+    assert f"step {results['training']['step']}" in card or results["training"]["step"] >= 12_000
+
+
+def test_packaging_a_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    train(run, "--max_train_steps", "2", "--checkpointing_steps", "2", "--class_column", "label",
+          "--class_dropout_prob", "0.1", "--preconditioning", "edm")  # fmt: skip
+    folder = release.package(run / "checkpoint-2", tmp_path / "shipped")
+    pipe = ContinuousUNetPipeline.from_pretrained(folder)
+    assert pipe.unet.dtype == torch.float32 and pipe.labels[9] == "Ankle boot"
+    assert json.loads((folder / "model_index.json").read_text())["unet"][0] == "modeling_cunet"  # the Hub layout
+    assert np.isfinite(sample(pipe)).all()

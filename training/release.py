@@ -1,0 +1,239 @@
+"""The model the package ships: a training run's checkpoint packaged as a Hub-layout pipeline folder in the repository
+(`pretrained/cunet-fashion-mnist/`), measured on that folder, with a card generated from the measurements.
+
+    python -m training.release --checkpoint RUN/checkpoint-N     # package, measure (tens of minutes on 2 cores), card
+    python -m training.release --card                            # the card and grid again, from the results file
+
+The folder: fp16 safetensors (3.4 MB; every loader gives fp32 unless asked otherwise), `model_index.json`, the code
+files that load it without the package, the EDM DPM-Solver++ scheduler, the class names (`id2label`), a grid of
+every class and the card. The measurements (`benchmarks/results/release.json`, the card's one source): FID, KID,
+precision and recall of 10,000 samples against the 10,000 test images in the judge's features, class accuracy at
+guidance scale 1 and at each guided scale (2,000 samples), the recommended scale (the most accurate whose FID is no
+worse than scale 1's), seconds and network evaluations per image on this CPU, and the parameters and GFLOPs beside
+a UNet2DModel of the same widths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "pretrained" / "cunet-fashion-mnist"
+RESULTS = ROOT / "benchmarks" / "results" / "release.json"
+REPO_ID = "diffusers-cunet/cunet-fashion-mnist"  # the Hub id the card shows (a placeholder: nothing is pushed)
+HUB_DATASET = "zalando-datasets/fashion_mnist"
+GRID_FILE = "samples.png"
+SAMPLING_STEPS = 20  # EDM DPM-Solver++: the recipe's sampler
+GUIDANCE_SCALES = (1.5, 2.0, 3.0)
+FULL_SAMPLES = 10_000  # the standard protocol: as many samples as test images
+GUIDED_SAMPLES = 2_000
+# an interim checkpoint (shipped until the run converges) is measured more cheaply: no 10,000-sample protocol
+INTERIM = {"full_samples": 0, "guided_samples": 1_000, "scales": (2.0, 3.0)}
+GRID_COLUMNS = 8
+
+
+def load_checkpoint(checkpoint: Path):
+    """The EMA weights of a training checkpoint as a `ContinuousUNet2DModel`, with Fashion-MNIST's class names."""
+    from diffusers_cunet import ContinuousUNet2DModel
+    from diffusers_cunet.class_names import checked_id2label
+    from training.checkpointing import EMA_FOLDER, load_ema_folder
+    from training.fashion_mnist import CLASS_NAMES
+
+    unet = load_ema_folder(checkpoint / EMA_FOLDER, ContinuousUNet2DModel)[0]
+    names = dict(enumerate(CLASS_NAMES))
+    unet.register_to_config(
+        id2label=checked_id2label(names, unet.config.num_class_embeds, unet.config.null_class_label)
+    )
+    return unet.eval()
+
+
+def package(checkpoint: Path, output: Path = SHIPPED) -> Path:
+    """Write the Hub-layout pipeline folder of `checkpoint` (its run's scheduler, fp16 weights) into `output`."""
+    from diffusers import EDMDPMSolverMultistepScheduler
+
+    from diffusers_cunet.pipelines import ContinuousUNetPipeline
+
+    run = checkpoint.parent
+    scheduler = EDMDPMSolverMultistepScheduler.from_pretrained(run, subfolder="scheduler")
+    unet = load_checkpoint(checkpoint).to(torch.float16)
+    staging = output.with_name(output.name + ".new")
+    shutil.rmtree(staging, ignore_errors=True)
+    ContinuousUNetPipeline(unet=unet, scheduler=scheduler).save_pretrained(staging)
+    shutil.rmtree(output, ignore_errors=True)
+    staging.rename(output)
+    return output
+
+
+def class_grid(pipeline, classes: list[int], scale: float, steps: int, seed: int, columns: int, path: Path) -> Path:
+    """One row per class (named), `columns` samples each, at guidance `scale`, saved as an image at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = torch.tensor([c for c in classes for _ in range(columns)])
+    pipeline.set_progress_bar_config(disable=True)
+    images = pipeline(batch_size=len(labels), class_labels=labels, guidance_scale=scale, num_inference_steps=steps,
+                      generator=torch.Generator().manual_seed(seed), output_type="pt").images[:, 0]  # fmt: skip
+    padded = torch.nn.functional.pad(images.float(), (1, 1, 1, 1), value=0.5)
+    rows = [torch.cat(list(padded[k * columns : (k + 1) * columns]), dim=1) for k in range(len(classes))]
+    names = pipeline.labels
+    fig, axis = plt.subplots(figsize=(1.2 + 0.45 * columns, 0.45 * len(classes) + 0.5))
+    axis.imshow(torch.cat(rows, dim=0).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    height = images.shape[-1] + 2
+    axis.set_yticks([height * (k + 0.5) for k in range(len(classes))], [names.get(c, str(c)) for c in classes],
+                    fontsize=8)  # fmt: skip
+    axis.set_xticks([])
+    axis.set_title(f"guidance scale {scale:g}, {steps} steps, seed {seed}", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cost_beside_unet2d(unet) -> dict[str, Any]:
+    """Parameters and forward GFLOPs of `unet` and of the UNet2DModel of the same widths, trained the same way (the
+    convergence benchmark's baseline: the fashion-32 preset's UNet2DModel with these widths)."""
+    from diffusers_cunet.flops import count_forward_flops, count_parameters
+    from diffusers_cunet.preconditioned_unet_2d import PreconditionedUNet2DModel
+    from training.baselines import UNET2D_PRESETS, unet2d_config
+
+    preset = dict(UNET2D_PRESETS["fashion-32"])
+    config = {**preset, **unet2d_config(unet.config.sample_size, unet.config.in_channels,
+                                        tuple(unet.config.block_out_channels), preset.get("layers_per_block", 2),
+                                        preset.get("norm_num_groups", 8))}  # fmt: skip
+    baseline = PreconditionedUNet2DModel(**config, num_class_embeds=unet.config.num_class_embeds,
+                                         preconditioning={"type": "edm"})  # fmt: skip
+    ours = {"params": count_parameters(unet), "gflops": count_forward_flops(unet) / 1e9}
+    theirs = {"params": count_parameters(baseline), "gflops": count_forward_flops(baseline) / 1e9}
+    return {"cunet": ours, "unet2d": theirs, "params_ratio": ours["params"] / theirs["params"],
+            "gflops_ratio": ours["gflops"] / theirs["gflops"]}  # fmt: skip
+
+
+def measure(folder: Path = SHIPPED, full_samples: int = FULL_SAMPLES, guided_samples: int = GUIDED_SAMPLES,
+            scales: tuple[float, ...] = GUIDANCE_SCALES, steps: int = SAMPLING_STEPS) -> dict[str, Any]:  # fmt: skip
+    """Every number of the card, measured on the shipped folder as a user loads it (fp32)."""
+    from diffusers_cunet.pipelines import ContinuousUNetPipeline
+    from evaluation.fashion_judge import judge_metadata, load_judge
+    from evaluation.fashion_scores import generate, judge_features, sample_scores
+    from training.fashion_mnist import split_tensors
+
+    pipeline = ContinuousUNetPipeline.from_pretrained(folder)
+    judge = load_judge()
+    test = judge_features(judge, split_tensors("test")[0])
+    floor = sample_scores(judge, None, split_tensors("train")[0][:full_samples], real_features=test)
+
+    def scored(count: int, scale: float) -> dict[str, Any]:
+        labels = torch.arange(count) % 10
+        images, seconds = generate(pipeline, count, steps, 0, 250, class_labels=labels, guidance_scale=scale)
+        predicted, _ = judge.predict(images)
+        scores = sample_scores(judge, None, images, real_features=test)
+        probe = pipeline(batch_size=1, class_labels=[0], guidance_scale=scale, num_inference_steps=steps,
+                         output_type="pt")  # fmt: skip
+        return {**scores, "guidance_scale": scale, "class_accuracy": float((predicted == labels).double().mean()),
+                "seconds_per_image": seconds, "ode_evaluations_per_image": probe.ode_evaluations}  # fmt: skip
+
+    full = scored(full_samples, 1.0) if full_samples else None
+    plain = scored(guided_samples, 1.0)
+    guided = [scored(guided_samples, scale) for scale in scales]
+    fair = [point for point in [plain, *guided] if point["fid"] <= plain["fid"]]
+    recommended = max(fair, key=lambda point: point["class_accuracy"])
+    unet = pipeline.unet
+    return {
+        "folder": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder),
+        "scheduler": type(pipeline.scheduler).__name__, "sampling_steps": steps,
+        "full_protocol": full, "scale_1": plain, "guided": guided,
+        "recommended_guidance_scale": recommended["guidance_scale"], "recommended": recommended,
+        "floor": floor, "judge": judge_metadata(), "cost": cost_beside_unet2d(unet),
+        "folder_bytes": sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()),
+        "class_names": pipeline.labels,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "date": time.strftime("%Y-%m-%d"),
+    }  # fmt: skip
+
+
+def training_command(record: dict[str, Any]) -> str:
+    """The `train.py` command that trains the shipped run (from the convergence benchmark's options for it)."""
+    from benchmarks import convergence
+
+    run = next(run for run in convergence.MODES["cpu"].runs if run.name == record["run"])
+    options = convergence.train_options(run, convergence.MODES["cpu"].settings, Path("outputs/cunet-fashion-mnist"),
+                                        record["step"])  # fmt: skip
+    options.pop("resume_from_checkpoint")
+    parts = ["python training/train.py"]
+    for key, value in options.items():
+        if value is None:
+            continue
+        shown = " ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+        parts.append(f"--{key} {shown}")
+    return " \\\n    ".join(parts)
+
+
+def render_card(results: dict[str, Any], folder: Path = SHIPPED) -> Path:
+    """The folder's README.md: Hub metadata (with a model-index of the measured metrics) and the text, every number
+    read from `results`."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    full = results["full_protocol"] or results["scale_1"]  # an interim checkpoint has no 10,000-sample protocol
+    accuracy = results["recommended"]["class_accuracy"]
+    metrics = [("FID (judge features)", "fid", full["fid"]), ("KID", "kid", full["kid_mean"]),
+               ("precision", "precision", full["precision"]), ("recall", "recall", full["recall"]),
+               ("class accuracy at the recommended scale", "accuracy", accuracy)]  # fmt: skip
+    card_data = ModelCardData(
+        library_name="diffusers", license="apache-2.0", datasets=[HUB_DATASET],
+        tags=["diffusers", "diffusers-cunet", "continuous-unet", "neural-ode", "class-conditional-image-generation"],
+        model_name=REPO_ID.split("/")[-1],
+        eval_results=[EvalResult(task_type="image-generation", dataset_type=HUB_DATASET, dataset_name="Fashion-MNIST",
+                                 dataset_split="test", metric_type=kind, metric_name=name,
+                                 metric_value=round(value, 4)) for name, kind, value in metrics],
+    )  # fmt: skip
+    template = ROOT / "model_cards" / "release_template.md"
+    card = ModelCard.from_template(card_data, template_path=str(template), results=results, repo_id=REPO_ID,
+                                   command=training_command(results["training"]))  # fmt: skip
+    path = folder / "README.md"
+    path.write_text(str(card))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, help="a training checkpoint of the cUNet x1 convergence run")
+    parser.add_argument("--card", action="store_true", help="only render the card and grid from the results file")
+    parser.add_argument("--interim", action="store_true", help="measure an interim checkpoint cheaply: "
+                        f"{INTERIM['guided_samples']} samples per scale, no 10,000-sample protocol")  # fmt: skip
+    parser.add_argument("--output", type=Path, default=SHIPPED)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.checkpoint is None and not args.card:
+        parser.error("give --checkpoint (package and measure) or --card")
+    if args.checkpoint is not None:
+        from training.checkpointing import checkpoint_step, read_run_record
+
+        package(args.checkpoint, args.output)
+        results = measure(args.output, **(INTERIM if args.interim else {}))
+        record = read_run_record(args.checkpoint)
+        results["training"] = {"run": args.checkpoint.parent.name, "step": checkpoint_step(args.checkpoint),
+                               "train_seconds": record["train_time"],
+                               "images_seen": record["images_seen"]}  # fmt: skip
+        args.results.parent.mkdir(parents=True, exist_ok=True)
+        args.results.write_text(json.dumps(results, indent=2))
+    results = json.loads(args.results.read_text())
+    from diffusers_cunet.pipelines import ContinuousUNetPipeline
+
+    pipeline = ContinuousUNetPipeline.from_pretrained(args.output)
+    class_grid(pipeline, list(range(10)), results["recommended_guidance_scale"], SAMPLING_STEPS, 0, GRID_COLUMNS,
+               args.output / GRID_FILE)  # fmt: skip
+    print(f"card: {render_card(results, args.output)}")
+
+
+if __name__ == "__main__":
+    main()
