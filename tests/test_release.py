@@ -1,7 +1,8 @@
 """The shipped model (`pretrained/cunet-fashion-mnist/`): it loads the ways people load models (our pipeline,
 diffusers' loader running the shipped code in a process without the package, a Hub id from an offline cache), the
-same seed giving the same images every way; every scheduler the support table allows samples it; `make sample`'s script draws
-every class by name; its card is what its results file renders; packaging a checkpoint gives such a folder."""
+same seed giving the same images every way; every scheduler the support table allows samples it; `make sample`'s
+script draws every class by name; its card is what its results file renders; packaging a checkpoint gives such a
+folder."""
 
 from __future__ import annotations
 
