@@ -191,3 +191,19 @@ def test_saved_class_names_survive_diffusers_save_and_load(tmp_path):
     unet.save_pretrained(tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["id2label"] == NAMES
     assert ContinuousUNet2DModel.from_pretrained(tmp_path).config.id2label == NAMES
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--collective_timeout", "0"], "--collective_timeout must be a positive number of seconds"),
+        (["--max_nonfinite_steps", "-1"], "--max_nonfinite_steps must be >= 0"),
+        (["--overwrite_output_dir", "--resume_from_checkpoint", "latest"], "give one"),
+    ],
+)
+def test_option_checks_happen_when_options_are_parsed(argv, message, capsys):
+    from training.options import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert message in capsys.readouterr().err

@@ -151,10 +151,6 @@ def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingRe
     if args.push_to_hub:
         check_hub_access(args.hub_model_id, args.hub_token)
     signal_numbers(args.preemption_signals)  # an unknown signal name is an input error, before any compute
-    if not args.collective_timeout > 0:
-        raise ValueError(f"--collective_timeout must be a positive number of seconds, got {args.collective_timeout}.")
-    if args.max_nonfinite_steps < 0:
-        raise ValueError(f"--max_nonfinite_steps must be >= 0, got {args.max_nonfinite_steps}.")
     check_output_dir(output_dir, args.resume_from_checkpoint, args.overwrite_output_dir)
     images = load_training_images(args, warn=logger.warning)
     channels = data_channels(args, images.dataset, images.image_column)
@@ -268,7 +264,7 @@ def set_up(args: argparse.Namespace, output_dir: Path, prepared: Prepared) -> Se
     register_checkpoint_hooks(accelerator, unet, ema, prepared.model_class, lambda: session.record.saved())
     session.held_out = make_held_out_error(args, prepared.images, accelerator.unwrap_model(unet).config)
     if accelerator.is_main_process:
-        if args.overwrite_output_dir and not args.resume_from_checkpoint:
+        if args.overwrite_output_dir:
             removed = clear_previous_run(output_dir)
             if removed:
                 logger.warning("--overwrite_output_dir: removed the earlier run's %s", ", ".join(removed))

@@ -415,6 +415,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--loss_weight_warmup_steps must be >= 0, got {args.loss_weight_warmup_steps}.")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (e.g. org/cunet-digits).")
+    if not args.collective_timeout > 0:
+        parser.error(f"--collective_timeout must be a positive number of seconds, got {args.collective_timeout}.")
+    if args.max_nonfinite_steps < 0:
+        parser.error(f"--max_nonfinite_steps must be >= 0, got {args.max_nonfinite_steps}.")
+    if args.overwrite_output_dir and args.resume_from_checkpoint:
+        parser.error("--overwrite_output_dir removes the run that --resume_from_checkpoint would continue: give one.")
     return args
 
 

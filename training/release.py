@@ -41,17 +41,19 @@ GRID_COLUMNS = 8
 
 
 def load_checkpoint(checkpoint: Path):
-    """The EMA weights of a training checkpoint as a `ContinuousUNet2DModel`, with Fashion-MNIST's class names."""
+    """The EMA weights of a training checkpoint as a `ContinuousUNet2DModel` with Fashion-MNIST's class names (its
+    config only the model's arguments: the EMA state saved beside the weights stays behind)."""
+    import inspect
+
     from diffusers_cunet import ContinuousUNet2DModel
-    from diffusers_cunet.class_names import checked_id2label
     from training.checkpointing import EMA_FOLDER, load_ema_folder
     from training.fashion_mnist import CLASS_NAMES
 
-    unet = load_ema_folder(checkpoint / EMA_FOLDER, ContinuousUNet2DModel)[0]
-    names = dict(enumerate(CLASS_NAMES))
-    unet.register_to_config(
-        id2label=checked_id2label(names, unet.config.num_class_embeds, unet.config.null_class_label)
-    )
+    ema = load_ema_folder(checkpoint / EMA_FOLDER, ContinuousUNet2DModel)[0]
+    arguments = inspect.signature(ContinuousUNet2DModel.__init__).parameters
+    config = {key: value for key, value in ema.config.items() if key in arguments and key != "self"}
+    unet = ContinuousUNet2DModel(**{**config, "id2label": dict(enumerate(CLASS_NAMES))})
+    unet.load_state_dict(ema.state_dict())
     return unet.eval()
 
 
@@ -63,7 +65,7 @@ def package(checkpoint: Path, output: Path = SHIPPED) -> Path:
 
     run = checkpoint.parent
     scheduler = EDMDPMSolverMultistepScheduler.from_pretrained(run, subfolder="scheduler")
-    unet = load_checkpoint(checkpoint).to(torch.float16)
+    unet = load_checkpoint(checkpoint).half()  # every weight: the folder is the fp16 file alone
     staging = output.with_name(output.name + ".new")
     shutil.rmtree(staging, ignore_errors=True)
     ContinuousUNetPipeline(unet=unet, scheduler=scheduler).save_pretrained(staging)
