@@ -9,6 +9,7 @@ the prediction types a scheduler lacks are the ones its `step` rejects.
 from __future__ import annotations
 
 import inspect
+from typing import Any
 
 import torch
 
@@ -98,6 +99,16 @@ def supported_schedulers(unet, prediction_type: str = "epsilon") -> list[type]:
     edm = list(EDM_SCHEDULERS) if preconditioning is not None or prediction in NO_SAMPLE else []
     names = [*edm, *discrete] if preconditioning is not None else [*discrete, *edm]
     return [getattr(diffusers, name) for name in names if hasattr(diffusers, name)]
+
+
+def scheduler_for(scheduler_class: type, unet, current) -> Any:
+    """A `scheduler_class` for `unet` in place of the pipeline's `current` scheduler: built from the current config
+    where both are of one kind (EDM, or discrete with the model's training schedule), else from its own defaults
+    (an EDM config has no betas, and a discrete one no sigmas; the objective bridge converts between them)."""
+    same_kind = (scheduler_class.__name__ in EDM_SCHEDULERS) == is_edm_scheduler(current)
+    scheduler = scheduler_class.from_config(current.config) if same_kind else scheduler_class()
+    check_scheduler(scheduler, unet)
+    return scheduler
 
 
 def is_edm_scheduler(scheduler) -> bool:

@@ -21,7 +21,7 @@ from training_helpers import train
 
 from diffusers_cunet import ContinuousUNet2DModel
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
-from diffusers_cunet.pipelines.scheduler_support import supported_schedulers
+from diffusers_cunet.pipelines.scheduler_support import scheduler_for, supported_schedulers
 from training import release
 
 SHIPPED = release.SHIPPED
@@ -51,43 +51,47 @@ LOAD_WITHOUT_PACKAGE = """
 import json, sys, torch
 sys.modules["diffusers_cunet"] = None  # this process cannot import the package
 from diffusers import DiffusionPipeline
-pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True{revision})
-pipe.set_progress_bar_config(disable=True)
-images = pipe(batch_size=2, class_labels=["Trouser", "Bag"], num_inference_steps=4, output_type="np",
-              generator=torch.Generator().manual_seed(0)).images
-print(json.dumps(images.tolist()))
+for folder in sys.argv[1:]:
+    pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, class_labels=["Trouser", "Bag"], num_inference_steps=4, output_type="np",
+                  generator=torch.Generator().manual_seed(0)).images
+    print(json.dumps(images.tolist()))
 """
 
 
-def run_without_the_package(target: str, env: dict[str, str] | None = None, revision: str = "") -> np.ndarray:
-    script = textwrap.dedent(LOAD_WITHOUT_PACKAGE.format(revision=revision))
-    result = subprocess.run([sys.executable, "-c", script, target], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, **(env or {})}, cwd="/")  # fmt: skip
+def run_without_the_package(folders: list[str], env: dict[str, str]) -> list[np.ndarray]:
+    """Each folder's images from diffusers' loader running the shipped code, in one process without the package."""
+    script = textwrap.dedent(LOAD_WITHOUT_PACKAGE)
+    result = subprocess.run([sys.executable, "-c", script, *folders], capture_output=True, text=True, timeout=300,
+                            env={**os.environ, **env}, cwd="/")  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    return np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    return [np.array(json.loads(line)) for line in result.stdout.strip().splitlines()[-len(folders) :]]
 
 
 def test_the_same_images_every_way_it_loads(tmp_path):
     from conftest import lay_out_hub_cache
 
     ours = sample(ContinuousUNetPipeline.from_pretrained(SHIPPED))
-    np.testing.assert_allclose(run_without_the_package(str(SHIPPED)), ours, rtol=0, atol=1e-6)
     cache = tmp_path / "hub"
     lay_out_hub_cache(cache, release.REPO_ID, ContinuousUNetPipeline.from_pretrained(SHIPPED))
     snapshot = next((cache / f"models--{release.REPO_ID.replace('/', '--')}" / "snapshots").iterdir())
     env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     from_hub = ContinuousUNetPipeline.from_pretrained(release.REPO_ID, cache_dir=cache, local_files_only=True)
     np.testing.assert_allclose(sample(from_hub), ours, rtol=0, atol=1e-6)
-    # offline, diffusers loads a repository's own pipeline file from its snapshot folder (see the README)
-    np.testing.assert_allclose(run_without_the_package(str(snapshot), env), ours, rtol=0, atol=1e-6)
+    # the folder itself, and (offline, diffusers loads a repository's own pipeline file from its snapshot folder: see
+    # the README) the Hub id's snapshot in the cache
+    for images in run_without_the_package([str(SHIPPED), str(snapshot)], env):
+        np.testing.assert_allclose(images, ours, rtol=0, atol=1e-6)
 
 
 def test_every_allowed_scheduler_samples_it():
     pipe = ContinuousUNetPipeline.from_pretrained(SHIPPED)
     allowed = supported_schedulers(pipe.unet)
     assert allowed, "the support table allows some scheduler"
+    edm = pipe.scheduler
     for scheduler_class in allowed:
-        pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+        pipe.scheduler = scheduler_for(scheduler_class, pipe.unet, edm)
         images = sample(pipe)
         assert np.isfinite(images).all() and images.std() > 0.01, scheduler_class.__name__
 
@@ -123,3 +127,10 @@ def test_packaging_a_checkpoint(tmp_path):
     assert pipe.unet.dtype == torch.float32 and pipe.labels[9] == "Ankle boot"
     assert json.loads((folder / "model_index.json").read_text())["unet"][0] == "modeling_cunet"  # the Hub layout
     assert np.isfinite(sample(pipe)).all()
+
+
+def test_the_shipped_code_files_are_this_versions():
+    from diffusers_cunet.pipelines.code_files import code_file_problems
+
+    problems = code_file_problems(SHIPPED)
+    assert not problems, f"{problems}: refresh with `python -m diffusers_cunet.pipelines.code_files {SHIPPED}`"

@@ -132,7 +132,8 @@ def measure(folder: Path = SHIPPED, full_samples: int = FULL_SAMPLES, guided_sam
     pipeline = ContinuousUNetPipeline.from_pretrained(folder)
     judge = load_judge()
     test = judge_features(judge, split_tensors("test")[0])
-    floor = sample_scores(judge, None, split_tensors("train")[0][:full_samples], real_features=test)
+    floor_count = full_samples or guided_samples  # as many real training images as the main row has samples
+    floor = sample_scores(judge, None, split_tensors("train")[0][:floor_count], real_features=test)
 
     def scored(count: int, scale: float) -> dict[str, Any]:
         labels = torch.arange(count) % 10
