@@ -12,7 +12,7 @@ together; a group starts when the one before it is done.
     python -m benchmarks.convergence                  # the same in the foreground
     python -m benchmarks.convergence --status         # each run's step, latest scores, hours left
     python -m benchmarks.convergence --extend cunet-x1 16000   # train a run further than planned
-    python -m benchmarks.convergence --publish        # only collect: benchmarks/results/convergence.json
+    python -m benchmarks.convergence --publish        # only collect: benchmarks/results/convergence.json (+ .png)
     python -m benchmarks.convergence --mode tiny      # seconds: the smoke test
 
 The runs folder: `--runs`, else `$DIFFUSERS_CUNET_RUNS`, else `~/.cache/diffusers-cunet/runs`; each mode has its
@@ -44,6 +44,7 @@ from .fashion import EDM, EULER1
 from .quality import Variant
 
 RESULTS_FILE = "convergence.json"
+PLOT_FILE = "convergence.png"
 RUNS_VARIABLE = "DIFFUSERS_CUNET_RUNS"
 DEFAULT_RUNS = Path("~/.cache/diffusers-cunet/runs")
 POINTS_FILE = "points.jsonl"  # one scored checkpoint a line, appended
@@ -545,6 +546,40 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
             "date": time.strftime("%Y-%m-%d")}  # fmt: skip
 
 
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """FID against training hours, one line per run (left), and, for the finished runs, FID against sampling
+    seconds per image at 10/20/50 sampler steps (right; the times measured side by side), the floor beside."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for row in results["runs"]:
+        style = dict(marker="o", linestyle="-" if row["network"] == "cunet" else "--")
+        left.plot([p["train_seconds"] / 3600 for p in row["points"]], [p["fid"] for p in row["points"]],
+                  label=row["name"], **style)  # fmt: skip
+        times = row.get("seconds_per_image") or {}
+        swept = {p["sampling_steps"]: p["fid"] for p in [*row["sweep"], row["points"][-1]]
+                 if p.get("sampling_steps") is not None}  # fmt: skip
+        pairs = sorted((times[str(n)], fid) for n, fid in swept.items() if str(n) in times)
+        if pairs:
+            right.plot(*zip(*pairs), label=row["name"], **style)
+    for axis in (left, right):
+        axis.set_yscale("log")
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    left.set(xlabel="training hours (2 CPU cores)", ylabel="FID (judge features, 2,000 samples)",
+             title="FID against training time")  # fmt: skip
+    right.set(xlabel="sampling seconds per image", ylabel="FID", title="finished runs: 10/20/50 sampler steps")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
@@ -595,8 +630,10 @@ def main(argv: list[str] | None = None) -> None:
 
         results = args.results or paths.results_dir(args.publish)
         results.mkdir(parents=True, exist_ok=True)
-        replace_text(results / RESULTS_FILE, json.dumps(collect(args.mode, folder), indent=2))
-        print(f"wrote {results / RESULTS_FILE}")
+        collected = collect(args.mode, folder)
+        replace_text(results / RESULTS_FILE, json.dumps(collected, indent=2))
+        plot(collected, results / PLOT_FILE)
+        print(f"wrote {results / RESULTS_FILE} and {results / PLOT_FILE}")
         return
     with queue_lock(folder) as held:
         if not held:

@@ -88,6 +88,7 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     assert row["final"]["samples"] == settings.full_samples and row["final"]["step"] == 6  # measured again at 6
     assert row["recommended_guidance_scale"] in (1.0, 2.0) and row["converged"] is None  # no second seed here
     assert collected["seed_spread_fid"] is None and collected["timing"]["steps"]["unet2d-x1"] == 6
+    assert (results / convergence.PLOT_FILE).stat().st_size > 10_000  # the FID-against-time plot
 
 
 def test_a_second_launch_leaves_a_running_queue_alone(tmp_path, capsys):
