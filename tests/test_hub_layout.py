@@ -232,7 +232,9 @@ def test_old_or_damaged_folders_warn_and_are_repaired(tmp_path, capsys):
         assert type(ContinuousUNetPipeline.from_pretrained(folder).unet) is ContinuousUNet2DModel
 
     main([str(folder)])
-    assert "wrote unet/modeling_cunet.py" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote unet/modeling_cunet.py" in out
+    assert "laid out for the Hub: diffusers loads it with trust_remote_code=True" in out  # what changed, said
     assert code_file_problems(folder) == []
     assert json.loads((folder / "model_index.json").read_text())["unet"][0] == "modeling_cunet"
     assert DDPMPipeline.from_pretrained(folder, trust_remote_code=True).unet.config.sample_size == 8

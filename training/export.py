@@ -22,6 +22,7 @@ from diffusers_cunet.pipelines.scheduler_support import loading_advice
 from evaluation.distances import NEIGHBOURS
 from training.hub import upload_or_explain
 from training.model_card import render_model_card
+from training.model_setup import skippable_blocks
 from training.staging import staged_export
 
 logger = logging.getLogger("diffusers_cunet.train")
@@ -219,7 +220,8 @@ def data_source(args) -> str:
     return args.dataset_name
 
 
-def training_settings(args, objective: Objective, record: RunRecord, accelerator, resolution: int) -> dict[str, Any]:
+def training_settings(args, objective: Objective, record: RunRecord, accelerator, resolution: int,
+                      skip_blocks: tuple[str, ...] = ()) -> dict[str, Any]:  # fmt: skip
     """The card's "Training" table."""
     batch = f"{args.train_batch_size} x {accelerator.num_processes} x {args.gradient_accumulation_steps}"
     nominal = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -248,7 +250,7 @@ def training_settings(args, objective: Objective, record: RunRecord, accelerator
     if args.class_dropout_prob:  # the null class that makes the model guidable
         settings["labels replaced by the null class (classifier-free guidance)"] = f"p = {args.class_dropout_prob}"
     if args.block_skip_prob:  # the model was trained to run with blocks left out (a solver schedule's "skip")
-        blocks = ", ".join(args.block_skip_blocks or ())
+        blocks = ", ".join(skip_blocks)
         settings["ODE blocks skipped at random (per batch, each)"] = f"p = {args.block_skip_prob} of {blocks}"
     return settings
 
@@ -280,7 +282,9 @@ def write_export(folder: Path, output_dir: Path, accelerator, model, objective: 
         repo_id=args.hub_model_id or f"your-name/{output_dir.name}",
         dataset_name=data_source(args),
         hub_dataset=None if args.train_data_dir or args.dataset_name == "digits" else args.dataset_name,
-        training_settings=training_settings(args, objective, record, accelerator, model.config.sample_size),
+        training_settings=training_settings(
+            args, objective, record, accelerator, model.config.sample_size, skippable_blocks(args, model)
+        ),  # fmt: skip
         metrics=metrics,
         grid_caption=f"{num_images} samples, {sampler_name} {args.validation_inference_steps} steps, EMA weights.",
         machine=f"{accelerator.num_processes} x {accelerator.device.type}",

@@ -101,6 +101,7 @@ class Prepared:
     unet: Any
     model_class: type
     checkpoint: Path | None
+    skip_blocks: tuple[str, ...] = ()  # the ODE blocks --block_skip_prob may leave out (resolved, checked)
 
 
 @dataclass
@@ -119,6 +120,7 @@ class Session:
     transform: ImageTransform
     ema: EMAModel | None
     n_classes: int | None
+    skip_blocks: tuple[str, ...] = ()
     record: RunRecord = field(default_factory=RunRecord)
     held_out: HeldOutError | None = None
     nonfinite: torch.Tensor | None = None  # whether the current update's micro-steps saw a non-finite loss
@@ -161,7 +163,7 @@ def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingRe
     model_class = model_class_for(args)
     set_seed(args.seed)  # before the model: identical initial weights in every run and every process
     unet = build_model(model_class, model_config, args.model_config)  # validates architecture and solver
-    args.block_skip_blocks = list(skippable_blocks(args, unet)) or None  # resolved once: names the loop draws from
+    skip_blocks = skippable_blocks(args, unet)  # resolved and checked once: the names the loop draws from
     if args.torch_compile:
         compile_in_place(unet, args)
     checkpoint = resolve_checkpoint(output_dir, args.resume_from_checkpoint)
@@ -180,7 +182,7 @@ def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingRe
             logger.warning(message)
             print(message)
             return TrainingResult(global_step=done, output_dir=output_dir, already_done=True)
-    return Prepared(images, unet, model_class, checkpoint)
+    return Prepared(images, unet, model_class, checkpoint, skip_blocks)
 
 
 def exported(output_dir: Path, step: int) -> bool:
@@ -259,7 +261,7 @@ def set_up(args: argparse.Namespace, output_dir: Path, prepared: Prepared) -> Se
     session = Session(
         args=args, output_dir=output_dir, accelerator=accelerator, unet=unet, model_class=prepared.model_class,
         objective=objective, optimizer=optimizer, lr_scheduler=lr_scheduler, dataloader=dataloader,
-        transform=transform, ema=ema, n_classes=prepared.images.num_classes,
+        transform=transform, ema=ema, n_classes=prepared.images.num_classes, skip_blocks=prepared.skip_blocks,
     )  # fmt: skip
     register_checkpoint_hooks(accelerator, unet, ema, prepared.model_class, lambda: session.record.saved())
     session.held_out = make_held_out_error(args, prepared.images, accelerator.unwrap_model(unet).config)
@@ -384,8 +386,8 @@ def training_step(s: Session, batch: dict[str, torch.Tensor], micro_step: int) -
             pick = int(torch.randint(len(args.solver_steps_choices), (1,), generator=generator))
             model_kwargs["solver"] = {"steps": args.solver_steps_choices[pick]}
         if args.block_skip_prob:  # sub-network training: each skippable block left out with this probability
-            drawn = (torch.rand(len(args.block_skip_blocks), generator=generator) < args.block_skip_prob).tolist()
-            skip = [name for name, skipped in zip(args.block_skip_blocks, drawn) if skipped]
+            drawn = (torch.rand(len(s.skip_blocks), generator=generator) < args.block_skip_prob).tolist()
+            skip = [name for name, skipped in zip(s.skip_blocks, drawn) if skipped]
             model_kwargs["solver"] = {**model_kwargs.get("solver", {}), "skip": skip}
         if args.class_dropout_prob:  # the null class (the last embedding) in place of some labels: guidance
             labels = model_kwargs["class_labels"]
