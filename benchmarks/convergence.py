@@ -72,6 +72,8 @@ class ConvergenceSettings:
     learning_rate: float = 1e-3
     warmup_steps: int = 500
     score_every: int = 2000
+    # a checkpoint this often between scores (unscored): a session that ends mid-stage loses at most this many steps
+    checkpoint_every: int = 500
     samples: int = 2000  # generated images scored at each point, labels uniform over the classes, guidance scale 1
     sampling_steps: int = 20  # EDM DPM-Solver++, the recipe's sampler
     sample_batch: int = 250
@@ -125,6 +127,7 @@ MODES = {
             test_images=24,
             max_train_samples=32,
             grid_images=2,
+            checkpoint_every=1,
             final_scales=(2.0,),
             final_sweep=(3,),
             full_samples=24,
@@ -215,13 +218,14 @@ def next_run(mode: Mode, folder: Path) -> ConvergenceRun | None:
 
 def train_options(run: ConvergenceRun, settings: ConvergenceSettings, folder: Path, steps: int) -> dict[str, Any]:
     """The trainer's options for `run` up to `steps`: constant learning rate after warm-up (extensible), a
-    checkpoint at every scoring step, the held-out error at the end of each stage."""
+    checkpoint every `checkpoint_every` steps (so at every scoring step), the held-out error at the end of each
+    stage."""
     return dict(
         output_dir=folder / run.name, dataset_name="fashion_mnist", image_fit="pad", model_preset="fashion-32",
         held_out_samples=settings.held_out, held_out_split="test", max_train_samples=settings.max_train_samples,
         train_batch_size=settings.batch_size, max_train_steps=steps, learning_rate=settings.learning_rate,
         lr_scheduler="constant_with_warmup", lr_warmup_steps=settings.warmup_steps,
-        checkpointing_steps=settings.score_every, checkpoints_total_limit=2, validation_steps=0,
+        checkpointing_steps=settings.checkpoint_every, checkpoints_total_limit=2, validation_steps=0,
         num_validation_images=settings.grid_images, validation_inference_steps=settings.sampling_steps,
         report_to="none", logging_steps=10, resume_from_checkpoint="latest", **run.train_options(),
     )  # fmt: skip
@@ -348,8 +352,14 @@ def time_finished_runs(mode: Mode, folder: Path) -> None:
     print(f"sampling seconds per image, side by side: {json.dumps(medians)}", flush=True)
 
 
+def scored_step(step: int, run: ConvergenceRun, folder: Path, settings: ConvergenceSettings) -> bool:
+    """Whether a checkpoint at `step` is one the queue scores: every `score_every` steps and the run's last (the
+    checkpoints between, and those a preemption signal saves, only keep the progress)."""
+    return step % settings.score_every == 0 or step == planned_steps(run, folder)
+
+
 def score_new_checkpoints(run: ConvergenceRun, folder: Path, scorer: Scorer) -> None:
-    """Score every checkpoint of `run` that has no point yet, oldest first, appending each point."""
+    """Score every scoring-step checkpoint of `run` that has no point yet, oldest first, appending each point."""
     from training.checkpointing import checkpoint_step, list_checkpoints, read_run_record
 
     from .common import load_ema
@@ -360,7 +370,7 @@ def score_new_checkpoints(run: ConvergenceRun, folder: Path, scorer: Scorer) -> 
     noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
     for checkpoint in list_checkpoints(output):
         step = checkpoint_step(checkpoint)
-        if step in scored:
+        if step in scored or not scored_step(step, run, folder, scorer.settings):
             continue
         started = time.perf_counter()
         unet = load_ema(checkpoint, run.model_type)
