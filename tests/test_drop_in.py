@@ -207,3 +207,20 @@ def test_option_checks_happen_when_options_are_parsed(argv, message, capsys):
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_a_checkpoint_without_class_names_still_resumes(tmp_path):
+    """Runs checkpointed before class names were recorded resume (the names do not shape the weights)."""
+    from training.checkpoint_manifest import write_manifest
+    from training.checkpointing import MODEL_CONFIG_FILE
+
+    output = tmp_path / "run"
+    train(output, "--max_train_steps", "2", "--checkpointing_steps", "2", "--class_column", "label")
+    saved = output / "checkpoint-2" / MODEL_CONFIG_FILE
+    config = json.loads(saved.read_text())
+    assert config.pop("id2label")["3"] == "3"  # the digits' ClassLabel names
+    saved.write_text(json.dumps(config))  # as an earlier version wrote it (its manifest too)
+    write_manifest(saved.parent)
+    resumed = train(output, "--max_train_steps", "3", "--checkpointing_steps", "3", "--class_column", "label",
+                    "--resume_from_checkpoint", "latest")  # fmt: skip
+    assert resumed.global_step == 3 and resumed.unet.config.id2label["9"] == "9"

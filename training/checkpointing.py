@@ -161,14 +161,19 @@ def remove_partial_checkpoints(output_dir: str | os.PathLike, log=logger.warning
     return removed
 
 
+# config entries that do not shape the weights: a checkpoint of an earlier version without them still resumes
+NOT_ARCHITECTURE = ("id2label",)
+
+
 def check_checkpoint_matches(checkpoint: Path, model_config: dict[str, Any]) -> None:
-    """Refuse, before any compute, a checkpoint written for another architecture."""
+    """Refuse, before any compute, a checkpoint written for another architecture (class names aside)."""
     saved_path = checkpoint / MODEL_CONFIG_FILE
     if not saved_path.is_file():
         raise ValueError(f"{checkpoint} is not a checkpoint of this training script: {MODEL_CONFIG_FILE} is missing.")
     saved = json.loads(saved_path.read_text())
     current = json.loads(json.dumps(model_config))
-    keys = sorted(k for k in set(saved) | set(current) if not k.startswith("_") and not k.startswith("solver_"))
+    keys = sorted(k for k in set(saved) | set(current)
+                  if not k.startswith(("_", "solver_")) and k not in NOT_ARCHITECTURE)  # fmt: skip
     different = {k: (saved.get(k), current.get(k)) for k in keys if saved.get(k) != current.get(k)}
     if different:
         details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in different.items())
