@@ -40,7 +40,8 @@ from typing import Any
 import torch
 
 from . import paths
-from .fashion import EDM, EULER1
+from .fashion import EULER1
+from .guidance import GUIDED, balanced_labels
 from .quality import Variant
 
 RESULTS_FILE = "convergence.json"
@@ -53,8 +54,6 @@ LOCK_FILE = "queue.lock"
 TIMING_FILE = "timing.json"  # sampling seconds per image of the finished models, measured side by side
 LOG_FILE = "queue.log"
 CODE_FOLDER = "code"  # the committed code a background queue runs
-GUIDED = {**EDM, "class_column": "label", "class_dropout_prob": 0.1}
-CLASSES = 10
 
 
 @dataclass
@@ -229,11 +228,6 @@ def train_options(run: ConvergenceRun, settings: ConvergenceSettings, folder: Pa
         num_validation_images=settings.grid_images, validation_inference_steps=settings.sampling_steps,
         report_to="none", logging_steps=10, resume_from_checkpoint="latest", **run.train_options(),
     )  # fmt: skip
-
-
-def balanced_labels(count: int) -> torch.Tensor:
-    """Labels 0, 1, ..., 9, 0, 1, ...: every class equally often, as in the test set."""
-    return torch.arange(count) % CLASSES
 
 
 class Scorer:
@@ -508,10 +502,11 @@ def converged(row: dict[str, Any], spread: float | None, fraction: float) -> boo
     return abs(earlier["fid"] - final["fid"]) <= spread
 
 
-def recommended_scale(guided: list[dict[str, Any]], plain: dict[str, Any]) -> float:
-    """The guidance scale with the best class accuracy at an FID no worse than scale 1's (1 if none is)."""
+def recommended_point(guided: list[dict[str, Any]], plain: dict[str, Any]) -> dict[str, Any]:
+    """The point (a guided one, or `plain` at scale 1) with the best class accuracy at an FID no worse than scale
+    1's: the recommended guidance scale's."""
     fair = [point for point in [plain, *guided] if point["fid"] <= plain["fid"]]
-    return max(fair, key=lambda point: point["class_accuracy"])["guidance_scale"]
+    return max(fair, key=lambda point: point["class_accuracy"])
 
 
 def collect(mode_name: str, folder: Path) -> dict[str, Any]:
@@ -544,7 +539,7 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
             "points": [{key: p.get(key) for key in POINT_FIELDS} for p in regular],
             "guided": guided, "sweep": [p for p in at_end if p["kind"] == "sweep"],
             "final": next((p for p in at_end if p["kind"] == "full"), None),
-            "recommended_guidance_scale": recommended_scale(guided, regular[-1]) if guided else None,
+            "recommended_guidance_scale": recommended_point(guided, regular[-1])["guidance_scale"] if guided else None,
             "seconds_per_image": (timing or {}).get("seconds_per_image", {}).get(run.name),
         }  # fmt: skip
         rows.append(row)

@@ -148,8 +148,9 @@ def measure(folder: Path = SHIPPED, full_samples: int = FULL_SAMPLES, guided_sam
     full = scored(full_samples, 1.0) if full_samples else None
     plain = scored(guided_samples, 1.0)
     guided = [scored(guided_samples, scale) for scale in scales]
-    fair = [point for point in [plain, *guided] if point["fid"] <= plain["fid"]]
-    recommended = max(fair, key=lambda point: point["class_accuracy"])
+    from benchmarks.convergence import recommended_point
+
+    recommended = recommended_point(guided, plain)
     unet = pipeline.unet
     return {
         "folder": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder),
