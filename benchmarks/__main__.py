@@ -30,12 +30,14 @@ def main(argv: list[str] | None = None) -> Path:
     tiny = args.mode == "tiny"
     if not args.skip_cost:
         result = cost.run(repeats=1 if tiny else 5, sampling_steps=2 if tiny else 50, tiny=tiny)
-        (args.results / "cost.json").write_text(json.dumps(result, indent=2))
+        (args.results / cost.RESULTS_FILE).write_text(json.dumps(result, indent=2))
     if not args.skip_quality:
         runs = args.runs or paths.ROOT / "outputs" / "bench" / args.mode
-        quality.run(args.mode, runs, args.results / "quality.json", only=args.only)
+        quality.run(args.mode, runs, args.results / quality.RESULTS_FILE, only=args.only)
     print(f"Results: {paths.shown(args.results)}/ (cost.json, quality.json, *.png)")
-    return report.finish("Benchmarks", "benchmarks", args, args.results, args.report, start, default_mode="quick")
+    return report.finish(
+        paths.BenchmarkRun("Benchmarks", "benchmarks", args, args.results, args.report, start, default_mode="quick")
+    )
 
 
 if __name__ == "__main__":

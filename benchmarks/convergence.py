@@ -585,6 +585,60 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+# ------------------------------------------------------------------------------ its section of the report
+def training_hours_left(row: dict[str, Any]) -> float | None:
+    """Training hours still planned for a run, at its own pace so far (None before two points)."""
+    points = row["points"]
+    if row["steps"] >= row["planned_steps"] or not points or not points[-1]["train_seconds"]:
+        return 0.0 if points and row["steps"] >= row["planned_steps"] else None
+    per_step = points[-1]["train_seconds"] / points[-1]["step"]
+    return (row["planned_steps"] - row["steps"]) * per_step / 3600
+
+
+def status_text(row: dict[str, Any]) -> str:
+    """`step 2,000 of 12,000 (about 1.9 h of training left)`, or that the run is finished."""
+    left = training_hours_left(row)
+    if row["steps"] >= row["planned_steps"]:
+        return f"finished at step {row['steps']:,}"
+    return f"step {row['steps']:,} of {row['planned_steps']:,}" + (f" (about {left:.1f} h left)" if left else "")
+
+
+def report_section(results: dict[str, Any], folder: Path) -> list[str]:
+    """The convergence section of BENCHMARKS.md: every scored point of every run, the verdicts where the runs are
+    finished, the plot (written to `folder`)."""
+    settings = results["settings"]
+    lines = [
+        "\n## Fashion-MNIST at convergence (the 2-core CPU queue)\n",
+        f"`python -m benchmarks.convergence` ({results['date']}, torch {results['torch']}): EDM, class-conditional "
+        f"with a null class (dropped with probability 0.1), batch {settings['batch_size']}, AdamW "
+        f"{settings['learning_rate']:g} constant after a {settings['warmup_steps']}-step warm-up, EMA. Every "
+        f"{settings['score_every']:,} steps: {settings['samples']:,} samples of the EMA weights (labels uniform, "
+        f"guidance scale 1, EDM DPM-Solver++ {settings['sampling_steps']} steps) against the "
+        f"{settings['test_images']:,} test images, in the judge's features (its accuracy on them: "
+        f"{results['judge']['test_accuracy']:.1%}). Hours are training hours on 2 CPU cores.\n",
+        "| run | params | step | training h | FID | KID | precision | recall | class accuracy | held-out error |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["runs"]:
+        params = f"{row['params'] / 1e6:.2f} M" if row["params"] else "-"
+        for point in row["points"]:
+            held_out = f"{point['held_out_error']:.4f}" if point.get("held_out_error") is not None else "-"
+            lines.append(f"| `{row['name']}` | {params} | {point['step']:,} | {point['train_seconds'] / 3600:.2f} | "
+                         f"{point['fid']:.2f} | {point['kid_mean']:.3f} | {point['precision']:.3f} | "
+                         f"{point['recall']:.3f} | {point['class_accuracy']:.1%} | {held_out} |")  # fmt: skip
+    lines.append("")
+    for row in results["runs"]:
+        verdict = {True: "converged", False: "not converged", None: "not judged yet"}[row["converged"]]
+        lines.append(f"- `{row['name']}`: {status_text(row)}; {verdict}.")
+    spread = results["seed_spread_fid"]
+    lines.append(f"\nSeed spread of the final FID: {spread:.2f}." if spread is not None else
+                 "\nNo seed pair has finished yet: convergence (FID at 70% of the steps within the seed spread of "
+                 "the final FID) is judged when one has.")  # fmt: skip
+    plot(results, folder / PLOT_FILE)
+    lines.append(f"\n![FID against training hours]({paths.shown(folder / PLOT_FILE)})\n")
+    return lines
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(MODES), default="cpu")
@@ -596,6 +650,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--extend", nargs=2, metavar=("RUN", "STEPS"), help="train RUN to STEPS (more than planned)")
     paths.add_publish_option(parser)
     parser.add_argument("--results", type=Path, default=None, help="results folder (overrides --publish)")
+    parser.add_argument("--report", type=Path, default=None, help="report file (overrides --publish)")
     return parser.parse_args(argv)
 
 
@@ -613,8 +668,10 @@ def extend(mode_name: str, folder: Path, name: str, steps: int) -> None:
     print(f"{name} now trains to {steps} steps (relaunch the queue to go on)")
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> paths.BenchmarkRun | None:
+    """The command line; a `BenchmarkRun` when it collected the results (the report is then rewritten)."""
     args = parse_args(argv)
+    start = time.perf_counter()
     folder = runs_folder(args.runs, args.mode)
     if args.status:
         print("\n".join(status_lines(args.mode, folder)))
@@ -633,19 +690,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.publish or args.results:
         from diffusers_cunet.atomic_write import replace_text
 
-        results = args.results or paths.results_dir(args.publish)
-        results.mkdir(parents=True, exist_ok=True)
+        results, report_file = paths.outputs(args)
         collected = collect(args.mode, folder)
         replace_text(results / RESULTS_FILE, json.dumps(collected, indent=2))
         plot(collected, results / PLOT_FILE)
         print(f"wrote {results / RESULTS_FILE} and {results / PLOT_FILE}")
-        return
+        return paths.BenchmarkRun("Convergence results", "benchmarks.convergence", args, results, report_file, start)
     with queue_lock(folder) as held:
         if not held:
             print(f"the {args.mode} queue in {folder} is already being run by another process; nothing to do")
             sys.exit(0)
         work(args.mode, folder)
+    return None
 
 
 if __name__ == "__main__":
-    main()
+    collected_run = main()
+    if collected_run is not None:
+        from .report import finish  # the command line: collect, then rewrite the report
+
+        finish(collected_run)

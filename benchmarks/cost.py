@@ -30,7 +30,10 @@ from diffusers_cunet.presets import from_preset
 from training.baselines import UNET2D_PRESETS, ddpm_cifar10_unet
 
 from . import paths
+from .plotting import pyplot
 from .timing import inputs, timed
+
+RESULTS_FILE = "cost.json"  # in the results folder; its report section is `report_section`
 
 
 def summary(times: list[float]) -> dict[str, float]:
@@ -147,6 +150,80 @@ def run(repeats: int = 5, sampling_steps: int = 50, counts_only: bool = False, t
     return result
 
 
+# ------------------------------------------------------------------------------ its section of the report
+COST_KEYS = [
+    ("params", "parameters", "{:,.0f}"),
+    ("gflops_per_call", "GFLOPs per call (batch 1)", "{:.3f}"),
+    ("forward_b1_s", "forward latency, batch 1 (s)", "{:.4f}"),
+    ("forward_b16_s", "forward latency, batch 16 (s)", "{:.4f}"),
+    ("ddim50_b16_s", "DDIM-50 sampling call, batch 16 (s)", "{:.2f}"),
+    ("train_images_per_s", "training throughput (images/s, fwd+bwd, batch 16)", "{:.1f}"),
+    ("activation_memory_b16_mb", "activation memory of a training step, batch 16 (MB)", "{:.1f}"),
+]
+
+
+def value_of(entry: Any) -> float:
+    return entry["median"] if isinstance(entry, dict) else entry
+
+
+def _spread(entry: Any) -> str:
+    return f" ± {entry['stdev']:.2g}" if isinstance(entry, dict) and entry.get("stdev") else ""
+
+
+def cost_section(cost: dict[str, Any]) -> list[str]:
+    lines = [f"\n## Cost\n\nMachine: {cost['machine']}, torch {cost['torch']}, {cost['date']}. Medians (± stdev) of "
+             "repeated runs; ratio = cUNet / UNet2DModel (below 1: the cUNet is cheaper or faster, except for "
+             "throughput, where above 1 is better).\n"]  # fmt: skip
+    for size, rows in cost["sizes"].items():
+        baseline = (
+            "`google/ddpm-cifar10-32` architecture" if size == "cifar10-32" else "same widths, 2 res blocks/level"
+        )
+        lines.append(f"\n### {size}: preset `{size}` vs UNet2DModel ({baseline})\n")
+        lines.append("| | cUNet | UNet2DModel | ratio |\n|---|---:|---:|---:|")
+        for key, label, fmt in COST_KEYS:
+            if key not in rows["cunet"]:
+                continue
+            a, b = rows["cunet"][key], rows["unet2d"][key]
+            lines.append(f"| {label} | {fmt.format(value_of(a))}{_spread(a)} | {fmt.format(value_of(b))}{_spread(b)} "
+                         f"| **{rows['ratio'][key]:.3f}** |")  # fmt: skip
+    if "solver_sweep" in cost:
+        lines.append("\n### cUNet (cifar10-32) cost against its solver\n")
+        lines.append(
+            "| solver | ODE evaluations per call | GFLOPs per call | forward, batch 16 (s) |\n|---|---:|---:|---:|"
+        )
+        for row in cost["solver_sweep"]:
+            lines.append(f"| {row['method']} x{row['steps']} | {row['evaluations_per_call']} | "
+                         f"{row['gflops_per_call']:.2f} | {row['forward_b16_s']['median']:.3f} |")  # fmt: skip
+        lines.append("\n![cost against solver steps](benchmarks/results/solver_cost.png)\n")
+    return lines
+
+
+def plot_solver_cost(cost: dict[str, Any], path: Path) -> None:
+    plt = pyplot()
+    rows = [r for r in cost.get("solver_sweep", []) if r["method"] == "euler"]
+    if not rows:
+        return
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.5))
+    steps = [r["steps"] for r in rows]
+    ax[0].plot(steps, [r["gflops_per_call"] for r in rows], "o-", label="cUNet (euler)")
+    ax[1].plot(steps, [r["forward_b16_s"]["median"] for r in rows], "o-", label="cUNet (euler)")
+    unet = cost["sizes"]["cifar10-32"]["unet2d"]
+    ax[0].axhline(unet["gflops_per_call"], color="k", ls="--", label="UNet2DModel")
+    ax[1].axhline(unet["forward_b16_s"]["median"], color="k", ls="--", label="UNet2DModel")
+    ax[0].set(xlabel="solver steps per ODE block", ylabel="GFLOPs per call", xscale="log")
+    ax[1].set(xlabel="solver steps per ODE block", ylabel="forward batch 16 (s)", xscale="log")
+    ax[0].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report_section(cost: dict[str, Any], results: Path) -> list[str]:
+    """The cost section of BENCHMARKS.md, with its plot written to `results`."""
+    plot_solver_cost(cost, results / "solver_cost.png")
+    return cost_section(cost)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--no-latency", action="store_true", help="only count parameters and FLOPs")
@@ -154,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     paths.add_publish_option(parser)
     parser.add_argument("--output", type=Path, default=None, help="JSON file (overrides --publish)")
     args = parser.parse_args(argv)
-    args.output = args.output or paths.results_dir(args.publish) / "cost.json"
+    args.output = args.output or paths.results_dir(args.publish) / RESULTS_FILE
     result = run(args.repeats, counts_only=args.no_latency)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2))

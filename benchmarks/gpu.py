@@ -37,6 +37,8 @@ from training.baselines import UNET2D_PRESETS, ddpm_cifar10_unet
 from . import paths
 from .timing import inputs, median_seconds, sync
 
+RESULTS_FILE = "gpu.json"  # in the results folder; its report section is `report_section`
+
 MODES = {
     # batch sizes, sampling batch and steps, repeats, training batch
     "full": dict(batches=(1, 128), sampling_batch=256, sampling_steps=50, repeats=20, train_batch=128, train_steps=10),
@@ -383,6 +385,160 @@ def run(
     return result
 
 
+# ------------------------------------------------------------------------------ its section of the report
+def summary_table(gpu: dict[str, Any]) -> list[str]:
+    """The short GPU table: each model's fastest bf16 forward at the largest batch, sampling and training rows."""
+    rows = gpu_forward_rows(gpu)
+    if not rows:
+        return [f"(no forward latency measured yet on {gpu.get('device', 'a GPU')})"]
+    batch = max(r["batch"] for r in rows)
+    best = best_forward(gpu, batch)
+    lines = [f"Measured on one {gpu['device']} (torch {gpu['torch']}, {gpu['date']}), medians; ratio = cUNet / "
+             "UNet2DModel.\n", "| | cUNet | UNet2DModel | ratio |", "|---|---:|---:|---:|"]  # fmt: skip
+    if best:
+        lines.append(f"| fastest bf16 forward, batch {batch} (each model's best way) | {best['cunet_ms']:.2f} ms | "
+                     f"{best['unet2d_ms']:.2f} ms | **{best['ratio']:.2f}** |")  # fmt: skip
+    for r in gpu.get("sampling", []):
+        lines.append(f"| DDIM-{r['steps']} sampling, batch {r['batch']}, {r['execution']}, {r['precision']} | "
+                     f"{r['cunet_s']:.2f} s | {r['unet2d_s']:.2f} s | {r['ratio']:.2f} |")  # fmt: skip
+    for r in gpu.get("training", []) + gpu.get("training_compiled", []):
+        lines.append(f"| training, batch {r['batch']}, {r['execution']}, {r['precision']} (images/s) | "
+                     f"{r['cunet_images_per_s']:,.0f} | {r['unet2d_images_per_s']:,.0f} | "
+                     f"{r['throughput_ratio']:.2f}x |")  # fmt: skip
+    return lines
+
+
+def gpu_forward_rows(gpu: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every forward-latency row of a `benchmarks.gpu` result: eager, graphed and each compiled mode."""
+    rows = list(gpu.get("forward", []))
+    for key, value in gpu.items():
+        if key.startswith("compiled_"):
+            rows += value
+    return rows
+
+
+def best_forward(gpu: dict[str, Any], batch: int) -> dict[str, Any] | None:
+    """Each model's fastest bf16 forward at `batch` (any execution, autocast or bf16 weights) and their ratio."""
+    rows = [r for r in gpu_forward_rows(gpu) if r["batch"] == batch and r["precision"].startswith("bf16")]
+    rows = [r for r in rows if "second machine" not in r["execution"]]  # best of one machine against itself
+    if not rows:
+        return None
+    best = {name: min(rows, key=lambda r, n=name: r[f"{n}_ms"]) for name in ("cunet", "unet2d")}
+    return {
+        **{f"{n}_ms": r[f"{n}_ms"] for n, r in best.items()},
+        **{f"{n}_how": f"{r['execution']}, {r['precision']}" for n, r in best.items()},
+        "ratio": best["cunet"]["cunet_ms"] / best["unet2d"]["unet2d_ms"],
+    }
+
+
+def gpu_section(gpu: dict[str, Any]) -> list[str]:
+    if not gpu_forward_rows(gpu):  # a run stopped before its first section ends, or a smoke test
+        return [
+            f"\n## GPU cost: {gpu.get('device', 'unknown device')}\n",
+            f"(partial result of {gpu.get('date', 'an unknown date')}: no forward latency was measured yet)\n",
+        ]
+    counts = gpu["counts"]
+    lines = [
+        f"\n## GPU cost: {gpu['device']}\n",
+        f"`python -m benchmarks.gpu` ({gpu['date']}, torch {gpu['torch']}, one process, both models with random "
+        "weights, TF32 allowed, cudnn.benchmark on; medians). cUNet = preset `cifar10-32` (Euler x2, "
+        f"{counts['cunet']['params']:,} parameters, {counts['cunet']['gflops_per_call']:.2f} GFLOPs per call); "
+        f"UNet2DModel = `google/ddpm-cifar10-32`'s architecture ({counts['unet2d']['params']:,} parameters, "
+        f"{counts['unet2d']['gflops_per_call']:.2f} GFLOPs). *graphed* = `diffusers_cunet.acceleration."
+        "CUDAGraphedModel`; *compiled (reduce-overhead)* = `torch.compile(mode='reduce-overhead')`, the cUNet with "
+        "`fullgraph=True`; *bf16* = autocast, *bf16-weights* = the model cast to bfloat16. Ratio = cUNet / "
+        "UNet2DModel.\n",
+        "| forward | batch | execution | cUNet (ms) | UNet2DModel (ms) | ratio |\n|---|---:|---|---:|---:|---:|",
+    ]
+    for r in gpu_forward_rows(gpu):
+        lines.append(f"| {r['precision']} | {r['batch']} | {r['execution']} | {r['cunet_ms']:.2f} | "
+                     f"{r['unet2d_ms']:.2f} | **{r['ratio']:.3f}** |")  # fmt: skip
+    best = best_forward(gpu, max(r["batch"] for r in gpu_forward_rows(gpu)))
+    if best:
+        cunet = f"cUNet {best['cunet_ms']:.2f} ms ({best['cunet_how']})"
+        unet2d = f"UNet2DModel {best['unet2d_ms']:.2f} ms ({best['unet2d_how']})"
+        lines.append(f"\nFastest bf16 forward of each model: {cunet}, {unet2d}: **{best['ratio']:.3f}**.")
+    if gpu.get("sampling"):
+        lines.append(
+            "\n| DDIM sampling (ContinuousUNetPipeline) | batch | steps | cUNet (s) | UNet2DModel (s) | ratio |"
+        )
+        lines.append("|---|---:|---:|---:|---:|---:|")
+        for r in gpu["sampling"]:
+            lines.append(f"| {r['execution']}, {r['precision']} | {r['batch']} | {r['steps']} | {r['cunet_s']:.3f} | "
+                         f"{r['unet2d_s']:.3f} | **{r['ratio']:.3f}** |")  # fmt: skip
+    training_rows = gpu.get("training", []) + gpu.get("training_compiled", [])
+    if training_rows:
+        lines.append(
+            "\n| training step (AdamW, MSE) | batch | cUNet images/s | UNet2DModel images/s | cUNet / UNet2DModel "
+            "| peak memory cUNet / UNet2DModel (GiB) |\n|---|---:|---:|---:|---:|---|"
+        )
+        for r in training_rows:
+            memory = f"{r['cunet_peak_gib']:.2f} / {r['unet2d_peak_gib']:.2f}" if "cunet_peak_gib" in r else "-"
+            speed = f"{r['cunet_images_per_s']:,.0f} | {r['unet2d_images_per_s']:,.0f}"
+            lines.append(f"| {r['execution']}, {r['precision']} | {r['batch']} | {speed} | "
+                         f"**{r['throughput_ratio']:.2f}x** | {memory} |")  # fmt: skip
+    lines += gpu_solver_tables(gpu) + gpu_diagnostics(gpu)
+    return lines
+
+
+def gpu_solver_tables(gpu: dict[str, Any]) -> list[str]:
+    """The cUNet's cost against its solver settings and with ODE blocks skipped or deep features reused."""
+    lines: list[str] = []
+    if gpu.get("solver_sweep"):
+        executions = [k[: -len("_ms")] for k in gpu["solver_sweep"][0] if k.endswith("_ms")]
+        first = gpu["solver_sweep"][0]
+        header = " | ".join(f"{e} (ms)" for e in executions)
+        lines.append(
+            f"\n| cUNet solver (batch {first['batch']}, {first['precision']}) | evaluations per call | {header} |"
+        )
+        lines.append("|---|---:|" + "---:|" * len(executions))
+        for r in gpu["solver_sweep"]:
+            lines.append(f"| {r['method']} x{r['steps']} | {r['evaluations_per_call']} | "
+                         + " | ".join(f"{r[f'{e}_ms']:.2f}" for e in executions) + " |")  # fmt: skip
+    if gpu.get("block_skipping"):
+        rows = gpu["block_skipping"]
+        executions = [k[: -len("_ms")] for k in rows[0] if k.endswith("_ms")]
+        lines.append(f"\n| cUNet call (batch {rows[0]['batch']}, {rows[0]['precision']}) | GFLOPs per sample | "
+                     + " | ".join(f"{e} (ms)" for e in executions) + " |")  # fmt: skip
+        lines.append("|---|---:|" + "---:|" * len(executions))
+        for r in rows:
+            what = "reusing cached deep features (top level only)" if r.get("cached_levels") else (
+                f"skipping {', '.join(r['skipped'])}" if r["skipped"] else "whole network")  # fmt: skip
+            times = " | ".join(f"{r[f'{e}_ms']:.2f}" if f"{e}_ms" in r else "-" for e in executions)
+            lines.append(f"| {what} | {r['gflops_per_call']:.3f} | {times} |")
+    return lines
+
+
+def gpu_diagnostics(gpu: dict[str, Any]) -> list[str]:
+    """Graph breaks, kernel counts and profiles, the run's note and the sections that failed."""
+    lines: list[str] = []
+    if gpu.get("graph_breaks"):
+        breaks = ", ".join(f"{n}: {v['graphs']} graph(s), {v['graph_breaks']} break(s)"
+                           for n, v in gpu["graph_breaks"].items())  # fmt: skip
+        lines.append(f"\n`torch._dynamo.explain`: {breaks}.")
+    if gpu.get("kernels"):
+        kernels = "; ".join(f"{n}: {v['kernels']} kernels, device busy {v['device_busy_ms']:.2f} ms"
+                            for n, v in gpu["kernels"].items())  # fmt: skip
+        lines.append(f"Kernels per eager bf16 forward (batch 128, torch.profiler): {kernels}.")
+    for r in gpu_forward_rows(gpu):
+        for name in ("cunet", "unet2d"):
+            profile = r.get(f"{name}_profile")
+            if profile:
+                kinds = ", ".join(f"{k} {v:.2f} ms" for k, v in profile["ms_by_kind"].items())
+                lines.append(f"\nDevice time of one {r['execution']} call of the {name} (torch.profiler): "
+                             f"{profile['kernels']} kernels; {kinds}.")  # fmt: skip
+    if gpu.get("note"):
+        lines.append(f"\n{gpu['note']}")
+    for section, error in gpu.get("errors", {}).items():
+        lines.append(f"\nSection `{section}` failed: {error}")
+    return lines
+
+
+def report_section(gpu: dict[str, Any], results: Path) -> list[str]:
+    """The GPU section of BENCHMARKS.md."""
+    return gpu_section(gpu)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(MODES), default="full")
@@ -403,7 +559,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.mode != "tiny" and args.device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA device here: this benchmark measures a GPU. Use --mode tiny for the CPU smoke test, "
                      "or --device cpu to time the full sizes on the CPU on purpose.")  # fmt: skip
-    name = "gpu.json" if args.mode == "full" else f"gpu_{args.mode}.json"
+    name = RESULTS_FILE if args.mode == "full" else f"gpu_{args.mode}.json"
     output = args.output or paths.results_dir(args.publish) / name
     return run(args.mode, output, args.time_budget, tuple(args.compile_modes), tuple(args.compiled_training),
                tuple(args.sections), args.channels_last, args.profile_kernels)  # fmt: skip

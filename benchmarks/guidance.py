@@ -35,9 +35,10 @@ from training.fashion_mnist import CLASS_NAMES, split_tensors
 from training.loop import train
 from training.options import make_config
 
-from . import paths, report
+from . import paths
 from .common import chosen_variants
 from .fashion import EDM, EULER1, FashionSettings, FashionVariant, sampler, train_options
+from .paths import shown
 from .quality import finished_run, write_results
 
 RESULTS_FILE, PLOT_FILE, GRID_FILE = "guidance.json", "guidance.png", "guidance_grid.png"
@@ -303,14 +304,74 @@ def class_grid(pipeline, settings: GuidanceSettings, path: Path) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> Path:
+# ------------------------------------------------------------------------------ its section of the report
+def scales_table(results: dict[str, Any]) -> list[str]:
+    """Class accuracy / FID of every run at each plain scale (guided at every step), one column per scale, and the
+    ODE evaluations per image each scale costs."""
+    scales = sorted({p["scale"] for row in results["runs"] for p in row["points"] if not point_key(p)[1]})
+    lines = ["| network, seed | " + " | ".join(f"scale {scale:g}" for scale in scales) + " |",
+             "|---|" + "---:|" * len(scales)]  # fmt: skip
+    evaluations: dict[float, int] = {}
+    for row in results["runs"]:
+        at = {p["scale"]: p for p in row["points"] if not point_key(p)[1]}
+        cells = [f"{at[s]['class_accuracy']:.1%} / {at[s]['fid']:.2f}" if s in at else "-" for s in scales]
+        network = "cUNet" if row["model_type"] == "cunet" else "UNet2DModel"
+        lines.append(f"| {network}, seed {row['seed']} | " + " | ".join(cells) + " |")
+        evaluations.update(
+            {s: p["ode_evaluations_per_image"] for s, p in at.items() if p["ode_evaluations_per_image"]}
+        )
+    counts = " | ".join(str(evaluations.get(scale, "-")) for scale in scales)
+    lines.append(f"| ODE evaluations per image | {counts} |")
+    ceiling = results["judge"]["test_accuracy"]
+    samples = results["settings"]["samples"]
+    return lines + [f"\nCells: class accuracy / FID, {samples:,} samples per scale; the judge's own accuracy on real "
+                    f"test images: {ceiling:.1%}."]  # fmt: skip
+
+
+def report_section(results: dict[str, Any], folder: Path) -> list[str]:
+    settings, floor, judge = results["settings"], results["reference_real_vs_real"], results["judge"]
+    lines = [
+        "\n## Classifier-free guidance on Fashion-MNIST: class accuracy and FID against the scale\n",
+        f"`python -m benchmarks.guidance --mode {results['mode']}` ({results['date']}, torch {results['torch']}, "
+        f"{results['threads']} threads, {results['device']}). Both networks trained alike: EDM, "
+        f"{settings['steps']} steps of batch {settings['batch_size']}, labels replaced by the null class with "
+        f"probability 0.1. Each scale: {settings['samples']} samples ({settings['samples'] // 10} per class, the same "
+        f"noise and labels at every scale), EDM DPM-Solver++ {settings['sampling_steps']} steps. Class accuracy = the "
+        f"share the judge classifies as the class asked for (its accuracy on real test images, the ceiling: "
+        f"{judge['test_accuracy']:.1%}); FID in the judge's features against {settings['test_images']:,} test images "
+        f"(floor, {settings['samples']} real training images: {floor['fid']:.2f}). Target: a scale with FID no worse "
+        f"than scale 1's and class accuracy >= {ACCURACY_TARGET:.0%}.\n",
+        "| network | scale | class accuracy | FID | KID | precision | recall | ODE evals/image | ms/image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in results["runs"]:
+        for p in row["points"]:
+            evaluations = p["ode_evaluations_per_image"] if p["ode_evaluations_per_image"] is not None else "-"
+            lines.append(f"| `{row['name']}` | {point_label(p)} | {p['class_accuracy']:.1%} | {p['fid']:.2f} | "
+                         f"{p['kid_mean']:.3f} | {p['precision']:.3f} | {p['recall']:.3f} | {evaluations} | "
+                         f"{p['sampling_s_per_image'] * 1e3:.0f} |")  # fmt: skip
+    for name, verdict in verdicts(results["runs"]).items():
+        meeting = ", ".join(verdict["scales_meeting_target"]) or "none"
+        lines.append(f"\n`{name}`: scales meeting the target: {meeting}; the most accurate scale at FID no worse than "
+                     f"scale 1's: {verdict['best_scale_at_fid_no_worse']} "
+                     f"({verdict['best_accuracy_at_fid_no_worse']:.1%}).")  # fmt: skip
+    plot(results, folder / PLOT_FILE)
+    lines.append(f"\n![FID and class accuracy against the guidance scale]({shown(folder / PLOT_FILE)})\n")
+    if (folder / GRID_FILE).exists():
+        lines.append(f"![one row per class at each scale (cUNet)]({shown(folder / GRID_FILE)})\n")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> paths.BenchmarkRun:
     parser = paths.benchmark_parser(__doc__, MODES, "cpu", only=True)
     args = parser.parse_args(argv)
     results, report_file = paths.outputs(args)
     start = time.perf_counter()
     run(args.mode, args.runs or paths.ROOT / "outputs" / "bench" / f"guidance-{args.mode}", results, args.only)
-    return report.finish("Guidance benchmark", "benchmarks.guidance", args, results, report_file, start)
+    return paths.BenchmarkRun("Guidance benchmark", "benchmarks.guidance", args, results, report_file, start)
 
 
 if __name__ == "__main__":
-    main()
+    from .report import finish  # the command line: run, then rewrite the report
+
+    finish(main())

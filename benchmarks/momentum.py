@@ -33,6 +33,9 @@ from training.options import make_config
 from . import paths
 from .common import checkpoint_models, sample
 
+RESULTS_FILE = "momentum.json"  # in the results folder; its report section is `report_section`
+ABLATION_RESULTS_FILE = "momentum_ablation.json"
+
 DIGITS_RECIPE = yaml.safe_load((paths.ROOT / "training" / "configs" / "digits.yaml").read_text())  # make demo's
 METHODS = {
     "ddpm": {"preconditioning": "none"},
@@ -324,6 +327,14 @@ def section(result: dict[str, Any], ablation: dict[str, Any] | None = None) -> l
     return lines
 
 
+def report_section(result: dict[str, Any], results: Path) -> list[str]:
+    """The momentum section of BENCHMARKS.md (with the ablations where they ran), its plot written to `results`."""
+    ablation_file = results / ABLATION_RESULTS_FILE
+    ablation = json.loads(ablation_file.read_text()) if ablation_file.exists() else None
+    plot(result, results / "momentum.png")
+    return section(result, ablation)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
@@ -338,11 +349,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     runs = args.runs or paths.ROOT / "outputs" / "momentum" / args.mode
     if args.ablation:
-        result = run(args.mode, runs, args.results / "momentum_ablation.json", ablation=True, variants=args.variants)
-        main_result = json.loads((args.results / "momentum.json").read_text())
+        result = run(args.mode, runs, args.results / ABLATION_RESULTS_FILE, ablation=True, variants=args.variants)
+        main_result = json.loads((args.results / RESULTS_FILE).read_text())
         print("\n".join(section(main_result, result)))
     else:
-        result = run(args.mode, runs, args.results / "momentum.json")
+        result = run(args.mode, runs, args.results / RESULTS_FILE)
         plot(result, args.results / "momentum.png")
         sample_grids(runs, args.results / "momentum_samples.png")
         print("\n".join(section(result)))

@@ -28,7 +28,7 @@ from . import fashion, paths, quality, report
 
 # benchmark -> (module run per model, its modes and variants, the results file it writes)
 BENCHMARKS = {
-    "quality": ("benchmarks", quality, "quality.json"),
+    "quality": ("benchmarks", quality, quality.RESULTS_FILE),
     "fashion": ("benchmarks.fashion", fashion, fashion.RESULTS_FILE),
 }
 

@@ -4,12 +4,28 @@ committed results; `--publish` writes the tracked `benchmarks/results/` and `BEN
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHED_RESULTS = ROOT / "benchmarks" / "results"
 PUBLISHED_REPORT = ROOT / "BENCHMARKS.md"
 OUTPUT = ROOT / "outputs" / "benchmarks"
+
+
+@dataclass(frozen=True)
+class BenchmarkRun:
+    """A finished benchmark run, as its `main` returns it: what `report.finish` needs to rewrite the report and say
+    how long the run took. (The benchmarks below `report` cannot call it themselves: `report` imports them all for
+    their sections, so their command lines call `report.finish(main())`.)"""
+
+    label: str  # how the closing line names the benchmark
+    module: str  # how it is run: python -m <module>
+    args: argparse.Namespace
+    results: Path
+    report_file: Path
+    start: float  # time.perf_counter() when it began
+    default_mode: str | None = None  # a mode the report's command line leaves unsaid
 
 
 def add_publish_option(parser: argparse.ArgumentParser) -> None:

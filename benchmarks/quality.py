@@ -23,12 +23,18 @@ from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline
 from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
 from diffusers_cunet.pipelines.scheduler_support import EDM_SCHEDULERS
-from evaluation.digits import HELD_OUT_DIGITS, DigitRecognizer, frechet_and_kid, held_out_digits
+from evaluation.digits import DIGITS, HELD_OUT_DIGITS, DigitRecognizer, frechet_and_kid, held_out_digits
 from training.export import read_run_values
 from training.loop import TrainingResult, train
 from training.options import make_config
 
+from . import frontier
 from .common import checkpoint_models, chosen_variants, model_class, sample
+from .paths import shown
+from .plotting import pyplot
+
+RESULTS_FILE = "quality.json"  # in the results folder; its report section is `report_section`
+TRAINING_DIGITS = DIGITS - HELD_OUT_DIGITS  # what the digits benchmarks train on
 
 
 @dataclass
@@ -296,3 +302,118 @@ def write_results(path: Path, mode: str, settings: Settings, reference: dict, ru
     path.parent.mkdir(parents=True, exist_ok=True)
     replace_text(path, json.dumps(result, indent=2))
     return result
+
+
+# ------------------------------------------------------------------------------ its section of the report
+def held_out_text(run: dict[str, Any]) -> str:
+    """The held-out denoising error of a run (results from before it was measured have none)."""
+    return f"{run['held_out_error']:.4f}" if run.get("held_out_error") is not None else "-"
+
+
+def quality_section(quality: dict[str, Any], results: Path) -> list[str]:
+    s = quality["settings"]
+    edm_steps = s.get("edm_sampling_steps", 20)
+    ref = quality["reference_real_vs_real"]
+    lines = [
+        f"\n## Quality at equal training (digits, {quality['mode']} mode)\n",
+        f"Every model trained by `training/train.py` with one recipe: {s['steps']} steps, batch {s['batch_size']}, "
+        f"AdamW lr {s['learning_rate']}, cosine schedule, EMA, seed {s['seed']}, on the first {TRAINING_DIGITS:,} "
+        f"digits at {s['resolution']}x{s['resolution']}. Scored on {s['samples']} samples (DDIM {s['sampling_steps']} "
+        f"steps; EDM DPM-Solver++ {edm_steps} steps for the EDM-trained `-edm` models; EMA weights) against the "
+        f"{HELD_OUT_DIGITS} held-out digits, in the feature space of a digit classifier trained here. "
+        f"Real-vs-real floor (training digits vs held-out): FD {ref['frechet_distance']:.1f}, KID "
+        f"{ref['kid_mean']:.1f}; {ref['recognisable']:.0%} of held-out digits recognised. "
+        f"{quality['date']}, torch {quality['torch']}, {quality.get('device', 'cpu')}, "
+        f"{quality['threads']} threads.\n",
+        "| model | params | GFLOPs/call | steps | train time (s) | train img/s | final loss | held-out error ↓ | FD ↓ "
+        "| KID ↓ | recognised ↑ | sampling s/image | ODE evals/image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in quality["runs"]:
+        f = r["final"]
+        lines.append(
+            f"| {r['name']} | {r['params']:,} | {r['gflops_per_call']:.3f} | {r.get('steps', s['steps'])} | "
+            f"{r['train_seconds']:.0f} | "
+            f"{r['train_images_per_s']:.0f} | {r['final_loss']:.4f} | {held_out_text(r)} | "
+            f"{f['frechet_distance']:.1f} | "
+            f"{f['kid_mean']:.1f} | {f['recognisable']:.2f} | {f['sampling_s_per_image'] * 1000:.1f} ms | "
+            f"{f['ode_evaluations_per_image'] or '-'} |"
+        )
+    lines += [
+        f"\n![quality against training time]({shown(results)}/quality_curves.png)",
+        f"\n![Pareto frontiers]({shown(results)}/frontier.png)\n",
+    ]
+    for key, title in (("denoise_digits", "held-out digits"), ("denoise_photos", "grey patches of real photos")):
+        runs = [r for r in quality["runs"] if r.get(key)]
+        if not runs:
+            continue
+        lines.append(f"\n### Denoising {title} (DPM-Solver++, PSNR dB / SSIM)\n")
+        lines.append("| noise std | steps | noisy input | " + " | ".join(r["name"] for r in runs) + " |")
+        lines.append("|---:|---:|---:|" + "---:|" * len(runs))
+        for i, case in enumerate(runs[0][key]):
+            if "psnr" not in case:
+                continue
+            cells = []
+            for r in runs:
+                c = r[key][i]
+                cells.append(
+                    f"{c['psnr']:.2f} / {c['ssim']:.3f} ({c['s_per_image'] * 1000:.1f} ms)" if "psnr" in c else "-"
+                )
+            lines.append(f"| {case['noise_std']} | {case['steps']} | {case['noisy_psnr']:.2f} / "
+                         f"{case['noisy_ssim']:.3f} | " + " | ".join(cells) + " |")  # fmt: skip
+    return lines
+
+
+def plot_quality(quality: dict[str, Any], curves_path: Path, frontier_path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    panels = [("held_out_error", "held-out denoising error (lower is better)"),
+              ("frechet_distance", "Fréchet distance (lower is better)")]  # fmt: skip
+    for axis, (key, label) in zip(ax, panels):
+        for r in quality["runs"]:
+            points = [c for c in r["curve"] if c.get(key) is not None]
+            style = "o-" if r["model_type"] == "cunet" else "s--"
+            axis.plot([c["train_seconds"] for c in points], [c[key] for c in points], style, label=r["name"])
+        axis.set(xlabel="training wall time (s)", ylabel=label, yscale="log")
+    ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(curves_path, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(1, 3, figsize=(13, 4))
+    axes = [("train_seconds", "training wall time (s)"), ("gflops_per_sample", "GFLOPs per sample"),
+            ("sampling", "sampling latency per image (ms)")]  # fmt: skip
+    for axis, (key, label) in zip(ax, axes):
+        for model_type, marker in (("cunet", "o"), ("unet2d", "s")):
+            runs = [r for r in quality["runs"] if r["model_type"] == model_type]
+            xs = [r["final"]["sampling_s_per_image"] * 1000 if key == "sampling" else r[key] for r in runs]
+            ys = [r["final"]["frechet_distance"] for r in runs]
+            axis.scatter(xs, ys, marker=marker, label="cUNet" if model_type == "cunet" else "UNet2DModel")
+            for x, y, r in zip(xs, ys, runs):
+                axis.annotate(r["name"].split("-", 1)[1], (x, y), fontsize=7)
+        axis.set(xlabel=label, ylabel="Fréchet distance (lower is better)", xscale="log", yscale="log")
+    ax[0].legend()
+    fig.tight_layout()
+    fig.savefig(frontier_path, dpi=110)
+    plt.close(fig)
+
+
+def pareto(runs: list[dict[str, Any]], cost_key) -> list[str]:
+    """Names of the runs no other run beats on both cost and Fréchet distance."""
+    front = []
+    for r in runs:
+        c, q = cost_key(r), r["final"]["frechet_distance"]
+        if not any(cost_key(o) <= c and o["final"]["frechet_distance"] < q and o is not r for o in runs):
+            front.append(r["name"])
+    return front
+
+
+def report_section(quality: dict[str, Any], results: Path) -> list[str]:
+    """The digits quality section of BENCHMARKS.md, with its plots written to `results`."""
+    plot_quality(quality, results / "quality_curves.png", results / "frontier.png")
+    lines = [*quality_section(quality, results), "\n### Pareto frontier (Fréchet distance against cost)\n"]
+    for label, key in (("training wall time", frontier.training_seconds),
+                       ("GFLOPs per sample", lambda r: r["gflops_per_sample"]),
+                       ("sampling latency", frontier.sampling_seconds)):  # fmt: skip
+        lines.append(f"- {label}: " + ", ".join(pareto(quality["runs"], key)))
+    return lines + frontier.section(quality["runs"])

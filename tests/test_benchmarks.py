@@ -70,7 +70,7 @@ def test_tiny_momentum_benchmark_writes_curves_summary_and_plot(tmp_path):
 
 def test_gpu_benchmark_runs_on_cpu_with_small_sizes(tmp_path):
     """`python -m benchmarks.gpu --mode tiny` on the CPU: every section measured, none failed, the cUNet one graph."""
-    from benchmarks import gpu, report
+    from benchmarks import gpu
 
     output = tmp_path / "gpu.json"
     result = gpu.main(["--mode", "tiny", "--output", str(output), "--compile-modes"])
@@ -84,12 +84,12 @@ def test_gpu_benchmark_runs_on_cpu_with_small_sizes(tmp_path):
     assert skipping[0]["gflops_per_call"] > skipping[1]["gflops_per_call"] > skipping[2]["gflops_per_call"]
     assert skipping[3]["cached_levels"] == 1 and skipping[3]["gflops_per_call"] < skipping[0]["gflops_per_call"]
     assert all(r["throughput_ratio"] > 0 for r in result["training"])
-    text = "\n".join(report.gpu_section(saved))
+    text = "\n".join(gpu.gpu_section(saved))
     assert "| fp32 | 4 | eager |" in text and "Fastest bf16 forward" in text and "| euler x2 | 14 |" in text
     assert "| skipping mid_block, " in text and "reusing cached deep features" in text
     # a file stopped before its first section is reported as partial, not a crash
     partial = {key: saved[key] for key in ("device", "torch", "date", "mode", "counts")}
-    assert "partial result" in "\n".join(report.gpu_section(partial))
+    assert "partial result" in "\n".join(gpu.gpu_section(partial))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")

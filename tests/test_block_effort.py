@@ -228,7 +228,7 @@ def test_feature_reuse_saves_counted_flops_and_refuses_other_models():
 # ---------------------------------------------------------------------------------------------- the benchmark
 @needs_data
 def test_step_aware_benchmark_tiny_mode(tmp_path):
-    from benchmarks import report, step_aware
+    from benchmarks import step_aware
 
     results = tmp_path / "results"
     data = step_aware.run("tiny", tmp_path / "runs", results / step_aware.RESULTS_FILE)
@@ -243,7 +243,7 @@ def test_step_aware_benchmark_tiny_mode(tmp_path):
     assert cached["gflops_per_sample"] < default["gflops_per_sample"]
     assert cached["evaluations_per_sample"] < default["evaluations_per_sample"]
     assert data["verdicts"]["cunet-x1-edm cache 2/1"]["flop_ratio"] < 1
-    text = "\n".join(report.step_aware_report(data, results))
+    text = "\n".join(step_aware.report_section(data, results))
     assert "block skipping and feature reuse" in text and (results / "step_aware.png").stat().st_size > 0
     # started again, it keeps the searches and scored rows
     again = step_aware.run("tiny", tmp_path / "runs", results / step_aware.RESULTS_FILE)

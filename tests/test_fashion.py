@@ -191,7 +191,7 @@ def test_score_samples_needs_fashion_mnist():
 
 @needs_data
 def test_benchmark_tiny_mode(tmp_path):
-    from benchmarks import fashion, report
+    from benchmarks import fashion
 
     results = tmp_path / "results"
     fashion.run("tiny", tmp_path / "runs", results / fashion.RESULTS_FILE)
@@ -206,7 +206,7 @@ def test_benchmark_tiny_mode(tmp_path):
     per_step = runs["cunet-x1-edm"]["train_seconds_median"] / runs["cunet-x1-edm"]["steps"]  # median step times
     assert equal["steps"] == max(1, round(runs["unet2d-x1-edm"]["train_seconds_median"] / per_step))
     assert data["judge"]["test_accuracy"] >= 0.91 and data["reference_real_vs_real"]["samples"] == 24
-    text = "\n".join(report.fashion_report(data, results))
+    text = "\n".join(fashion.report_section(data, results))
     assert "Fashion-MNIST" in text and "`cunet-x1-edm` | `unet2d-x1-edm`" in text
     assert (results / "fashion.png").stat().st_size > 0
     # started again, it keeps every finished, scored model instead of training or sampling it again

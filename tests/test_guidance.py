@@ -236,7 +236,6 @@ def test_guidance_benchmark_tiny_mode(tmp_path):
     """Both networks trained with a null class and scored at every scale; guided scales cost twice the ODE
     evaluations; a stopped run keeps its scores; the class grid, the report section and its plot are written."""
     from benchmarks import guidance
-    from benchmarks.guidance_report import section
 
     results = guidance.run("tiny", tmp_path / "runs", tmp_path)
     names = [row["name"] for row in results["runs"]]
@@ -253,6 +252,6 @@ def test_guidance_benchmark_tiny_mode(tmp_path):
     assert (tmp_path / guidance.GRID_FILE).is_file()
     again = guidance.run("tiny", tmp_path / "runs", tmp_path)  # finished: nothing is trained or scored again
     assert again["runs"] == json.loads(json.dumps(results["runs"]))  # (as read back: tuples become lists)
-    text = "\n".join(section(again, tmp_path))
+    text = "\n".join(guidance.report_section(again, tmp_path))
     assert "cunet-x1-edm-guided" in text and "scales meeting the target" in text
     assert (tmp_path / guidance.PLOT_FILE).stat().st_size > 1000  # drawn once, with the report section

@@ -4,6 +4,7 @@ and the library never imports its pipelines (arrows point one way: pipelines -> 
 from __future__ import annotations
 
 import ast
+import graphlib
 import os
 import subprocess
 import sys
@@ -31,6 +32,65 @@ def imported_modules(path: Path) -> set[str]:
                 base = f"{parent}.{base}" if base else parent
             names.add(base)
     return names
+
+
+# Every package of the repository whose modules import each other: folder -> its import name.
+PACKAGES = {"diffusers_cunet": "diffusers_cunet", "pipelines": "diffusers_cunet.pipelines", "training": "training",
+            "evaluation": "evaluation", "benchmarks": "benchmarks"}  # fmt: skip
+
+
+def is_command_line_block(node: ast.AST) -> bool:
+    """`if __name__ == "__main__":`: code that runs only when the module is the program, never on import."""
+    test = getattr(node, "test", None)
+    return isinstance(node, ast.If) and isinstance(test, ast.Compare) and getattr(test.left, "id", "") == "__name__"
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Each repository module -> the repository modules it imports, at the top or inside a function alike (a lazy
+    import is still an arrow), but not in its command-line block."""
+    modules = {}
+    for folder, package in PACKAGES.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            name = ".".join((package, *path.relative_to(ROOT / folder).with_suffix("").parts))
+            modules[name.removesuffix(".__init__")] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        arrows: set[str] = set()
+        pending = [ast.parse(path.read_text())]
+        while pending:
+            for node in ast.iter_child_nodes(pending.pop()):
+                if is_command_line_block(node):
+                    continue
+                if isinstance(node, ast.Import):
+                    targets = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    base = node.module or ""
+                    if node.level:
+                        parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                        base = f"{parent}.{base}" if base else parent
+                    targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+                else:
+                    pending.append(node)
+                    continue
+                for target in targets:  # `from a.b import c`: the module a.b.c where it is one, else a.b
+                    while target and target not in modules:
+                        target = target.rpartition(".")[0]
+                    if target and target != name:
+                        arrows.add(target)
+        graph[name] = arrows
+    return graph
+
+
+def test_no_import_circle_anywhere():
+    """Modules import each other one way only (a circle means neither can be read, tested or changed alone)."""
+    graph = import_graph()
+    assert {"benchmarks.report", "benchmarks.fashion", "training.loop"} <= set(graph)  # the walk found the modules
+    assert "benchmarks.fashion" in graph["benchmarks.report"]  # ... and their arrows, lazy or not
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as error:
+        raise AssertionError(f"import circle: {' -> '.join(error.args[1])}") from None
 
 
 def test_the_package_imports_nothing_of_training_or_benchmarks():

@@ -1,6 +1,7 @@
-"""The README's examples run as written: every Python block in a fresh interpreter (the Hub id it names served
-from an offline cache, the output folders it names made by short training runs), every training command parsed
-by the training script's own parser."""
+"""The examples of the README and docs/*.md run as written: every Python block in a fresh interpreter (the Hub id it
+names served from an offline cache, the output folders it names made by short training runs, the shipped model at
+its path), every training command parsed by the training script's own parser; and every measured number they show
+is what the committed results render (`benchmarks.pages`)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from training_helpers import ROOT, load_train_module, train
 from diffusers_cunet.presets import from_preset
 from training.options import parse_args
 
-README = (ROOT / "README.md").read_text()
-PYTHON_BLOCKS = [m.group(1) for m in re.finditer(r"```python\n(.*?)```", README, re.S)]
-BASH_BLOCKS = [m.group(1) for m in re.finditer(r"```bash\n(.*?)```", README, re.S)]
+PAGES = {
+    page.relative_to(ROOT).as_posix(): page.read_text() for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+}
+PYTHON_BLOCKS = [(name, m.group(1)) for name, text in sorted(PAGES.items())
+                 for m in re.finditer(r"```python\n(.*?)```", text, re.S)]  # fmt: skip
+BASH_BLOCKS = [m.group(1) for text in PAGES.values() for m in re.finditer(r"```bash\n(.*?)```", text, re.S)]
 NEEDS_CUDA = ".cuda()"
 
 
@@ -47,27 +51,29 @@ def user_folder(tmp_path_factory):
     hub = DDPMPipeline(unet=from_preset("cifar10-32", block_out_channels=(32, 64), attention_levels=(False, True)),
                        scheduler=DDIMScheduler())  # fmt: skip
     lay_out_hub_cache(folder / "hf" / "hub", "org/cunet-cifar10", hub)
+    (folder / "pretrained").symlink_to(ROOT / "pretrained")  # the shipped model, where the examples name it
     return folder
 
 
-def test_the_readme_has_examples():
-    assert len(PYTHON_BLOCKS) >= 6 and any('from_pretrained("org/cunet-cifar10")' in b for b in PYTHON_BLOCKS)
+def test_the_pages_have_examples():
+    assert len(PYTHON_BLOCKS) >= 10 and any('from_pretrained("org/cunet-cifar10")' in b for _, b in PYTHON_BLOCKS)
+    assert sum(name == "README.md" for name, _ in PYTHON_BLOCKS) >= 3  # load, swap schedulers: the first things
 
 
-@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
+@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)), ids=lambda i: f"{PYTHON_BLOCKS[i][0]}-{i}")
 def test_python_example_runs_as_written(index, user_folder):
-    code = PYTHON_BLOCKS[index]
+    page, code = PYTHON_BLOCKS[index]
     if NEEDS_CUDA in code and not torch.cuda.is_available():
         pytest.skip("a GPU example (tests/test_gpu.py covers its parts where a GPU is present)")
     hf = user_folder / "hf"
     env = {**os.environ, "HF_HOME": str(hf), "HF_HUB_CACHE": str(hf / "hub"), "HF_HUB_OFFLINE": "1"}
     run = subprocess.run([sys.executable, "-c", code], cwd=user_folder, env=env, capture_output=True, text=True,
                          timeout=600)  # fmt: skip
-    assert run.returncode == 0, f"README example {index} failed:\n{code}\n{run.stderr[-3000:]}"
+    assert run.returncode == 0, f"{page}'s example failed:\n{code}\n{run.stderr[-3000:]}"
 
 
 def test_training_commands_parse():
-    """Every `training/train.py` command line of the README is accepted by the script's parser as written."""
+    """Every `training/train.py` command line of the pages is accepted by the script's parser as written."""
     commands = [c for block in BASH_BLOCKS for c in _commands(block) if "training/train.py" in c]
     assert len(commands) >= 5
     cwd = os.getcwd()
@@ -77,3 +83,35 @@ def test_training_commands_parse():
             parse_args(command[command.index("training/train.py") + 1 :])
     finally:
         os.chdir(cwd)
+
+
+# ------------------------------------------------------------------------------------------- rendered numbers
+def test_every_page_shows_what_its_results_render():
+    from benchmarks import pages
+
+    assert pages.stale_pages() == [], "run: python -m benchmarks.pages"
+    rendered = [name for name, text in PAGES.items() if pages.BLOCK.search(text)]
+    assert {"README.md", "docs/guidance.md", "docs/step-aware.md", "docs/gpu.md"} <= set(rendered)
+
+
+def test_a_changed_result_changes_the_page(tmp_path):
+    """The rendered parts come from the results files: another measurement renders another page, an unknown part
+    is an error, and a results file that is missing says so instead of failing."""
+    import json
+    import shutil
+
+    from benchmarks import cost, pages
+
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "benchmarks" / "results", results)
+    data = json.loads((results / cost.RESULTS_FILE).read_text())
+    data["sizes"]["cifar10-32"]["cunet"]["params"] = 1_234_567
+    (results / cost.RESULTS_FILE).write_text(json.dumps(data))
+    readme = PAGES["README.md"]
+    again = pages.render(readme, results)
+    assert "| 1,234,567 |" in again and "| 1,234,567 |" not in readme
+    assert again.split("<!-- rendered: results -->")[0] == readme.split("<!-- rendered: results -->")[0]  # prose kept
+    with pytest.raises(ValueError, match="unknown rendered part 'nope'"):
+        pages.render("<!-- rendered: nope -->\nx\n<!-- /rendered -->", results)
+    (results / "gpu.json").unlink()
+    assert "gpu.json has not been published yet" in pages.render(PAGES["docs/gpu.md"], results)
