@@ -41,7 +41,9 @@ import torch
 
 from . import paths
 from .fashion import EULER1
+from .fashion import RESULTS_FILE as FASHION_RESULTS_FILE
 from .guidance import GUIDED, balanced_labels
+from .plotting import pyplot
 from .quality import Variant
 
 RESULTS_FILE = "convergence.json"
@@ -526,10 +528,10 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
     for run in mode.runs:
         own = [point for point in points if point["run"] == run.name]
         regular = sorted((p for p in own if p.get("kind", "checkpoint") == "checkpoint"), key=lambda p: p["step"])
-        if not regular:
-            continue
         kept = list_checkpoints(folder / run.name)
-        last = regular[-1]["step"]
+        if not regular and not kept:
+            continue  # not started
+        last = regular[-1]["step"] if regular else steps_done(folder, run)
         at_end = [p for p in own if p["step"] == last and p.get("kind") in ("guided", "sweep", "full")]
         guided = sorted((p for p in at_end if p["kind"] == "guided"), key=lambda p: p["guidance_scale"])
         row = {
@@ -554,13 +556,9 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
 def plot(results: dict[str, Any], path: Path) -> Path:
     """FID against training hours, one line per run (left), and, for the finished runs, FID against sampling
     seconds per image at 10/20/50 sampler steps (right; the times measured side by side), the floor beside."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for row in results["runs"]:
+    for row in (row for row in results["runs"] if row["points"]):  # started, scored at least once
         style = dict(marker="o", linestyle="-" if row["network"] == "cunet" else "--")
         left.plot([p["train_seconds"] / 3600 for p in row["points"]], [p["fid"] for p in row["points"]],
                   label=row["name"], **style)  # fmt: skip
@@ -586,21 +584,22 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ its section of the report
-def training_hours_left(row: dict[str, Any]) -> float | None:
-    """Training hours still planned for a run, at its own pace so far (None before two points)."""
-    points = row["points"]
-    if row["steps"] >= row["planned_steps"] or not points or not points[-1]["train_seconds"]:
-        return 0.0 if points and row["steps"] >= row["planned_steps"] else None
-    per_step = points[-1]["train_seconds"] / points[-1]["step"]
-    return (row["planned_steps"] - row["steps"]) * per_step / 3600
-
-
 def status_text(row: dict[str, Any]) -> str:
-    """`step 2,000 of 12,000 (about 1.9 h of training left)`, or that the run is finished."""
-    left = training_hours_left(row)
+    """`step 2,000 of 12,000`, or that the run is finished (`--status` estimates the hours left)."""
     if row["steps"] >= row["planned_steps"]:
         return f"finished at step {row['steps']:,}"
-    return f"step {row['steps']:,} of {row['planned_steps']:,}" + (f" (about {left:.1f} h left)" if left else "")
+    return f"step {row['steps']:,} of {row['planned_steps']:,}" + ("" if row["points"] else ", not scored yet")
+
+
+def floor_text(folder: Path) -> str:
+    """The metric's floor, as the Fashion benchmark measured it with the same judge and protocol (real training
+    images in place of samples), where its results are in `folder`."""
+    fashion_file = folder / FASHION_RESULTS_FILE
+    if not fashion_file.is_file():
+        return ""
+    floor = json.loads(fashion_file.read_text())["reference_real_vs_real"]
+    return (f"; the floor ({floor['samples']:,} real training images scored the same way): FID {floor['fid']:.2f}, "
+            f"precision {floor['precision']:.3f}, recall {floor['recall']:.3f}")  # fmt: skip
 
 
 def report_section(results: dict[str, Any], folder: Path) -> list[str]:
@@ -615,7 +614,8 @@ def report_section(results: dict[str, Any], folder: Path) -> list[str]:
         f"{settings['score_every']:,} steps: {settings['samples']:,} samples of the EMA weights (labels uniform, "
         f"guidance scale 1, EDM DPM-Solver++ {settings['sampling_steps']} steps) against the "
         f"{settings['test_images']:,} test images, in the judge's features (its accuracy on them: "
-        f"{results['judge']['test_accuracy']:.1%}). Hours are training hours on 2 CPU cores.\n",
+        f"{results['judge']['test_accuracy']:.1%}){floor_text(folder)}. Hours are training hours on 2 CPU cores "
+        "(wall time of the steps; the machine was shared with other work at times).\n",
         "| run | params | step | training h | FID | KID | precision | recall | class accuracy | held-out error |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
