@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 FASHION_STAMP := $(FASHION_MNIST_DIR)/t10k-labels-idx1-ubyte.gz
 
-.PHONY: setup demo sample fashion fashion-data convergence test lint bench cost clean
+.PHONY: setup demo sample app browser fashion fashion-data convergence test lint bench cost clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,14 @@ $(FASHION_STAMP):
 
 fashion-data: $(FASHION_STAMP)
 
+## Debian's chromium and its driver, for the app's browser test (Selenium drives them; no browser download).
+CHROMEDRIVER := /usr/bin/chromedriver
+$(CHROMEDRIVER):
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq
+	$$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq chromium chromium-driver
+
+browser: $(CHROMEDRIVER)
+
 ## The real-data recipe: the cUNet on Fashion-MNIST's 60,000 training images, scored by the judge -> outputs/fashion/.
 fashion: $(STAMP) $(FASHION_STAMP)
 	$(PY) training/train.py --config training/configs/fashion-mnist.yaml --output_dir outputs/fashion
@@ -43,12 +51,16 @@ convergence: $(STAMP) $(FASHION_STAMP)
 sample: $(STAMP)
 	$(PY) sample.py
 
+## The shipped model in a browser (space/app.py, Gradio): prints its address, http://127.0.0.1:7860 (Ctrl-C stops it).
+app: $(STAMP)
+	$(PY) space/app.py
+
 ## The main job: train the small cUNet on the embedded scikit-learn digits, write a sample grid and a pipeline.
 demo: $(STAMP)
 	$(PY) training/train.py --config training/configs/digits.yaml --output_dir outputs/digits-demo
 
 ## The test suite (CI runs exactly this): one worker per core, each test file on one worker (its fixtures built once).
-test: $(STAMP) $(FASHION_STAMP)
+test: $(STAMP) $(FASHION_STAMP) $(CHROMEDRIVER)
 	$(PY) -m pytest -q -n auto --dist loadfile --durations=10
 
 lint: $(STAMP)

@@ -25,10 +25,12 @@ from typing import Any
 
 import torch
 
+from diffusers_cunet.shipped import CLONE_FOLDER, HUB_ID
+
 ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "pretrained" / "cunet-fashion-mnist"
+SHIPPED = CLONE_FOLDER  # where `package` writes the model (`diffusers_cunet.shipped`)
 RESULTS = ROOT / "benchmarks" / "results" / "release.json"
-REPO_ID = "diffusers-cunet/cunet-fashion-mnist"  # the Hub id the card shows (a placeholder: nothing is pushed)
+REPO_ID = HUB_ID  # the Hub id its card shows
 HUB_DATASET = "zalando-datasets/fashion_mnist"
 GRID_FILE = "samples.png"
 SAMPLING_STEPS = 20  # EDM DPM-Solver++: the recipe's sampler
