@@ -42,7 +42,7 @@ import torch
 from . import paths
 from .fashion import EULER1
 from .fashion import RESULTS_FILE as FASHION_RESULTS_FILE
-from .guidance import GUIDED, balanced_labels
+from .guidance import GUIDED
 from .plotting import pyplot
 from .quality import Variant
 
@@ -251,21 +251,15 @@ class Scorer:
         """Every judge score of samples drawn with uniform labels at `guidance_scale`, the class accuracy and the
         sampling seconds per image."""
         from diffusers_cunet.pipelines import ContinuousUNetPipeline
-        from evaluation.fashion_scores import generate, sample_scores
+        from evaluation.fashion_scores import class_conditional_scores
 
         from .fashion import sampler
 
         settings = self.settings
         count, steps = samples or settings.samples, sampling_steps or settings.sampling_steps
-        labels = balanced_labels(count)
         pipeline = ContinuousUNetPipeline(unet=unet.eval(), scheduler=sampler(noise_config, steps))
-        images, seconds = generate(pipeline, count, steps, settings.seed, settings.sample_batch,
-                                   class_labels=labels, guidance_scale=guidance_scale)  # fmt: skip
-        predicted, _ = self.judge.predict(images)
-        scores = sample_scores(self.judge, None, images, real_features=self.test_features)
-        scores.update(class_accuracy=float((predicted == labels).double().mean()), guidance_scale=guidance_scale,
-                      sampling_steps=steps, sampling_s_per_image=seconds)  # fmt: skip
-        return scores
+        return class_conditional_scores(pipeline, self.judge, self.test_features, count, steps, settings.seed,
+                                        settings.sample_batch, guidance_scale)  # fmt: skip
 
 
 def held_out_at(output: Path, step: int) -> float | None:
@@ -328,6 +322,8 @@ def time_finished_runs(mode: Mode, folder: Path) -> None:
         noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
         pipelines[run.name] = ContinuousUNetPipeline(unet=unet, scheduler=sampler(noise_config, 0))
         pipelines[run.name].set_progress_bar_config(disable=True)
+    from evaluation.fashion_scores import balanced_labels
+
     labels = balanced_labels(settings.timing_images)
     seconds: dict[str, dict[str, list[float]]] = {name: {} for name in pipelines}
     for sampling_steps in settings.timing_steps:

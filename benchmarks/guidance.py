@@ -30,7 +30,13 @@ import torch
 
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from evaluation.fashion_judge import judge_metadata, load_judge
-from evaluation.fashion_scores import generate, judge_features, sample_scores
+from evaluation.fashion_scores import (
+    balanced_labels,
+    class_conditional_scores,
+    generate,
+    judge_features,
+    sample_scores,
+)
 from training.fashion_mnist import CLASS_NAMES, split_tensors
 from training.loop import train
 from training.options import make_config
@@ -134,33 +140,14 @@ def variants(mode: str) -> list[FashionVariant]:
     return out
 
 
-def balanced_labels(count: int) -> torch.Tensor:
-    """Labels 0, 1, ..., 9, 0, 1, ...: every class equally often, as in the test set."""
-    return torch.arange(count) % CLASSES
-
-
-def score_scale(pipeline, scale: float, labels, test_features, judge, settings: GuidanceSettings,
+def score_scale(pipeline, scale: float, test_features, judge, settings: GuidanceSettings,
                 interval: tuple[float, float] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Samples at guidance `scale` (within `interval`, if given): their class accuracy (per class too), every
-    Fashion score, the sampling time per image and the ODE evaluations per image (read from one extra single-image
-    call)."""
-    guidance = dict(class_labels=labels, guidance_scale=scale, guidance_interval=interval)
-    images, seconds = generate(pipeline, len(labels), settings.sampling_steps, settings.seed, settings.sample_batch,
-                               **guidance)  # fmt: skip
-    predicted, _ = judge.predict(images)
-    correct = predicted == labels
-    per_class = [float(correct[labels == c].double().mean()) for c in range(CLASSES)]
-    probe = pipeline(batch_size=1, num_inference_steps=settings.sampling_steps, output_type="pt",
-                     **{**guidance, "class_labels": labels[:1]})  # fmt: skip
-    return {
-        "scale": scale,
-        "guidance_interval": list(interval) if interval else None,
-        "class_accuracy": float(correct.double().mean()),
-        "class_accuracy_per_class": per_class,
-        **sample_scores(judge, None, images, real_features=test_features),
-        "sampling_s_per_image": seconds,
-        "ode_evaluations_per_image": probe.ode_evaluations,
-    }
+    """One point of the benchmark: `class_conditional_scores` at guidance `scale` (within `interval`), in this
+    benchmark's format (`scale`, the sampler's steps left to the settings)."""
+    scores = class_conditional_scores(pipeline, judge, test_features, settings.samples, settings.sampling_steps,
+                                      settings.seed, settings.sample_batch, scale, interval)  # fmt: skip
+    del scores["sampling_steps"]
+    return {"scale": scores.pop("guidance_scale"), **scores}
 
 
 def run(mode: str, runs: Path, results_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
@@ -172,7 +159,6 @@ def run(mode: str, runs: Path, results_dir: Path, only: list[str] | None = None)
     judge = load_judge()
     test_images = split_tensors("test")[0][: settings.test_images]
     test_features = judge_features(judge, test_images)
-    labels = balanced_labels(settings.samples)
     floor = sample_scores(judge, None, split_tensors("train")[0][: settings.samples], real_features=test_features)
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     rows = {row["name"]: row for row in previous.get("runs", [])} if previous.get("mode") == mode else {}
@@ -194,7 +180,7 @@ def run(mode: str, runs: Path, results_dir: Path, only: list[str] | None = None)
         for scale, interval in settings.points_of(variant):
             if setting_key(scale, interval) in done:
                 continue
-            point = score_scale(pipeline, scale, labels, test_features, judge, settings, interval)
+            point = score_scale(pipeline, scale, test_features, judge, settings, interval)
             row["points"] = sorted([*row["points"], point], key=point_key)
             accuracy, fid, ms = point["class_accuracy"], point["fid"], point["sampling_s_per_image"] * 1e3
             within = f" within sigma {list(interval)}" if interval else ""

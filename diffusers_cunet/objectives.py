@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from .preconditioning import EDMPreconditioning, edm_scheduler, loss_weight_cap
+from .preconditioning import EDMPreconditioning, edm_scheduler, loss_weight_cap, vp_sigmas
 
 
 @runtime_checkable
@@ -98,8 +98,7 @@ class DDPMObjective:
         """Mean squared error of the clean-image estimate at noise level `sigma` on EDM's scale (the noisy image is
         clean + sigma * noise, up to scaling): at the training timestep whose sqrt((1 - alpha_bar) / alpha_bar)
         is closest to `sigma`. In image units, so comparable with `EDMObjective.denoising_error`."""
-        alpha_bar = self.noise_scheduler.alphas_cumprod
-        timestep = int((((1 - alpha_bar) / alpha_bar).sqrt() - sigma).abs().argmin())
+        timestep = int((vp_sigmas(self.noise_scheduler.alphas_cumprod) - sigma).abs().argmin())
         timesteps = torch.full((clean.shape[0],), timestep, dtype=torch.long, device=clean.device)
         noisy = self.noise_scheduler.add_noise(clean, noise, timesteps)
         return F.mse_loss(self.denoise(model, noisy, timesteps, **model_kwargs).float(), clean.float()).item()

@@ -28,6 +28,7 @@ __all__ = [
     "edm_scheduler",
     "loss_weight_cap",
     "preconditioning_from_config",
+    "vp_sigmas",
 ]
 
 
@@ -180,6 +181,14 @@ def preconditioning_from_config(config: Mapping[str, Any] | None) -> EDMPrecondi
     if unknown:
         raise ValueError(f"Unknown option(s) {unknown} for {kind!r} preconditioning; known: {sorted(known)}.")
     return cls(**options)
+
+
+def vp_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """EDM's sigma of every timestep of a variance-preserving (DDPM-style) schedule, sqrt((1 - abar) / abar), in
+    float64 on the CPU: the two objectives describe the same noisy image up to scale, x_t / sqrt(abar) = clean +
+    sigma * noise, so this is the one place the two noise scales meet."""
+    abar = alphas_cumprod.detach().double().cpu()
+    return ((1 - abar) / abar).sqrt()
 
 
 def loss_weight_cap(step: int, warmup_steps: int, start: float = 5.0, end: float = 500.0) -> float:

@@ -29,11 +29,11 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # The modules each file is made of, each after the ones it imports ("pipelines." = diffusers_cunet.pipelines).
 MODEL_MODULES = (
     "atomic_write", "hub_code", "class_names", "feature_cache", "fixed_grid", "solvers", "ode_blocks",
-    "preconditioning", "guidance", "unet_continuous_2d",
+    "preconditioning", "guidance", "model_loading", "unet_continuous_2d",
 )  # fmt: skip
 PIPELINE_MODULES = (
     "atomic_write", "hub_code", "class_names", "feature_cache", "fixed_grid", "guidance", "solvers", "step_schedule",
-    "pipelines.scheduler_support", "pipelines.objective_bridge", "pipelines.pipeline_utils",
+    "preconditioning", "pipelines.scheduler_support", "pipelines.objective_bridge", "pipelines.pipeline_utils",
     "pipelines.pipeline_continuous_unet",
 )  # fmt: skip
 

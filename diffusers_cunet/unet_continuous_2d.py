@@ -8,7 +8,6 @@ it is imported here at module level.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import warnings
@@ -31,6 +30,7 @@ from .class_names import checked_id2label
 from .feature_cache import DeepFeatureCache
 from .guidance import check_null_class
 from .hub_code import MODEL_CODE_MODULE, write_model_code
+from .model_loading import check_config_file, errors_naming_the_weights
 from .ode_blocks import NORM_TYPES, ODE_ORDERS, ODEBlock, make_norm
 from .preconditioning import EDMPreconditioning, preconditioning_from_config
 from .solvers import SolverConfig
@@ -512,19 +512,6 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def _check_local_config(cls, path: str | os.PathLike, subfolder: str | None) -> None:
-        """Validate a local config.json before any weights are read, so its errors name the config, not them."""
-        config_path = _config_file(path, subfolder)
-        if not os.path.isfile(config_path):
-            return  # a Hub id, or no config: diffusers resolves or reports it
-        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
-        config = {**defaults, **cls.extract_init_dict(cls.load_config(os.path.dirname(config_path)))[0]}
-        try:
-            cls._validate_arguments(config)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"Invalid ContinuousUNet2DModel config {config_path}: {error}") from error
-
-    @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
         # `auto_map` says where the remote code lives (`save_pretrained` writes it); it is no constructor argument.
         config_dict = {key: value for key, value in config_dict.items() if key != "auto_map"}
@@ -564,44 +551,8 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
         """As `ModelMixin.from_pretrained`, but an invalid config or a corrupted or mismatched weights file
-        raises a `ValueError` that names the file. See `ModelMixin.from_pretrained` for the arguments."""
-        cls._check_local_config(pretrained_model_name_or_path, kwargs.get("subfolder"))
-        try:
+        raises a `ValueError` that names the file (`model_loading`). See `ModelMixin.from_pretrained` for the
+        arguments."""
+        check_config_file(cls, pretrained_model_name_or_path, kwargs.get("subfolder"))
+        with errors_naming_the_weights(cls.__name__, pretrained_model_name_or_path, kwargs):
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        except Exception as error:
-            # Missing files and network problems keep diffusers' own message, and so does any error raised outside
-            # the reading of the weights; a weights file that cannot be read or does not fit this architecture gets
-            # one that names it.
-            unreadable = isinstance(error, OSError) and "Unable to load weights" in str(error)
-            mismatched = isinstance(error, (RuntimeError, ValueError, KeyError)) and _raised_reading_weights(error)
-            if unreadable or mismatched:
-                raise ValueError(_weights_error(pretrained_model_name_or_path, kwargs, error)) from error
-            raise
-
-
-def _config_file(path, subfolder: str | None) -> str:
-    return os.path.join(str(path), subfolder or "", "config.json")
-
-
-# diffusers' functions that read a weights file into the model (diffusers.models.model_loading_utils, modeling_utils)
-_WEIGHT_READERS = frozenset(
-    {"load_state_dict", "load_model_dict_into_meta", "_load_state_dict_into_model", "_load_shard_file",
-     "_load_shard_files_with_threadpool", "_load_pretrained_model"}
-)  # fmt: skip
-
-
-def _raised_reading_weights(error: BaseException) -> bool:
-    """Whether `error` was raised while diffusers read the weights (one of `_WEIGHT_READERS` on its traceback)."""
-    frame = error.__traceback__
-    while frame is not None:
-        if frame.tb_frame.f_code.co_name in _WEIGHT_READERS:
-            return True
-        frame = frame.tb_next
-    return False
-
-
-def _weights_error(path: str | os.PathLike, kwargs: Mapping[str, Any], error: Exception) -> str:
-    folder = os.path.join(str(path), kwargs.get("subfolder") or "")
-    variant = kwargs.get("variant")
-    name = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
-    return f"Could not load ContinuousUNet2DModel weights from {os.path.join(folder, name)}: {error}"

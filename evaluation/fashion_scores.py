@@ -81,3 +81,45 @@ def generate(
         per_image.append((time.perf_counter() - begin) / size)
         images.append(out.images.cpu())
     return torch.cat(images), sorted(per_image)[len(per_image) // 2]
+
+
+def balanced_labels(count: int, classes: int = 10) -> torch.Tensor:
+    """Labels 0, 1, ..., classes - 1, 0, 1, ...: every class equally often, as in the test set."""
+    return torch.arange(count) % classes
+
+
+@torch.no_grad()
+def class_conditional_scores(
+    pipeline,
+    judge: FashionJudge,
+    real_features: torch.Tensor,
+    count: int,
+    steps: int,
+    seed: int = 0,
+    batch_size: int = 250,
+    guidance_scale: float = 1.0,
+    guidance_interval: tuple[float, float] | None = None,
+) -> dict[str, Any]:
+    """`count` samples of a class-conditional `pipeline` with balanced labels at `guidance_scale` (within
+    `guidance_interval`, EDM sigmas, where given), scored as the benchmarks, the convergence queue and the shipped
+    model's card all score them: every `sample_scores` entry against `real_features`, the share the judge puts in
+    the class asked for (overall and per class), the sampling seconds per image (`generate`'s median) and the ODE
+    evaluations per image (read from one extra single-image call)."""
+    labels = balanced_labels(count)
+    guidance = dict(guidance_scale=guidance_scale, guidance_interval=guidance_interval)
+    images, seconds = generate(pipeline, count, steps, seed, batch_size, class_labels=labels, **guidance)
+    predicted, _ = judge.predict(images)
+    correct = predicted == labels
+    probe = pipeline(batch_size=1, num_inference_steps=steps, output_type="pt", class_labels=labels[:1], **guidance)
+    return {
+        **sample_scores(judge, None, images, real_features=real_features),
+        "guidance_scale": guidance_scale,
+        "guidance_interval": list(guidance_interval) if guidance_interval else None,
+        "class_accuracy": float(correct.double().mean()),
+        "class_accuracy_per_class": [
+            float(correct[labels == c].double().mean()) for c in range(int(labels.max()) + 1)
+        ],
+        "sampling_steps": steps,
+        "sampling_s_per_image": seconds,
+        "ode_evaluations_per_image": getattr(probe, "ode_evaluations", None),
+    }

@@ -24,25 +24,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..preconditioning import EDMPreconditioning, vp_sigmas
 from .scheduler_support import is_edm_scheduler
-
-
-def vp_sigmas(alphas_cumprod: torch.Tensor) -> np.ndarray:
-    """sigma = sqrt((1 - abar) / abar) of every training timestep, in float64."""
-    abar = alphas_cumprod.double().cpu().numpy()
-    return np.sqrt((1 - abar) / abar)
 
 
 def sigma_at_timesteps(alphas_cumprod: torch.Tensor, timesteps) -> np.ndarray:
     """The EDM noise level of (possibly fractional) VP timesteps, interpolated linearly in t as diffusers' Euler,
     Heun and LMS schedulers do."""
-    table = vp_sigmas(alphas_cumprod)
+    table = vp_sigmas(alphas_cumprod).numpy()
     return np.interp(np.asarray(timesteps, dtype=np.float64), np.arange(len(table)), table)
 
 
 def timestep_at_sigmas(alphas_cumprod: torch.Tensor, sigmas) -> np.ndarray:
     """The fractional VP timestep of each EDM noise level (log-sigma interpolation, clipped to the schedule)."""
-    log_table = np.log(np.maximum(vp_sigmas(alphas_cumprod), 1e-12))  # increasing in t
+    log_table = np.log(np.maximum(vp_sigmas(alphas_cumprod).numpy(), 1e-12))  # increasing in t
     log_sigmas = np.log(np.maximum(np.asarray(sigmas, dtype=np.float64), 1e-12))
     return np.interp(log_sigmas, log_table, np.arange(len(log_table)))
 
@@ -86,7 +81,7 @@ class ObjectiveBridge:
             self.mode = "vp_model_edm_scheduler"
             self.model_alphas = model_schedule.alphas_cumprod
             self.model_prediction = model_schedule.config.get("prediction_type", "epsilon")
-            self.sigma_data = scheduler.config.sigma_data
+            self.scalings = EDMPreconditioning(sigma_data=scheduler.config.sigma_data)  # the scheduler's c_skip, c_out
             self.output_sign = -1.0 if scheduler.config.get("prediction_type") == "v_prediction" else 1.0
 
     @cached_property
@@ -136,7 +131,5 @@ class ObjectiveBridge:
             denoised = abar.sqrt() * x_t.double() - (1 - abar).sqrt() * output
         else:
             denoised = x - per_image * output
-        sd = self.sigma_data
-        c_skip = sd**2 / (per_image**2 + sd**2)
-        c_out = per_image * sd / (per_image**2 + sd**2).sqrt()
+        c_skip, c_out = self.scalings.c_skip(per_image), self.scalings.c_out(per_image)
         return (self.output_sign * (denoised - c_skip * x) / c_out).to(sample.dtype)

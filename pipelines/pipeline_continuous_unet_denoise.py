@@ -15,6 +15,7 @@ from diffusers import DiffusionPipeline
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..preconditioning import vp_sigmas
 from .pipeline_utils import (
     SolverSchedule,
     check_output_type,
@@ -51,13 +52,12 @@ class DenoisePipelineOutput(BaseOutput):
 
 def noise_std_of_timestep(alphas_cumprod: torch.Tensor, timestep: int) -> float:
     """Noise standard deviation, on the clean image's scale, of the VP marginal at `timestep`."""
-    abar = float(alphas_cumprod[timestep])
-    return math.sqrt((1 - abar) / abar)
+    return float(vp_sigmas(alphas_cumprod)[timestep])
 
 
 def timestep_for_noise_std(alphas_cumprod: torch.Tensor, noise_std: float) -> int:
     """The first training timestep whose noise level is at least `noise_std` (so noise only needs adding)."""
-    stds = ((1 - alphas_cumprod) / alphas_cumprod).sqrt()
+    stds = vp_sigmas(alphas_cumprod)
     above = torch.nonzero(stds >= noise_std)
     if len(above) == 0:
         raise ValueError(f"noise_std={noise_std} is above the schedule's largest noise level {float(stds[-1]):.3g}.")

@@ -128,7 +128,7 @@ def measure(folder: Path = SHIPPED, full_samples: int = FULL_SAMPLES, guided_sam
     """Every number of the card, measured on the shipped folder as a user loads it (fp32)."""
     from diffusers_cunet.pipelines import ContinuousUNetPipeline
     from evaluation.fashion_judge import judge_metadata, load_judge
-    from evaluation.fashion_scores import generate, judge_features, sample_scores
+    from evaluation.fashion_scores import class_conditional_scores, judge_features, sample_scores
     from training.fashion_mnist import split_tensors
 
     pipeline = ContinuousUNetPipeline.from_pretrained(folder)
@@ -137,15 +137,9 @@ def measure(folder: Path = SHIPPED, full_samples: int = FULL_SAMPLES, guided_sam
     floor_count = full_samples or guided_samples  # as many real training images as the main row has samples
     floor = sample_scores(judge, None, split_tensors("train")[0][:floor_count], real_features=test)
 
-    def scored(count: int, scale: float) -> dict[str, Any]:
-        labels = torch.arange(count) % 10
-        images, seconds = generate(pipeline, count, steps, 0, 250, class_labels=labels, guidance_scale=scale)
-        predicted, _ = judge.predict(images)
-        scores = sample_scores(judge, None, images, real_features=test)
-        probe = pipeline(batch_size=1, class_labels=[0], guidance_scale=scale, num_inference_steps=steps,
-                         output_type="pt")  # fmt: skip
-        return {**scores, "guidance_scale": scale, "class_accuracy": float((predicted == labels).double().mean()),
-                "seconds_per_image": seconds, "ode_evaluations_per_image": probe.ode_evaluations}  # fmt: skip
+    def scored(count: int, scale: float) -> dict[str, Any]:  # in the card's format: `seconds_per_image`
+        scores = class_conditional_scores(pipeline, judge, test, count, steps, guidance_scale=scale)
+        return {**scores, "seconds_per_image": scores.pop("sampling_s_per_image")}
 
     full = scored(full_samples, 1.0) if full_samples else None
     plain = scored(guided_samples, 1.0)

@@ -1,6 +1,6 @@
 """ContinuousUNet2DModel (the continuous U-Net of arXiv 2310.20092), self-contained.
 
-Generated from diffusers-cunet 0.1.0 (code caf07888323f9df1) by diffusers_cunet.remote_code; do not edit.
+Generated from diffusers-cunet 0.1.0 (code 229320e219b82b57) by diffusers_cunet.remote_code; do not edit.
 Load with `AutoModel.from_pretrained(folder, trust_remote_code=True)`; needs torch, torchdiffeq, diffusers.
 """
 
@@ -686,6 +686,14 @@ def preconditioning_from_config(config: Mapping[str, Any] | None) -> EDMPrecondi
     return cls(**options)
 
 
+def vp_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """EDM's sigma of every timestep of a variance-preserving (DDPM-style) schedule, sqrt((1 - abar) / abar), in
+    float64 on the CPU: the two objectives describe the same noisy image up to scale, x_t / sqrt(abar) = clean +
+    sigma * noise, so this is the one place the two noise scales meet."""
+    abar = alphas_cumprod.detach().double().cpu()
+    return ((1 - abar) / abar).sqrt()
+
+
 def loss_weight_cap(step: int, warmup_steps: int, start: float = 5.0, end: float = 500.0) -> float:
     """FDM's loss-weight warm-up: lambda(sigma) is clipped at a cap that grows geometrically from `start` to `end`
     over `warmup_steps` optimizer steps (infinite, i.e. no clipping, after that or when `warmup_steps` is 0).
@@ -837,9 +845,65 @@ def guided_network(
     return GuidedNetwork(model, guidance_scale, guidance_interval)
 
 
-# ---- diffusers_cunet/unet_continuous_2d.py
+# ---- diffusers_cunet/model_loading.py
 
 import inspect
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+# diffusers' functions that read a weights file into the model (diffusers.models.model_loading_utils, modeling_utils)
+_WEIGHT_READERS = frozenset(
+    {"load_state_dict", "load_model_dict_into_meta", "_load_state_dict_into_model", "_load_shard_file",
+     "_load_shard_files_with_threadpool", "_load_pretrained_model"}
+)  # fmt: skip
+
+
+def check_config_file(model_class: Any, path: str | os.PathLike, subfolder: str | None) -> None:
+    """Validate a local config.json (by `model_class._validate_arguments`) before any weights are read, so its errors
+    name the config, not them. A Hub id, or a folder without a config, is left to diffusers."""
+    config_path = os.path.join(str(path), subfolder or "", "config.json")
+    if not os.path.isfile(config_path):
+        return
+    parameters = inspect.signature(model_class.__init__).parameters.items()
+    defaults = {name: parameter.default for name, parameter in parameters if name != "self"}
+    saved = model_class.extract_init_dict(model_class.load_config(os.path.dirname(config_path)))[0]
+    try:
+        model_class._validate_arguments({**defaults, **saved})
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"Invalid {model_class.__name__} config {config_path}: {error}") from error
+
+
+def raised_reading_weights(error: BaseException) -> bool:
+    """Whether `error` was raised while diffusers read the weights (one of `_WEIGHT_READERS` on its traceback)."""
+    frame = error.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_name in _WEIGHT_READERS:
+            return True
+        frame = frame.tb_next
+    return False
+
+
+@contextmanager
+def errors_naming_the_weights(model_name: str, path: str | os.PathLike, options: Mapping[str, Any]) -> Iterator[None]:
+    """Around `ModelMixin.from_pretrained(path, **options)`: a weights file that cannot be read or does not fit the
+    architecture raises a `ValueError` naming the file; any other error passes unchanged."""
+    try:
+        yield
+    except Exception as error:
+        unreadable = isinstance(error, OSError) and "Unable to load weights" in str(error)
+        mismatched = isinstance(error, (RuntimeError, ValueError, KeyError)) and raised_reading_weights(error)
+        if not (unreadable or mismatched):
+            raise
+        variant = options.get("variant")
+        name = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
+        weights = os.path.join(str(path), options.get("subfolder") or "", name)
+        raise ValueError(f"Could not load {model_name} weights from {weights}: {error}") from error
+
+
+# ---- diffusers_cunet/unet_continuous_2d.py
+
 import math
 import os
 import warnings
@@ -1335,19 +1399,6 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def _check_local_config(cls, path: str | os.PathLike, subfolder: str | None) -> None:
-        """Validate a local config.json before any weights are read, so its errors name the config, not them."""
-        config_path = _config_file(path, subfolder)
-        if not os.path.isfile(config_path):
-            return  # a Hub id, or no config: diffusers resolves or reports it
-        defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
-        config = {**defaults, **cls.extract_init_dict(cls.load_config(os.path.dirname(config_path)))[0]}
-        try:
-            cls._validate_arguments(config)
-        except (ValueError, TypeError) as error:
-            raise ValueError(f"Invalid ContinuousUNet2DModel config {config_path}: {error}") from error
-
-    @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
         # `auto_map` says where the remote code lives (`save_pretrained` writes it); it is no constructor argument.
         config_dict = {key: value for key, value in config_dict.items() if key != "auto_map"}
@@ -1387,44 +1438,8 @@ class ContinuousUNet2DModel(ModelMixin, ConfigMixin):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
         """As `ModelMixin.from_pretrained`, but an invalid config or a corrupted or mismatched weights file
-        raises a `ValueError` that names the file. See `ModelMixin.from_pretrained` for the arguments."""
-        cls._check_local_config(pretrained_model_name_or_path, kwargs.get("subfolder"))
-        try:
+        raises a `ValueError` that names the file (`model_loading`). See `ModelMixin.from_pretrained` for the
+        arguments."""
+        check_config_file(cls, pretrained_model_name_or_path, kwargs.get("subfolder"))
+        with errors_naming_the_weights(cls.__name__, pretrained_model_name_or_path, kwargs):
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        except Exception as error:
-            # Missing files and network problems keep diffusers' own message, and so does any error raised outside
-            # the reading of the weights; a weights file that cannot be read or does not fit this architecture gets
-            # one that names it.
-            unreadable = isinstance(error, OSError) and "Unable to load weights" in str(error)
-            mismatched = isinstance(error, (RuntimeError, ValueError, KeyError)) and _raised_reading_weights(error)
-            if unreadable or mismatched:
-                raise ValueError(_weights_error(pretrained_model_name_or_path, kwargs, error)) from error
-            raise
-
-
-def _config_file(path, subfolder: str | None) -> str:
-    return os.path.join(str(path), subfolder or "", "config.json")
-
-
-# diffusers' functions that read a weights file into the model (diffusers.models.model_loading_utils, modeling_utils)
-_WEIGHT_READERS = frozenset(
-    {"load_state_dict", "load_model_dict_into_meta", "_load_state_dict_into_model", "_load_shard_file",
-     "_load_shard_files_with_threadpool", "_load_pretrained_model"}
-)  # fmt: skip
-
-
-def _raised_reading_weights(error: BaseException) -> bool:
-    """Whether `error` was raised while diffusers read the weights (one of `_WEIGHT_READERS` on its traceback)."""
-    frame = error.__traceback__
-    while frame is not None:
-        if frame.tb_frame.f_code.co_name in _WEIGHT_READERS:
-            return True
-        frame = frame.tb_next
-    return False
-
-
-def _weights_error(path: str | os.PathLike, kwargs: Mapping[str, Any], error: Exception) -> str:
-    folder = os.path.join(str(path), kwargs.get("subfolder") or "")
-    variant = kwargs.get("variant")
-    name = f"diffusion_pytorch_model.{variant}.safetensors" if variant else "diffusion_pytorch_model.safetensors"
-    return f"Could not load ContinuousUNet2DModel weights from {os.path.join(folder, name)}: {error}"
