@@ -258,9 +258,10 @@ def add_output_options(p: argparse.ArgumentParser) -> None:
     out.add_argument(
         "--collective_timeout",
         type=float,
-        default=600.0,
+        default=180.0,
         help="Seconds a process of a multi-process run waits for the others at a collective before it stops with "
-        "an error (a lost machine must not leave the rest waiting forever).",
+        "an error (a hung machine must not leave the rest waiting forever; a killed one is noticed at once). "
+        "Raise it where one process can work alone longer between collectives (a long validation or checkpoint).",
     )
     out.add_argument(
         "--max_nonfinite_steps",
