@@ -29,6 +29,7 @@ import argparse
 import fcntl
 import json
 import os
+import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -481,6 +482,14 @@ POINT_FIELDS = ("step", "train_seconds", "fid", "kid_mean", "kid_std", "precisio
                 "held_out_error", "sampling_s_per_image")  # fmt: skip
 
 
+def median_step_time(step_seconds: list[float], step: int) -> float | None:
+    """Training seconds to `step` as the median optimizer step times the steps: robust to other work on a shared
+    machine, which the wall time (`train_seconds`) is not (None where the run record has too few steps)."""
+    if len(step_seconds) < step or step <= 0:
+        return None
+    return statistics.median(step_seconds[:step]) * step
+
+
 def seed_spread(rows: list[dict[str, Any]]) -> float | None:
     """The largest final-FID difference between two seeds of one network and width (None before any pair)."""
     by_model: dict[tuple[str, str], list[float]] = {}
@@ -512,7 +521,7 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
     end-of-run measurements and the convergence verdict; the seed spread; the side-by-side sampling times."""
     from diffusers_cunet.flops import count_parameters
     from evaluation.fashion_judge import judge_metadata
-    from training.checkpointing import list_checkpoints
+    from training.checkpointing import list_checkpoints, read_run_record
 
     from .common import load_ema
 
@@ -527,6 +536,7 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
         kept = list_checkpoints(folder / run.name)
         if not regular and not kept:
             continue  # not started
+        step_times = read_run_record(kept[-1]).get("step_seconds", []) if kept else []
         last = regular[-1]["step"] if regular else steps_done(folder, run)
         at_end = [p for p in own if p["step"] == last and p.get("kind") in ("guided", "sweep", "full")]
         guided = sorted((p for p in at_end if p["kind"] == "guided"), key=lambda p: p["guidance_scale"])
@@ -534,7 +544,8 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
             "name": run.name, "network": run.model_type, "width": run.name.split("-")[1], "seed": run.seed,
             "block_out_channels": list(run.block_out_channels), "planned_steps": planned_steps(run, folder),
             "steps": last, "params": count_parameters(load_ema(kept[-1], run.model_type)) if kept else None,
-            "points": [{key: p.get(key) for key in POINT_FIELDS} for p in regular],
+            "points": [{**{key: p.get(key) for key in POINT_FIELDS},
+                        "train_seconds_median": median_step_time(step_times, p["step"])} for p in regular],
             "guided": guided, "sweep": [p for p in at_end if p["kind"] == "sweep"],
             "final": next((p for p in at_end if p["kind"] == "full"), None),
             "recommended_guidance_scale": recommended_point(guided, regular[-1])["guidance_scale"] if guided else None,
@@ -556,7 +567,8 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     for row in (row for row in results["runs"] if row["points"]):  # started, scored at least once
         style = dict(marker="o", linestyle="-" if row["network"] == "cunet" else "--")
-        left.plot([p["train_seconds"] / 3600 for p in row["points"]], [p["fid"] for p in row["points"]],
+        left.plot([(p.get("train_seconds_median") or p["train_seconds"]) / 3600 for p in row["points"]],
+                  [p["fid"] for p in row["points"]],
                   label=row["name"], **style)  # fmt: skip
         times = row.get("seconds_per_image") or {}
         swept = {p["sampling_steps"]: p["fid"] for p in [*row["sweep"], row["points"][-1]]
@@ -610,8 +622,9 @@ def report_section(results: dict[str, Any], folder: Path) -> list[str]:
         f"{settings['score_every']:,} steps: {settings['samples']:,} samples of the EMA weights (labels uniform, "
         f"guidance scale 1, EDM DPM-Solver++ {settings['sampling_steps']} steps) against the "
         f"{settings['test_images']:,} test images, in the judge's features (its accuracy on them: "
-        f"{results['judge']['test_accuracy']:.1%}){floor_text(folder)}. Hours are training hours on 2 CPU cores "
-        "(wall time of the steps; the machine was shared with other work at times).\n",
+        f"{results['judge']['test_accuracy']:.1%}){floor_text(folder)}. Hours are training hours on 2 CPU cores: the "
+        "median optimizer step times the steps (the machine was shared with other work at times, which the wall "
+        "time in the JSON counts).\n",
         "| run | params | step | training h | FID | KID | precision | recall | class accuracy | held-out error |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -619,7 +632,8 @@ def report_section(results: dict[str, Any], folder: Path) -> list[str]:
         params = f"{row['params'] / 1e6:.2f} M" if row["params"] else "-"
         for point in row["points"]:
             held_out = f"{point['held_out_error']:.4f}" if point.get("held_out_error") is not None else "-"
-            lines.append(f"| `{row['name']}` | {params} | {point['step']:,} | {point['train_seconds'] / 3600:.2f} | "
+            hours = (point.get("train_seconds_median") or point["train_seconds"]) / 3600
+            lines.append(f"| `{row['name']}` | {params} | {point['step']:,} | {hours:.2f} | "
                          f"{point['fid']:.2f} | {point['kid_mean']:.3f} | {point['precision']:.3f} | "
                          f"{point['recall']:.3f} | {point['class_accuracy']:.1%} | {held_out} |")  # fmt: skip
     lines.append("")

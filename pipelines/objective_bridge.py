@@ -68,9 +68,10 @@ class ObjectiveBridge:
         self.edm_scheduler = is_edm_scheduler(scheduler)
         self.scheduler = scheduler
         self.timesteps = timesteps
-        self.mode = "native"
+        # how the network answers this scheduler, chosen once: as it was trained, or through one of the conversions
+        self.predict = self.native
         if self.preconditioning is not None and not self.edm_scheduler:
-            self.mode = "edm_model_vp_scheduler"
+            self.predict = self.edm_model_for_vp
         elif self.preconditioning is None and self.edm_scheduler:
             if model_schedule is None or not hasattr(model_schedule, "alphas_cumprod"):
                 raise ValueError(
@@ -78,7 +79,7 @@ class ObjectiveBridge:
                     "known: build the pipeline with the scheduler it was saved with (from_pretrained does), or set "
                     "`pipeline.model_schedule` to that DDPMScheduler before swapping in the EDM scheduler."
                 )
-            self.mode = "vp_model_edm_scheduler"
+            self.predict = self.vp_model_for_edm
             self.model_alphas = model_schedule.alphas_cumprod
             self.model_prediction = model_schedule.config.get("prediction_type", "epsilon")
             self.scalings = EDMPreconditioning(sigma_data=scheduler.config.sigma_data)  # the scheduler's c_skip, c_out
@@ -94,8 +95,18 @@ class ObjectiveBridge:
             return [float(sigma) for sigma in self.scheduler.sigmas[: len(self.timesteps)]]
         return sigma_at_timesteps(self.scheduler.alphas_cumprod, self.timesteps.cpu().tolist()).tolist()
 
-    # -- the two conversions
-    def edm_model_for_vp(self, step: int, model_input: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    # -- what the network answers at step `step` (timestep `t`), in the scheduler's terms: `predict` is one of these
+    def native(self, step: int, t, sample: torch.Tensor, model_input: torch.Tensor,
+               kwargs: dict[str, Any]) -> torch.Tensor:  # fmt: skip
+        """A model under a scheduler of its own objective: the scheduler's scaled input, or, for an EDM-trained model,
+        the model's own c_in (EDM's, the same as the scheduler's, or FDM's momentum one)."""
+        if self.preconditioning is not None:
+            sigma = self.scheduler.sigmas[self.scheduler.step_index].to(sample.device)
+            model_input = (self.preconditioning.c_in(sigma) * sample).to(sample.dtype)
+        return self.network(model_input, t, **kwargs).sample
+
+    def edm_model_for_vp(self, step: int, t, sample: torch.Tensor, model_input: torch.Tensor,
+                         kwargs: dict[str, Any]) -> torch.Tensor:  # fmt: skip
         """An EDM denoiser answering a VP scheduler: x_t -> x = x_t / sqrt(abar), D(x; sigma) -> its prediction."""
         sigma = float(self.sigmas[step])
         per_image = _per_image(sigma, model_input)
@@ -114,10 +125,11 @@ class ObjectiveBridge:
             out = epsilon if prediction_type == "epsilon" else abar.sqrt() * epsilon - (1 - abar).sqrt() * denoised
         return out.to(model_input.dtype)
 
-    def vp_model_for_edm(self, sample: torch.Tensor, sigma: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    def vp_model_for_edm(self, step: int, t, sample: torch.Tensor, model_input: torch.Tensor,
+                         kwargs: dict[str, Any]) -> torch.Tensor:  # fmt: skip
         """A VP model answering an EDM scheduler: x -> x_t = x sqrt(abar) at the matching fractional timestep,
-        its prediction -> D -> F = (D - c_skip x) / c_out."""
-        sigma_value = float(sigma)
+        its prediction -> D -> F = (D - c_skip x) / c_out. (EDM schedulers keep their sigmas on the CPU.)"""
+        sigma_value = float(self.scheduler.sigmas[self.scheduler.step_index])
         per_image = _per_image(sigma_value, sample)
         abar = 1.0 / (1.0 + per_image**2)
         x = sample.double()

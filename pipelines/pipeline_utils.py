@@ -238,7 +238,6 @@ def reverse_process(
     tally = EvaluationTally(unet)
     edm = is_edm_scheduler(scheduler)
     bridge = ObjectiveBridge(unet, scheduler, getattr(pipeline, "model_schedule", None), timesteps, network)
-    preconditioning = getattr(unet, "preconditioning", None) if edm else None
     # A schedule is given the integer timestep of discrete schedulers, or c_noise = log(sigma) / 4 with an EDM
     # scheduler. They are read to the host once here, not once per step (each read would stall a GPU).
     host_timesteps = timesteps.tolist() if solver_schedule is not None else None
@@ -253,16 +252,7 @@ def reverse_process(
         if guide_interval:
             guided.for_sigma(bridge.sigmas[i])
         kwargs = model_kwargs(labels, settings, cache)
-        if bridge.mode == "edm_model_vp_scheduler":
-            prediction = bridge.edm_model_for_vp(i, model_input, kwargs)
-        elif bridge.mode == "vp_model_edm_scheduler":  # EDM schedulers keep their sigmas on the CPU
-            sigma = scheduler.sigmas[scheduler.step_index]
-            prediction = bridge.vp_model_for_edm(sample, sigma, kwargs)
-        else:
-            if preconditioning is not None:  # the model's own c_in: EDM's (the same as above) or FDM's momentum one
-                sigma = scheduler.sigmas[scheduler.step_index].to(sample.device)
-                model_input = (preconditioning.c_in(sigma) * sample).to(sample.dtype)
-            prediction = network(model_input, t, **kwargs).sample
+        prediction = bridge.predict(i, t, sample, model_input, kwargs)  # in the scheduler's terms, whatever the model
         top_levels = cache.levels if cache is not None and cache.reusing else None
         tally.add(settings, top_levels, guided.copies if guided is not None else 1)
         sample = scheduler.step(prediction, t, sample, **extra).prev_sample

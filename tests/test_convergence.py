@@ -89,6 +89,7 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     assert row["recommended_guidance_scale"] in (1.0, 2.0) and row["converged"] is None  # no second seed here
     assert collected["seed_spread_fid"] is None and collected["timing"]["steps"]["unet2d-x1"] == 6
     assert (results / convergence.PLOT_FILE).stat().st_size > 10_000  # the FID-against-time plot
+    assert all(p["train_seconds_median"] > 0 for p in row["points"])  # robust training time, from the run record
     section = "\n".join(convergence.report_section(collected, results))  # its part of BENCHMARKS.md
     assert "| `unet2d-x1` |" in section and "`unet2d-x1`: finished at step 6; not judged yet" in section
 

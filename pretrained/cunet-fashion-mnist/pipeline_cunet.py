@@ -1,6 +1,6 @@
 """ContinuousUNetPipeline (diffusers-cunet's sampling pipeline), self-contained.
 
-Generated from diffusers-cunet 0.1.0 (code ce8768cf20ecf082) by diffusers_cunet.remote_code; do not edit.
+Generated from diffusers-cunet 0.1.0 (code 0f40fa7eefbb1309) by diffusers_cunet.remote_code; do not edit.
 Load with `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`; needs torch, diffusers.
 """
 
@@ -1063,9 +1063,10 @@ class ObjectiveBridge:
         self.edm_scheduler = is_edm_scheduler(scheduler)
         self.scheduler = scheduler
         self.timesteps = timesteps
-        self.mode = "native"
+        # how the network answers this scheduler, chosen once: as it was trained, or through one of the conversions
+        self.predict = self.native
         if self.preconditioning is not None and not self.edm_scheduler:
-            self.mode = "edm_model_vp_scheduler"
+            self.predict = self.edm_model_for_vp
         elif self.preconditioning is None and self.edm_scheduler:
             if model_schedule is None or not hasattr(model_schedule, "alphas_cumprod"):
                 raise ValueError(
@@ -1073,7 +1074,7 @@ class ObjectiveBridge:
                     "known: build the pipeline with the scheduler it was saved with (from_pretrained does), or set "
                     "`pipeline.model_schedule` to that DDPMScheduler before swapping in the EDM scheduler."
                 )
-            self.mode = "vp_model_edm_scheduler"
+            self.predict = self.vp_model_for_edm
             self.model_alphas = model_schedule.alphas_cumprod
             self.model_prediction = model_schedule.config.get("prediction_type", "epsilon")
             self.scalings = EDMPreconditioning(sigma_data=scheduler.config.sigma_data)  # the scheduler's c_skip, c_out
@@ -1089,8 +1090,18 @@ class ObjectiveBridge:
             return [float(sigma) for sigma in self.scheduler.sigmas[: len(self.timesteps)]]
         return sigma_at_timesteps(self.scheduler.alphas_cumprod, self.timesteps.cpu().tolist()).tolist()
 
-    # -- the two conversions
-    def edm_model_for_vp(self, step: int, model_input: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    # -- what the network answers at step `step` (timestep `t`), in the scheduler's terms: `predict` is one of these
+    def native(self, step: int, t, sample: torch.Tensor, model_input: torch.Tensor,
+               kwargs: dict[str, Any]) -> torch.Tensor:  # fmt: skip
+        """A model under a scheduler of its own objective: the scheduler's scaled input, or, for an EDM-trained model,
+        the model's own c_in (EDM's, the same as the scheduler's, or FDM's momentum one)."""
+        if self.preconditioning is not None:
+            sigma = self.scheduler.sigmas[self.scheduler.step_index].to(sample.device)
+            model_input = (self.preconditioning.c_in(sigma) * sample).to(sample.dtype)
+        return self.network(model_input, t, **kwargs).sample
+
+    def edm_model_for_vp(self, step: int, t, sample: torch.Tensor, model_input: torch.Tensor,
+                         kwargs: dict[str, Any]) -> torch.Tensor:  # fmt: skip
         """An EDM denoiser answering a VP scheduler: x_t -> x = x_t / sqrt(abar), D(x; sigma) -> its prediction."""
         sigma = float(self.sigmas[step])
         per_image = _per_image(sigma, model_input)
@@ -1109,10 +1120,11 @@ class ObjectiveBridge:
             out = epsilon if prediction_type == "epsilon" else abar.sqrt() * epsilon - (1 - abar).sqrt() * denoised
         return out.to(model_input.dtype)
 
-    def vp_model_for_edm(self, sample: torch.Tensor, sigma: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    def vp_model_for_edm(self, step: int, t, sample: torch.Tensor, model_input: torch.Tensor,
+                         kwargs: dict[str, Any]) -> torch.Tensor:  # fmt: skip
         """A VP model answering an EDM scheduler: x -> x_t = x sqrt(abar) at the matching fractional timestep,
-        its prediction -> D -> F = (D - c_skip x) / c_out."""
-        sigma_value = float(sigma)
+        its prediction -> D -> F = (D - c_skip x) / c_out. (EDM schedulers keep their sigmas on the CPU.)"""
+        sigma_value = float(self.scheduler.sigmas[self.scheduler.step_index])
         per_image = _per_image(sigma_value, sample)
         abar = 1.0 / (1.0 + per_image**2)
         x = sample.double()
@@ -1362,7 +1374,6 @@ def reverse_process(
     tally = EvaluationTally(unet)
     edm = is_edm_scheduler(scheduler)
     bridge = ObjectiveBridge(unet, scheduler, getattr(pipeline, "model_schedule", None), timesteps, network)
-    preconditioning = getattr(unet, "preconditioning", None) if edm else None
     # A schedule is given the integer timestep of discrete schedulers, or c_noise = log(sigma) / 4 with an EDM
     # scheduler. They are read to the host once here, not once per step (each read would stall a GPU).
     host_timesteps = timesteps.tolist() if solver_schedule is not None else None
@@ -1377,16 +1388,7 @@ def reverse_process(
         if guide_interval:
             guided.for_sigma(bridge.sigmas[i])
         kwargs = model_kwargs(labels, settings, cache)
-        if bridge.mode == "edm_model_vp_scheduler":
-            prediction = bridge.edm_model_for_vp(i, model_input, kwargs)
-        elif bridge.mode == "vp_model_edm_scheduler":  # EDM schedulers keep their sigmas on the CPU
-            sigma = scheduler.sigmas[scheduler.step_index]
-            prediction = bridge.vp_model_for_edm(sample, sigma, kwargs)
-        else:
-            if preconditioning is not None:  # the model's own c_in: EDM's (the same as above) or FDM's momentum one
-                sigma = scheduler.sigmas[scheduler.step_index].to(sample.device)
-                model_input = (preconditioning.c_in(sigma) * sample).to(sample.dtype)
-            prediction = network(model_input, t, **kwargs).sample
+        prediction = bridge.predict(i, t, sample, model_input, kwargs)  # in the scheduler's terms, whatever the model
         top_levels = cache.levels if cache is not None and cache.reusing else None
         tally.add(settings, top_levels, guided.copies if guided is not None else 1)
         sample = scheduler.step(prediction, t, sample, **extra).prev_sample
