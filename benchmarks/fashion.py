@@ -39,6 +39,7 @@ from training.options import make_config
 from . import paths
 from .common import checkpoint_models, chosen_variants
 from .paths import shown
+from .plotting import pyplot
 from .quality import Variant, finished_run, variant_steps, write_results
 
 RESULTS_FILE = "fashion.json"
@@ -366,10 +367,7 @@ def report_section(fashion: dict[str, Any], results: Path) -> list[str]:
 
 
 def plot(fashion: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for run in fashion["runs"]:

@@ -45,6 +45,7 @@ from . import paths
 from .common import chosen_variants
 from .fashion import EDM, EULER1, FashionSettings, FashionVariant, sampler, train_options
 from .paths import shown
+from .plotting import pyplot
 from .quality import finished_run, write_results
 
 RESULTS_FILE, PLOT_FILE, GRID_FILE = "guidance.json", "guidance.png", "guidance_grid.png"
@@ -224,10 +225,7 @@ def save(path: Path, mode: str, settings: GuidanceSettings, floor: dict, rows: d
 
 def plot(results: dict[str, Any], path: Path) -> None:
     """FID (left) and class accuracy (right) against the guidance scale, one line per network."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
     for row in results["runs"]:
@@ -253,10 +251,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def class_grid(pipeline, settings: GuidanceSettings, path: Path) -> None:
     """One row per class, `grid_columns` samples each, one panel per guidance scale (the same noise in each)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     scales = sorted(settings.scales)
     labels = balanced_labels(CLASSES * settings.grid_columns)

@@ -32,6 +32,7 @@ from training.options import make_config
 
 from . import paths
 from .common import checkpoint_models, sample
+from .plotting import pyplot
 
 RESULTS_FILE = "momentum.json"  # in the results folder; its report section is `report_section`
 ABLATION_RESULTS_FILE = "momentum_ablation.json"
@@ -193,10 +194,7 @@ def summarise(rows: dict[str, Any], steps: int) -> dict[str, Any]:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.2))
     for row in result["runs"].values():
@@ -226,10 +224,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 @torch.no_grad()
 def sample_grids(runs_root: Path, path: Path, calls: int = 12, count: int = 32, seed: int = 0) -> None:
     """One row of samples per method from its saved final pipeline, same noise, `calls` network calls each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(len(METHODS), 1, figsize=(count * 0.42, len(METHODS) * 0.75 + 0.3))
     for axis, method in zip(ax, METHODS):

@@ -32,6 +32,7 @@ from training.skip_search import SampleEvaluator, full_schedule, search_result, 
 
 from . import fashion, paths
 from .paths import shown
+from .plotting import pyplot
 
 RESULTS_FILE = "step_aware.json"
 SUBJECT, SKIP_TRAINED, NARROW = "cunet-x1-edm", "cunet-x1-edm-skip", "cunet-x0.5-edm"
@@ -181,10 +182,7 @@ def by_label(results: dict[str, Any]) -> dict[str, dict[int, dict[str, Any]]]:
 
 def plot(results: dict[str, Any], path: Path) -> None:
     """FID (seed 0) against GFLOPs per sample for every scored setting, with the default's tolerance band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     rows = by_label(results)
