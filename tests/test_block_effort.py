@@ -80,15 +80,18 @@ def test_skipping_is_counted_and_checked():
     assert count_call_flops(lambda: model(x[:1], 500, solver={"skip": ["mid_block"]})) < full
 
 
-def test_skipping_blocks_in_training_and_validation(tmp_path):
+def test_skipping_blocks_in_training_and_validation(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"no ODE block\(s\) 'mid_blok' \(did you mean 'mid_block'\?\)"):
         train(
             tmp_path / "bad", "--max_train_steps", "1", "--block_skip_prob", "0.5", "--block_skip_blocks", "mid_blok"
         )
-    with pytest.raises(ValueError, match="needs --block_skip_prob"):
-        train(tmp_path / "bad", "--max_train_steps", "1", "--block_skip_blocks", "mid_block")
-    with pytest.raises(ValueError, match=r"must lie in \[0, 1\)"):
-        train(tmp_path / "bad", "--max_train_steps", "1", "--block_skip_prob", "1")
+    # options that are wrong on their own fail at parse time, before any model is built or data read
+    for extra, message in [(["--block_skip_blocks", "mid_block"], "needs --block_skip_prob > 0"),
+                           (["--block_skip_prob", "1"], "must lie in [0, 1)")]:  # fmt: skip
+        with pytest.raises(SystemExit):
+            train(tmp_path / "early", "--max_train_steps", "1", *extra)
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "early").exists()
     plain = train(tmp_path / "plain", "--max_train_steps", "3", "--seed", "3")
     skipping = train(tmp_path / "skip", "--max_train_steps", "3", "--seed", "3", "--block_skip_prob", "0.9")
     # the same seed, noise and batches: the losses differ only because blocks were left out

@@ -128,3 +128,14 @@ def test_invalid_preconditioning_values_fail_before_training(tmp_path, module):
         train(tmp_path / "out", "--max_train_steps", "1", "--preconditioning", "edm", "--sigma_data", "0",
               module=module)  # fmt: skip
     assert not (tmp_path / "out").exists()
+
+
+def test_the_loss_weight_warm_up_default_is_derived_not_written_into_the_options():
+    from training.options import FDM_LOSS_WEIGHT_WARMUP_STEPS, loss_weight_warmup_steps, make_config
+
+    fdm = make_config(output_dir="out", preconditioning="edm-fdm")
+    assert fdm.loss_weight_warmup_steps is None  # the parsed options stay as given
+    assert loss_weight_warmup_steps(fdm) == FDM_LOSS_WEIGHT_WARMUP_STEPS == 200  # FDM's code
+    assert loss_weight_warmup_steps(make_config(output_dir="out", preconditioning="edm")) == 0
+    given = make_config(output_dir="out", preconditioning="edm-fdm", loss_weight_warmup_steps=7)
+    assert loss_weight_warmup_steps(given) == 7

@@ -20,7 +20,7 @@ from diffusers_cunet.preconditioned_unet_2d import PreconditionedUNet2DModel
 from diffusers_cunet.presets import DEFAULT_PRESET, preset_config
 from training.baselines import UNET2D_PRESETS, unet2d_config
 from training.data import infer_channels
-from training.options import names_with_hints
+from training.options import loss_weight_warmup_steps, names_with_hints
 
 MODEL_CLASSES = {"cunet": ContinuousUNet2DModel, "unet2d": UNet2DModel}
 
@@ -122,10 +122,6 @@ def read_model_config(path: str, model_class: type) -> dict[str, Any]:
 
 def skippable_blocks(args: argparse.Namespace, model) -> tuple[str, ...]:
     """The ODE blocks `--block_skip_prob` may skip (checked against the model's), or `()` when it is off."""
-    if not 0.0 <= args.block_skip_prob < 1.0:
-        raise ValueError(f"--block_skip_prob must lie in [0, 1), got {args.block_skip_prob}.")
-    if args.block_skip_blocks and not args.block_skip_prob:
-        raise ValueError("--block_skip_blocks needs --block_skip_prob > 0.")
     if not args.block_skip_prob:
         return ()
     names = tuple(model.ode_block_names)
@@ -199,4 +195,4 @@ def make_objective(args: argparse.Namespace, model) -> Objective:
     one recorded in its config), so it is built once."""
     if args.preconditioning == "none":
         return DDPMObjective(make_noise_scheduler(args.num_train_timesteps, args.beta_schedule, args.prediction_type))
-    return EDMObjective(model.preconditioning, args.edm_p_mean, args.edm_p_std, args.loss_weight_warmup_steps)
+    return EDMObjective(model.preconditioning, args.edm_p_mean, args.edm_p_std, loss_weight_warmup_steps(args))

@@ -24,6 +24,7 @@ from training.fashion_mnist import HUB_NAMES as FASHION_NAMES
 
 MODEL_TYPES = ("cunet", "unet2d")
 JSON_OPTIONS = ("model_config",)  # options whose value may be a JSON object (a mapping in a YAML --config)
+FDM_LOSS_WEIGHT_WARMUP_STEPS = 200  # FDM's official code warms the EDM loss weight up over 200 steps
 DESCRIPTION = """Train a continuous U-Net (ContinuousUNet2DModel) on a `datasets` image set.
 
     accelerate launch training/train.py --config training/configs/digits.yaml --output_dir outputs/digits
@@ -176,7 +177,7 @@ def add_diffusion_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="EDM losses: clip the loss weight at a cap growing from 5 to 500 over this many steps (FDM's warm-up). "
-        "Default: 200 for edm-fdm, 0 (off) for edm.",
+        f"Default: {FDM_LOSS_WEIGHT_WARMUP_STEPS} for edm-fdm (FDM's code), 0 (off) for edm.",
     )
 
 
@@ -410,10 +411,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("--prediction_type applies to DDPM-style training (--preconditioning none) only.")
         if args.fdm_normalize_input and args.preconditioning != "edm-fdm":
             parser.error("--fdm_normalize_input applies to --preconditioning edm-fdm only.")
-        if args.loss_weight_warmup_steps is None:
-            args.loss_weight_warmup_steps = 200 if args.preconditioning == "edm-fdm" else 0
-        if args.loss_weight_warmup_steps < 0:
+        if args.loss_weight_warmup_steps is not None and args.loss_weight_warmup_steps < 0:
             parser.error(f"--loss_weight_warmup_steps must be >= 0, got {args.loss_weight_warmup_steps}.")
+    if not 0.0 <= args.block_skip_prob < 1.0:
+        parser.error(f"--block_skip_prob must lie in [0, 1), got {args.block_skip_prob}.")
+    if args.block_skip_blocks and not args.block_skip_prob:
+        parser.error("--block_skip_blocks needs --block_skip_prob > 0.")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id (e.g. org/cunet-digits).")
     if not args.collective_timeout > 0:
@@ -423,6 +426,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.overwrite_output_dir and args.resume_from_checkpoint:
         parser.error("--overwrite_output_dir removes the run that --resume_from_checkpoint would continue: give one.")
     return args
+
+
+def loss_weight_warmup_steps(args: argparse.Namespace) -> int:
+    """The EDM loss weight's warm-up: the option where given, else FDM's own (its code's 200 steps) for edm-fdm and
+    none for edm (derived here, so the parsed options stay as the user gave them)."""
+    if args.loss_weight_warmup_steps is not None:
+        return args.loss_weight_warmup_steps
+    return FDM_LOSS_WEIGHT_WARMUP_STEPS if args.preconditioning == "edm-fdm" else 0
 
 
 def make_config(**options: Any) -> argparse.Namespace:
