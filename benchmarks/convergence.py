@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from . import paths
+from .convergence_verdicts import verdict_lines, verdicts
 from .fashion import EULER1
 from .fashion import RESULTS_FILE as FASHION_RESULTS_FILE
 from .guidance import GUIDED
@@ -66,6 +67,15 @@ class ConvergenceRun(Variant):
     steps: int = 12_000
     group: int = 0
     full_protocol: bool = False  # also scored on 10,000 samples at the end
+    final_measurements: bool = True  # guided scales and sampler-step sweep on the last checkpoint
+
+    @property
+    def objective(self) -> str:
+        """`edm`, or `edm-fdm m=<multiplier>`: runs compared for the seed spread share it."""
+        options = self.train_options()
+        if options.get("preconditioning") == "edm-fdm":
+            return f"edm-fdm m={options.get('fdm_momentum', 1.0):g}"
+        return options.get("preconditioning", "none")
 
 
 @dataclass
@@ -102,9 +112,13 @@ class Mode:
     runs: list[ConvergenceRun] = field(default_factory=list)
 
 
+FDM_MULTIPLIERS = (1.0, 2.0)  # EDM-FDM's momentum multiplier m: ours so far, and FDM's own code's default
+
+
 def _runs(x1: tuple[int, ...], half: tuple[int, ...], steps: int) -> list[ConvergenceRun]:
     """The x1 pair (also scored by the full protocol), then the x0.5 pair, then a second seed of the x0.5 pair (the
-    seed spread at convergence)."""
+    seed spread at convergence), then the x0.5 cUNet with EDM-FDM at each multiplier (FDM's loss-weight warm-up; set
+    against the x0.5 cUNet's plain EDM run)."""
     out = []
     for group, (width, widths, seed) in enumerate([("x1", x1, 0), ("x0.5", half, 0), ("x0.5", half, 1)]):
         suffix = f"-seed{seed}" if seed else ""
@@ -113,6 +127,10 @@ def _runs(x1: tuple[int, ...], half: tuple[int, ...], steps: int) -> list[Conver
             ConvergenceRun(f"cunet-{width}{suffix}", "cunet", widths, EULER1, GUIDED, seed, **common),
             ConvergenceRun(f"unet2d-{width}{suffix}", "unet2d", widths, None, GUIDED, seed, **common),
         ]
+    for multiplier in FDM_MULTIPLIERS:
+        fdm = {**GUIDED, "preconditioning": "edm-fdm", "fdm_momentum": multiplier}
+        out.append(ConvergenceRun(f"cunet-x0.5-fdm-m{multiplier:g}", "cunet", half, EULER1, fdm, 0, steps=steps,
+                                  group=3, final_measurements=False))  # fmt: skip
     return out
 
 
@@ -199,6 +217,8 @@ def point_key(point: dict[str, Any]) -> tuple:
 
 def final_tasks(run: ConvergenceRun, settings: ConvergenceSettings) -> list[dict[str, Any]]:
     """What is measured on a run's last checkpoint beyond its regular point: each a `kind` and its setting."""
+    if not run.final_measurements:
+        return []
     tasks = [{"kind": "guided", "guidance_scale": scale, "sampling_steps": settings.sampling_steps,
               "samples": settings.samples} for scale in settings.final_scales]  # fmt: skip
     tasks += [{"kind": "sweep", "guidance_scale": 1.0, "sampling_steps": steps, "samples": settings.samples}
@@ -491,11 +511,14 @@ def median_step_time(step_seconds: list[float], step: int) -> float | None:
 
 
 def seed_spread(rows: list[dict[str, Any]]) -> float | None:
-    """The largest final-FID difference between two seeds of one network and width (None before any pair)."""
-    by_model: dict[tuple[str, str], list[float]] = {}
+    """The largest final-FID difference between two seeds of one network, width and objective (None before any
+    pair)."""
+    by_model: dict[tuple[str, str, str], list[float]] = {}
     for row in rows:
         if row["points"] and row["steps"] >= row["planned_steps"]:
-            by_model.setdefault((row["network"], row["width"]), []).append(row["points"][-1]["fid"])
+            by_model.setdefault((row["network"], row["width"], row.get("objective", "edm")), []).append(
+                row["points"][-1]["fid"]
+            )
     spreads = [max(fids) - min(fids) for fids in by_model.values() if len(fids) > 1]
     return max(spreads) if spreads else None
 
@@ -542,6 +565,7 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
         guided = sorted((p for p in at_end if p["kind"] == "guided"), key=lambda p: p["guidance_scale"])
         row = {
             "name": run.name, "network": run.model_type, "width": run.name.split("-")[1], "seed": run.seed,
+            "objective": run.objective,
             "block_out_channels": list(run.block_out_channels), "planned_steps": planned_steps(run, folder),
             "steps": last, "params": count_parameters(load_ema(kept[-1], run.model_type)) if kept else None,
             "points": [{**{key: p.get(key) for key in POINT_FIELDS},
@@ -556,6 +580,7 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
     for row in rows:
         row["converged"] = converged(row, spread, mode.settings.convergence_fraction)
     return {"mode": mode_name, "settings": asdict(mode.settings), "runs": rows, "seed_spread_fid": spread,
+            "verdicts": verdicts(rows, spread, mode.settings.sampling_steps),
             "timing": timing, "judge": judge_metadata(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d")}  # fmt: skip
 
@@ -644,6 +669,7 @@ def report_section(results: dict[str, Any], folder: Path) -> list[str]:
     lines.append(f"\nSeed spread of the final FID: {spread:.2f}." if spread is not None else
                  "\nNo seed pair has finished yet: convergence (FID at 70% of the steps within the seed spread of "
                  "the final FID) is judged when one has.")  # fmt: skip
+    lines += verdict_lines(results["verdicts"])
     plot(results, folder / PLOT_FILE)
     lines.append(f"\n![FID against training hours]({paths.shown(folder / PLOT_FILE)})\n")
     return lines

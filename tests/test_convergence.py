@@ -16,6 +16,7 @@ from conftest import ROOT, needs_data
 
 from benchmarks import convergence
 from training.export import read_run_values
+from training.options import loss_weight_warmup_steps, make_config
 
 pytestmark = needs_data
 MODE = convergence.MODES["tiny"]
@@ -124,9 +125,31 @@ def test_runs_folder_option_variable_and_default(tmp_path, monkeypatch):
 def test_cpu_queue_is_the_issue_plan():
     runs = convergence.MODES["cpu"].runs
     assert [run.name for run in runs] == ["cunet-x1", "unet2d-x1", "cunet-x0.5", "unet2d-x0.5", "cunet-x0.5-seed1",
-                                          "unet2d-x0.5-seed1"]  # fmt: skip
+                                          "unet2d-x0.5-seed1", "cunet-x0.5-fdm-m1", "cunet-x0.5-fdm-m2"]  # fmt: skip
     for run in runs:
         options = convergence.train_options(run, convergence.MODES["cpu"].settings, ROOT, run.steps)
         assert options["lr_scheduler"] == "constant_with_warmup", "extensible without retraining"
-        assert options["class_dropout_prob"] == 0.1 and options["preconditioning"] == "edm"
-        assert options["train_batch_size"] == 64 and run.steps == 12_000
+        assert options["class_dropout_prob"] == 0.1 and options["train_batch_size"] == 64 and run.steps == 12_000
+    plain, fdm = runs[:6], runs[6:]
+    assert {run.objective for run in plain} == {"edm"} and [run.objective for run in fdm] == ["edm-fdm m=1",
+                                                                                           "edm-fdm m=2"]  # fmt: skip
+    for run in fdm:  # the x0.5 cUNet's recipe but the objective, with FDM's own warm-up (200 steps, its default)
+        assert run.block_out_channels == runs[2].block_out_channels and run.group == 3
+        options = convergence.train_options(run, convergence.MODES["cpu"].settings, ROOT, run.steps)
+        assert make_config(**options).loss_weight_warmup_steps is None and loss_weight_warmup_steps(
+            make_config(**options)) == 200  # fmt: skip
+
+
+def test_the_seed_spread_pairs_seeds_of_one_objective_only():
+    def row(network, width, objective, fid, seed=0):
+        return {"network": network, "width": width, "objective": objective, "seed": seed, "steps": 10,
+                "planned_steps": 10, "points": [{"step": 10, "fid": fid}]}  # fmt: skip
+
+    rows = [
+        row("cunet", "x0.5", "edm", 5.0),
+        row("cunet", "x0.5", "edm-fdm m=1", 9.0),
+        row("unet2d", "x0.5", "edm", 4.0),
+    ]
+    assert convergence.seed_spread(rows) is None  # no two seeds of one model yet (FDM is not a seed)
+    rows += [row("cunet", "x0.5", "edm", 5.5, seed=1), row("unet2d", "x0.5", "edm", 4.2, seed=1)]
+    assert convergence.seed_spread(rows) == pytest.approx(0.5)

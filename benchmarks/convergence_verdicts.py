@@ -1,0 +1,188 @@
+"""The convergence queue's verdicts (issue 36, item 5): what the finished runs say, computed from the results file's
+rows (`convergence.collect`), so the report section and the README render the same numbers.
+
+- **Same width, same objective**: the cUNet's final FID against the UNet2DModel's (within the seed spread, better or
+  worse), the training time each needs to first reach the UNet2DModel's final FID, and the sampling seconds per image
+  each needs for that FID (over the finished runs' sampler-step sweep, timed side by side).
+- **Across widths**: for every finished UNet2DModel, the finished cUNets at least as good (final FID no worse), with
+  their parameters, training time and sampling time beside it.
+- **EDM-FDM** (the x0.5 cUNet at each momentum multiplier) against the same cUNet's plain EDM run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+RECIPE_OBJECTIVE = "edm"
+
+
+def first_crossing(xs: list[float], fids: list[float], target: float) -> tuple[float, bool] | None:
+    """The smallest x at which FID first reaches `target`, the points taken in order of x: linear between the last
+    point above the target and the first at or below it; `(x, True)` when the first point already reaches it (the
+    crossing lies at or before it: an upper bound); None when no point does."""
+    pairs = sorted(zip(xs, fids))
+    for index, (x, fid) in enumerate(pairs):
+        if fid <= target:
+            if index == 0:
+                return x, True
+            x0, fid0 = pairs[index - 1]
+            return x0 + (x - x0) * (fid0 - target) / (fid0 - fid), False
+    return None
+
+
+def finished(row: dict[str, Any]) -> bool:
+    return bool(row["points"]) and row["steps"] >= row["planned_steps"]
+
+
+def training_seconds(point: dict[str, Any]) -> float:
+    """A point's training seconds: the median step times the steps where known (robust to a shared machine)."""
+    return point.get("train_seconds_median") or point["train_seconds"]
+
+
+def final_fid(row: dict[str, Any]) -> float:
+    return row["points"][-1]["fid"]
+
+
+def seconds_to_fid(row: dict[str, Any], target: float) -> tuple[float, bool] | None:
+    """Training seconds until the run's scored FID first reaches `target` (see `first_crossing`)."""
+    points = row["points"]
+    return first_crossing([training_seconds(p) for p in points], [p["fid"] for p in points], target)
+
+
+def sampling_curve(row: dict[str, Any], recipe_steps: int) -> list[tuple[float, float]]:
+    """(seconds per image, FID) at each sampler step count the finished run was scored and timed at: the sweep
+    and the recipe's own steps (its last point)."""
+    times = row.get("seconds_per_image") or {}
+    fids = {point["sampling_steps"]: point["fid"] for point in row.get("sweep", [])}
+    fids[recipe_steps] = final_fid(row)
+    return sorted((times[str(steps)], fid) for steps, fid in fids.items() if str(steps) in times)
+
+
+def sampling_seconds_to_fid(row: dict[str, Any], target: float, recipe_steps: int) -> tuple[float, bool] | None:
+    """Sampling seconds per image at which the run first reaches `target` FID over its sampler-step settings."""
+    curve = sampling_curve(row, recipe_steps)
+    return first_crossing([s for s, _ in curve], [f for _, f in curve], target) if curve else None
+
+
+def outcome(cunet_fid: float, unet2d_fid: float, spread: float | None) -> str:
+    """`better`, `within the seed spread`, `worse` (or, with no spread measured yet, `lower` / `higher`)."""
+    if spread is not None and abs(cunet_fid - unet2d_fid) <= spread:
+        return "within the seed spread"
+    if spread is None:
+        return "lower" if cunet_fid < unet2d_fid else "higher"
+    return "better" if cunet_fid < unet2d_fid else "worse"
+
+
+def ratio(
+    numerator: tuple[float, bool] | float | None, denominator: tuple[float, bool] | float | None
+) -> float | None:
+    """numerator / denominator, each a value or a `first_crossing` answer (None where either is missing)."""
+    top = numerator[0] if isinstance(numerator, tuple) else numerator
+    bottom = denominator[0] if isinstance(denominator, tuple) else denominator
+    return top / bottom if top and bottom else None
+
+
+def recipe_seconds_per_image(row: dict[str, Any], recipe_steps: int) -> float | None:
+    return (row.get("seconds_per_image") or {}).get(str(recipe_steps))
+
+
+def pair_verdict(cunet: dict[str, Any], unet2d: dict[str, Any], spread: float | None, recipe_steps: int) -> dict:
+    """The same-width comparison of two finished runs of one objective and seed."""
+    target = final_fid(unet2d)
+    cunet_train, unet2d_train = seconds_to_fid(cunet, target), seconds_to_fid(unet2d, target)
+    cunet_sample = sampling_seconds_to_fid(cunet, target, recipe_steps)
+    unet2d_sample = sampling_seconds_to_fid(unet2d, target, recipe_steps)
+    return {
+        "width": cunet["width"], "cunet": cunet["name"], "unet2d": unet2d["name"],
+        "cunet_fid": final_fid(cunet), "unet2d_fid": target, "seed_spread_fid": spread,
+        "outcome": outcome(final_fid(cunet), target, spread),
+        "train_seconds_to_unet2d_fid": {"cunet": cunet_train, "unet2d": unet2d_train},
+        "train_time_ratio": ratio(cunet_train, unet2d_train),
+        "sampling_seconds_per_image_at_unet2d_fid": {"cunet": cunet_sample, "unet2d": unet2d_sample},
+        "sampling_time_ratio": ratio(cunet_sample, unet2d_sample),
+        "params_ratio": ratio(cunet.get("params"), unet2d.get("params")),
+    }  # fmt: skip
+
+
+def as_good_as(unet2d: dict[str, Any], cunets: list[dict[str, Any]], recipe_steps: int) -> dict[str, Any]:
+    """The cUNets whose final FID is no worse than the finished UNet2DModel's, each with its costs relative to it
+    (training time to that FID; sampling time per image at the recipe's steps)."""
+    target = final_fid(unet2d)
+    as_good = [{
+        "run": row["name"], "fid": final_fid(row), "params_ratio": ratio(row.get("params"), unet2d.get("params")),
+        "train_time_ratio": ratio(seconds_to_fid(row, target), seconds_to_fid(unet2d, target)),
+        "sampling_time_ratio": ratio(recipe_seconds_per_image(row, recipe_steps),
+                                     recipe_seconds_per_image(unet2d, recipe_steps)),
+    } for row in cunets if final_fid(row) <= target]  # fmt: skip
+    return {"unet2d": unet2d["name"], "fid": target, "cunets_at_least_as_good": as_good}
+
+
+def recipe_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The finished seed-0 runs of the recipe's objective."""
+    return [row for row in rows if finished(row) and row["seed"] == 0 and row.get("objective") == RECIPE_OBJECTIVE]
+
+
+def verdicts(rows: list[dict[str, Any]], spread: float | None, recipe_steps: int) -> dict[str, Any]:
+    """Every verdict the finished runs allow (empty lists before any)."""
+    recipe = recipe_runs(rows)
+    cunets = {row["width"]: row for row in recipe if row["network"] == "cunet"}
+    unet2ds = {row["width"]: row for row in recipe if row["network"] == "unet2d"}
+    pairs = [pair_verdict(cunets[width], unet2d, spread, recipe_steps)
+             for width, unet2d in unet2ds.items() if width in cunets]  # fmt: skip
+    across = [as_good_as(unet2d, list(cunets.values()), recipe_steps) for unet2d in unet2ds.values()]
+    fdm = []
+    for row in rows:
+        if finished(row) and row.get("objective", "").startswith("edm-fdm") and row["width"] in cunets:
+            plain = cunets[row["width"]]
+            fdm.append({"run": row["name"], "objective": row["objective"], "fid": final_fid(row),
+                        "edm_run": plain["name"], "edm_fid": final_fid(plain),
+                        "outcome": outcome(final_fid(row), final_fid(plain), spread)})  # fmt: skip
+    return {"same_width": pairs, "across_widths": across, "fdm": fdm}
+
+
+def hours(value: tuple[float, bool] | None) -> str:
+    if value is None:
+        return "never (within its steps)"
+    return ("<= " if value[1] else "") + f"{value[0] / 3600:.2f} h"
+
+
+def per_image(value: tuple[float, bool] | None) -> str:
+    if value is None:
+        return "not reached at any sampler setting"
+    return ("<= " if value[1] else "") + f"{value[0] * 1000:.1f} ms"
+
+
+def times(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "-"
+
+
+def verdict_lines(found: dict[str, Any]) -> list[str]:
+    """The verdicts as report lines (a sentence saying what is missing where no pair has finished)."""
+    lines = ["\n### Verdicts at convergence\n"]
+    if not found["same_width"]:
+        lines.append(
+            "None yet: a verdict needs both networks of a width finished (the seed spread needs the second seed of "
+            "the x0.5 pair). The 500-step verdicts elsewhere in this file are early training."
+        )
+        return lines
+    for pair in found["same_width"]:
+        spread = pair["seed_spread_fid"]
+        spread_text = f"seed spread {spread:.2f}" if spread is not None else "no seed spread measured yet"
+        train, sample = pair["train_seconds_to_unet2d_fid"], pair["sampling_seconds_per_image_at_unet2d_fid"]
+        lines.append(
+            f"- **{pair['width']}** (same objective, same steps): the cUNet's final FID **{pair['cunet_fid']:.2f}** "
+            f"against the UNet2DModel's **{pair['unet2d_fid']:.2f}** ({spread_text}): **{pair['outcome']}**. "
+            f"Training time to the UNet2DModel's final FID: cUNet {hours(train['cunet'])}, UNet2DModel "
+            f"{hours(train['unet2d'])} ({times(pair['train_time_ratio'])}). Sampling time per image at that FID: "
+            f"cUNet {per_image(sample['cunet'])}, UNet2DModel {per_image(sample['unet2d'])} "
+            f"({times(pair['sampling_time_ratio'])}); parameters {times(pair['params_ratio'])}."
+        )  # fmt: skip
+    for entry in found["across_widths"]:
+        good = ", ".join(f"`{c['run']}` (FID {c['fid']:.2f}; parameters {times(c['params_ratio'])}, training time "
+                         f"{times(c['train_time_ratio'])}, sampling time {times(c['sampling_time_ratio'])})"
+                         for c in entry["cunets_at_least_as_good"]) or "none: every cUNet's FID is higher"  # fmt: skip
+        lines.append(f"- `{entry['unet2d']}` (FID {entry['fid']:.2f}): cUNets at least as good: {good}.")
+    for entry in found["fdm"]:
+        lines.append(f"- `{entry['run']}` ({entry['objective']}): FID {entry['fid']:.2f} against the plain EDM run "
+                     f"`{entry['edm_run']}`'s {entry['edm_fid']:.2f}: {entry['outcome']}.")  # fmt: skip
+    return lines
