@@ -33,8 +33,8 @@ MODEL_MODULES = (
 )  # fmt: skip
 PIPELINE_MODULES = (
     "atomic_write", "hub_code", "class_names", "feature_cache", "fixed_grid", "guidance", "solvers", "step_schedule",
-    "preconditioning", "pipelines.scheduler_support", "pipelines.objective_bridge", "pipelines.pipeline_utils",
-    "pipelines.pipeline_continuous_unet",
+    "preconditioning", "pipelines.scheduler_support", "pipelines.objective_bridge", "pipelines.sampling_loop",
+    "pipelines.pipeline_utils", "pipelines.pipeline_continuous_unet",
 )  # fmt: skip
 
 

@@ -20,21 +20,19 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..guidance import guided_network
 from ..hub_code import upload_pipeline_folder, write_code_layout
 from .pipeline_utils import (
-    SolverSchedule,
     check_callback_inputs,
     check_feature_cache,
     check_generator,
     check_guidance_options,
     check_latents,
     check_output_type,
-    check_schedule_kind,
     check_steps,
     class_labels_for,
     label_ids,
     load_solver_schedule,
-    reverse_process,
     to_output_type,
 )
+from .sampling_loop import SolverSchedule, check_schedule_kind, reverse_process
 from .scheduler_support import check_scheduler, check_timesteps, is_edm_scheduler
 
 

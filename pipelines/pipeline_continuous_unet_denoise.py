@@ -17,13 +17,12 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from ..preconditioning import vp_sigmas
 from .pipeline_utils import (
-    SolverSchedule,
     check_output_type,
     check_steps,
     class_labels_for,
-    reverse_process,
     to_output_type,
 )
+from .sampling_loop import SolverSchedule, reverse_process
 from .scheduler_support import check_scheduler, check_timesteps, is_edm_scheduler
 
 

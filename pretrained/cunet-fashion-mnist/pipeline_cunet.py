@@ -1,6 +1,6 @@
 """ContinuousUNetPipeline (diffusers-cunet's sampling pipeline), self-contained.
 
-Generated from diffusers-cunet 0.1.0 (code 0f40fa7eefbb1309) by diffusers_cunet.remote_code; do not edit.
+Generated from diffusers-cunet 0.1.0 (code 3dcf0aa8346d61a5) by diffusers_cunet.remote_code; do not edit.
 Load with `DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)`; needs torch, diffusers.
 """
 
@@ -1142,13 +1142,12 @@ class ObjectiveBridge:
         return (self.output_sign * (denoised - c_skip * x) / c_out).to(sample.dtype)
 
 
-# ---- pipelines/pipeline_utils.py
+# ---- pipelines/sampling_loop.py
 
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-from diffusers import DiffusionPipeline
 
 
 # `solver_schedule(step_index, timestep)` -> ODE-solver settings for that denoising step, or None.
@@ -1202,6 +1201,83 @@ class EvaluationTally:
         if self.per_call is None:
             return None
         return self.fixed + self.adaptive
+
+
+def check_schedule_kind(solver_schedule, scheduler) -> None:
+    """Raise when a `SolverStepSchedule`'s bins divide timesteps of another kind than `scheduler` passes."""
+    kind = getattr(solver_schedule, "timestep_kind", None)
+    if kind is None:
+        return  # a plain callable: it sees whatever the scheduler's timesteps are
+    edm = is_edm_scheduler(scheduler)
+    if edm and kind == "discrete":
+        raise ValueError(
+            "This SolverStepSchedule bins the integer timesteps of a discrete schedule; with an EDM scheduler the "
+            "model's timestep is c_noise = log(sigma) / 4: build one with SolverStepSchedule.for_edm(...)."
+        )
+    if not edm and kind == "c_noise":
+        raise ValueError(
+            "This SolverStepSchedule bins c_noise = log(sigma) / 4 (for EDM schedulers), but "
+            f"{type(scheduler).__name__} passes integer timesteps: sample with an EDM scheduler, or use a "
+            "schedule binned by timestep."
+        )
+
+
+def reverse_process(
+    pipeline,
+    sample,
+    timesteps,
+    labels,
+    solver_schedule,
+    generator,
+    cache_interval=None,
+    cache=None,
+    guided: GuidedNetwork | None = None,
+    on_step_end: Callable[[int, Any, torch.Tensor], torch.Tensor] | None = None,
+):
+    """Run `pipeline.unet` and `pipeline.scheduler` over `timesteps` from `sample`; returns the final sample and
+    the ODE function evaluations per image. The scheduler decides how its input is scaled and how a step is taken;
+    a model trained on the other objective (EDM vs discrete VP) is bridged to it (`objective_bridge`). With a
+    feature `cache`, network call i runs whole when i is a multiple of `cache_interval` and reuses the deep
+    features otherwise. With `guided`, the network is asked through it (classifier-free guidance). `on_step_end(i,
+    t, sample)`, where given, is called after each step and returns the sample to go on from."""
+    check_schedule_kind(solver_schedule, pipeline.scheduler)
+    scheduler, unet = pipeline.scheduler, pipeline.unet
+    network = guided if guided is not None else unet
+    extra = step_kwargs(scheduler, generator)
+    seed_noise_sampler(scheduler, generator)
+    tally = EvaluationTally(unet)
+    edm = is_edm_scheduler(scheduler)
+    bridge = ObjectiveBridge(unet, scheduler, getattr(pipeline, "model_schedule", None), timesteps, network)
+    # A schedule is given the integer timestep of discrete schedulers, or c_noise = log(sigma) / 4 with an EDM
+    # scheduler. They are read to the host once here, not once per step (each read would stall a GPU).
+    host_timesteps = timesteps.tolist() if solver_schedule is not None else None
+    guide_interval = guided is not None and guided.interval is not None
+    for i, t in enumerate(pipeline.progress_bar(timesteps)):
+        model_input = scheduler.scale_model_input(sample, t)  # step() advances the step index
+        settings = None
+        if solver_schedule is not None:
+            settings = solver_schedule(i, float(host_timesteps[i]) if edm else int(host_timesteps[i]))
+        if cache is not None:
+            cache.refresh = i % cache_interval == 0
+        if guide_interval:
+            guided.for_sigma(bridge.sigmas[i])
+        kwargs = model_kwargs(labels, settings, cache)
+        prediction = bridge.predict(i, t, sample, model_input, kwargs)  # in the scheduler's terms, whatever the model
+        top_levels = cache.levels if cache is not None and cache.reusing else None
+        tally.add(settings, top_levels, guided.copies if guided is not None else 1)
+        sample = scheduler.step(prediction, t, sample, **extra).prev_sample
+        if on_step_end is not None:
+            sample = on_step_end(i, t, sample)
+    return sample, tally.total
+
+
+# ---- pipelines/pipeline_utils.py
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline
 
 
 OUTPUT_TYPES = ("pt", "np", "pil")
@@ -1317,25 +1393,6 @@ def load_solver_schedule(name_or_path, **options):
     return SolverStepSchedule.from_pretrained(Path(path).parent)
 
 
-def check_schedule_kind(solver_schedule, scheduler) -> None:
-    """Raise when a `SolverStepSchedule`'s bins divide timesteps of another kind than `scheduler` passes."""
-    kind = getattr(solver_schedule, "timestep_kind", None)
-    if kind is None:
-        return  # a plain callable: it sees whatever the scheduler's timesteps are
-    edm = is_edm_scheduler(scheduler)
-    if edm and kind == "discrete":
-        raise ValueError(
-            "This SolverStepSchedule bins the integer timesteps of a discrete schedule; with an EDM scheduler the "
-            "model's timestep is c_noise = log(sigma) / 4: build one with SolverStepSchedule.for_edm(...)."
-        )
-    if not edm and kind == "c_noise":
-        raise ValueError(
-            "This SolverStepSchedule bins c_noise = log(sigma) / 4 (for EDM schedulers), but "
-            f"{type(scheduler).__name__} passes integer timesteps: sample with an EDM scheduler, or use a "
-            "schedule binned by timestep."
-        )
-
-
 def check_feature_cache(unet, cache_interval: int | None, cache_levels: int) -> DeepFeatureCache | None:
     """A fresh feature cache for one sampling run (`None` when `cache_interval` is `None`: reuse is off)."""
     check_cache_schedule(cache_interval, cache_levels)
@@ -1346,55 +1403,6 @@ def check_feature_cache(unet, cache_interval: int | None, cache_levels: int) -> 
     cache = DeepFeatureCache(cache_levels)
     cache.check_fits(len(unet.config.block_out_channels))
     return cache
-
-
-def reverse_process(
-    pipeline,
-    sample,
-    timesteps,
-    labels,
-    solver_schedule,
-    generator,
-    cache_interval=None,
-    cache=None,
-    guided: GuidedNetwork | None = None,
-    on_step_end: Callable[[int, Any, torch.Tensor], torch.Tensor] | None = None,
-):
-    """Run `pipeline.unet` and `pipeline.scheduler` over `timesteps` from `sample`; returns the final sample and
-    the ODE function evaluations per image. The scheduler decides how its input is scaled and how a step is taken;
-    a model trained on the other objective (EDM vs discrete VP) is bridged to it (`objective_bridge`). With a
-    feature `cache`, network call i runs whole when i is a multiple of `cache_interval` and reuses the deep
-    features otherwise. With `guided`, the network is asked through it (classifier-free guidance). `on_step_end(i,
-    t, sample)`, where given, is called after each step and returns the sample to go on from."""
-    check_schedule_kind(solver_schedule, pipeline.scheduler)
-    scheduler, unet = pipeline.scheduler, pipeline.unet
-    network = guided if guided is not None else unet
-    extra = step_kwargs(scheduler, generator)
-    seed_noise_sampler(scheduler, generator)
-    tally = EvaluationTally(unet)
-    edm = is_edm_scheduler(scheduler)
-    bridge = ObjectiveBridge(unet, scheduler, getattr(pipeline, "model_schedule", None), timesteps, network)
-    # A schedule is given the integer timestep of discrete schedulers, or c_noise = log(sigma) / 4 with an EDM
-    # scheduler. They are read to the host once here, not once per step (each read would stall a GPU).
-    host_timesteps = timesteps.tolist() if solver_schedule is not None else None
-    guide_interval = guided is not None and guided.interval is not None
-    for i, t in enumerate(pipeline.progress_bar(timesteps)):
-        model_input = scheduler.scale_model_input(sample, t)  # step() advances the step index
-        settings = None
-        if solver_schedule is not None:
-            settings = solver_schedule(i, float(host_timesteps[i]) if edm else int(host_timesteps[i]))
-        if cache is not None:
-            cache.refresh = i % cache_interval == 0
-        if guide_interval:
-            guided.for_sigma(bridge.sigmas[i])
-        kwargs = model_kwargs(labels, settings, cache)
-        prediction = bridge.predict(i, t, sample, model_input, kwargs)  # in the scheduler's terms, whatever the model
-        top_levels = cache.levels if cache is not None and cache.reusing else None
-        tally.add(settings, top_levels, guided.copies if guided is not None else 1)
-        sample = scheduler.step(prediction, t, sample, **extra).prev_sample
-        if on_step_end is not None:
-            sample = on_step_end(i, t, sample)
-    return sample, tally.total
 
 
 def check_guidance_options(guided: GuidedNetwork | None, cache_interval: int | None) -> None:
