@@ -40,12 +40,13 @@ from typing import Any
 
 import torch
 
+from training.plotting import pyplot
+
 from . import paths
 from .convergence_verdicts import verdict_lines, verdicts
 from .fashion import EULER1
 from .fashion import RESULTS_FILE as FASHION_RESULTS_FILE
 from .guidance import GUIDED
-from .plotting import pyplot
 from .quality import Variant
 
 RESULTS_FILE = "convergence.json"

@@ -28,9 +28,9 @@ from diffusers_cunet.noise_schedule import make_noise_scheduler
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.presets import from_preset
 from training.baselines import UNET2D_PRESETS, ddpm_cifar10_unet
+from training.plotting import pyplot
 
 from . import paths
-from .plotting import pyplot
 from .timing import inputs, timed
 
 RESULTS_FILE = "cost.json"  # in the results folder; its report section is `report_section`

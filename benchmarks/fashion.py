@@ -35,11 +35,11 @@ from evaluation.fashion_scores import generate, judge_features, sample_scores
 from training.fashion_mnist import split_tensors
 from training.loop import train
 from training.options import make_config
+from training.plotting import pyplot
 
 from . import paths
 from .common import checkpoint_models, chosen_variants
 from .paths import shown
-from .plotting import pyplot
 from .quality import Variant, finished_run, variant_steps, write_results
 
 RESULTS_FILE = "fashion.json"

@@ -40,12 +40,12 @@ from evaluation.fashion_scores import (
 from training.fashion_mnist import CLASS_NAMES, split_tensors
 from training.loop import train
 from training.options import make_config
+from training.plotting import pyplot
 
 from . import paths
 from .common import chosen_variants
 from .fashion import EDM, EULER1, FashionSettings, FashionVariant, sampler, train_options
 from .paths import shown
-from .plotting import pyplot
 from .quality import finished_run, write_results
 
 RESULTS_FILE, PLOT_FILE, GRID_FILE = "guidance.json", "guidance.png", "guidance_grid.png"

@@ -29,10 +29,10 @@ from diffusers_cunet.preconditioning import edm_scheduler
 from evaluation.digits import HELD_OUT_DIGITS, frechet_and_kid, held_out_digits
 from training.loop import train
 from training.options import make_config
+from training.plotting import pyplot
 
 from . import paths
 from .common import checkpoint_models, sample
-from .plotting import pyplot
 
 RESULTS_FILE = "momentum.json"  # in the results folder; its report section is `report_section`
 ABLATION_RESULTS_FILE = "momentum_ablation.json"

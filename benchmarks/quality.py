@@ -27,11 +27,11 @@ from evaluation.digits import DIGITS, HELD_OUT_DIGITS, DigitRecognizer, frechet_
 from training.export import read_run_values
 from training.loop import TrainingResult, train
 from training.options import make_config
+from training.plotting import pyplot
 
 from . import frontier
 from .common import checkpoint_models, chosen_variants, model_class, sample
 from .paths import shown
-from .plotting import pyplot
 
 RESULTS_FILE = "quality.json"  # in the results folder; its report section is `report_section`
 TRAINING_DIGITS = DIGITS - HELD_OUT_DIGITS  # what the digits benchmarks train on

@@ -28,11 +28,11 @@ from diffusers_cunet.step_schedule import SolverStepSchedule
 from evaluation.fashion_judge import load_judge
 from evaluation.fashion_scores import judge_features
 from training.fashion_mnist import split_tensors
+from training.plotting import pyplot
 from training.skip_search import SampleEvaluator, full_schedule, search_result, skip_search
 
 from . import fashion, paths
 from .paths import shown
-from .plotting import pyplot
 
 RESULTS_FILE = "step_aware.json"
 SUBJECT, SKIP_TRAINED, NARROW = "cunet-x1-edm", "cunet-x1-edm-skip", "cunet-x0.5-edm"

@@ -78,10 +78,9 @@ def package(checkpoint: Path, output: Path = SHIPPED) -> Path:
 
 def class_grid(pipeline, classes: list[int], scale: float, steps: int, seed: int, columns: int, path: Path) -> Path:
     """One row per class (named), `columns` samples each, at guidance `scale`, saved as an image at `path`."""
-    import matplotlib
+    from training.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     labels = torch.tensor([c for c in classes for _ in range(columns)])
     pipeline.set_progress_bar_config(disable=True)

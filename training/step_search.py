@@ -155,10 +155,9 @@ def greedy_search(
 
 def plot_trials(result: dict[str, Any], path: Path) -> None:
     """Fréchet distance against ODE evaluations per sample for every schedule tried."""
-    import matplotlib
+    from training.plotting import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     trials = result["trials"]
