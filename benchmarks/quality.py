@@ -23,7 +23,7 @@ from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline
 from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
 from diffusers_cunet.pipelines.scheduler_support import EDM_SCHEDULERS
-from evaluation.digits import DIGITS, HELD_OUT_DIGITS, DigitRecognizer, frechet_and_kid, held_out_digits
+from evaluation.digits import DIGITS, HELD_OUT_DIGITS, fitted_recognizer, frechet_and_kid, held_out_digits
 from training.export import read_run_values
 from training.loop import TrainingResult, train
 from training.options import make_config
@@ -215,7 +215,7 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
     chosen = chosen_variants(variants(mode), only, mode)
     digits = held_out_digits(settings.resolution, seed=settings.seed)
     train_images, real, feature_net = digits.train_images, digits.real, digits.feature_net
-    recognizer = DigitRecognizer(seed=settings.seed, training_digits=len(train_images))
+    recognizer = fitted_recognizer(seed=settings.seed, training_digits=len(train_images))
     reference = frechet_and_kid(real, train_images[: settings.samples], feature_net)
     reference["recognisable"] = recognizer.confident_share(real)
     photos = photo_patches(64, settings.resolution, settings.seed)  # the denoising test's photo patches

@@ -7,6 +7,7 @@ classified as one digit with confidence >= 0.9), a cheap signal for the embedded
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -94,6 +95,13 @@ class DigitRecognizer:
         only ones scores 0.1)."""
         best, sure = _confident(self.probabilities(images), threshold)
         return len(set(best[sure].tolist())) / 10
+
+
+@functools.lru_cache(maxsize=4)
+def fitted_recognizer(seed: int = 0, training_digits: int | None = None) -> DigitRecognizer:
+    """The `DigitRecognizer` of `seed` and `training_digits`, fitted once per process: the fit is deterministic and
+    costs seconds, and every digits run's export and each benchmark would otherwise repeat it."""
+    return DigitRecognizer(seed=seed, training_digits=training_digits)
 
 
 def make_digit_classifier():
@@ -200,7 +208,7 @@ DIGITS = 1797  # scikit-learn's 8x8 digits (`sklearn.datasets.load_digits`)
 HELD_OUT_DIGITS = 300  # the last 300 of scikit-learn's digits: never trained on by benchmarks and step searches
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeldOutDigits:
     """The digits split for scoring: training images and labels, the held-out real images, and the feature
     network (fitted on the training part) in whose space Fréchet distance and KID are measured."""
@@ -211,8 +219,10 @@ class HeldOutDigits:
     feature_net: DigitFeatureNet
 
 
+@functools.lru_cache(maxsize=4)
 def held_out_digits(resolution: int, held_out: int = HELD_OUT_DIGITS, seed: int = 0) -> HeldOutDigits:
-    """Split the digits at `resolution` (images in [0, 1]) and fit the feature network on the training part."""
+    """Split the digits at `resolution` (images in [0, 1]) and fit the feature network on the training part (once
+    per process and setting: the fit is deterministic and costs seconds; callers only read what it returns)."""
     from training.data import digits_images
 
     images, labels = digits_images(resolution)

@@ -172,10 +172,10 @@ def run_metrics(args, record: RunRecord, images: torch.Tensor, in_channels: int)
     samples."""
     metrics: dict[str, Any] = {RECORD_LABELS[key]: value for key, value in run_values(record).items()}
     if args.dataset_name == "digits" and not args.train_data_dir and in_channels == 1:
-        from evaluation.digits import DigitRecognizer
+        from evaluation.digits import fitted_recognizer
 
         logger.info("Scoring the samples with the digit recognizer ...")
-        recognizer = DigitRecognizer(seed=args.seed)
+        recognizer = fitted_recognizer(seed=args.seed)
         recognised = round(recognizer.confident_share(images) * len(images))
         metrics["recognisable samples (digit classifier p >= 0.9)"] = f"{recognised} of {len(images)}"
         metrics["digit classes among them"] = f"{round(recognizer.class_coverage(images) * 10)} of 10"
