@@ -259,12 +259,12 @@ class Scorer:
 
     def __init__(self, settings: ConvergenceSettings):
         from evaluation.fashion_judge import load_judge
-        from evaluation.fashion_scores import judge_features, sample_scores
+        from evaluation.fashion_scores import sample_scores, test_image_features
         from training.fashion_mnist import split_tensors
 
         self.settings = settings
         self.judge = load_judge()
-        self.test_features = judge_features(self.judge, split_tensors("test")[0][: settings.test_images])
+        self.test_features = test_image_features(settings.test_images)
         train_images = split_tensors("train")[0][: settings.samples]
         self.floor = sample_scores(self.judge, None, train_images, real_features=self.test_features)
 

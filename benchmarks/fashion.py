@@ -31,7 +31,7 @@ from diffusers_cunet.flops import count_forward_flops, count_parameters
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.pipelines.scheduler_support import EDM_SCHEDULERS
 from evaluation.fashion_judge import judge_metadata, load_judge
-from evaluation.fashion_scores import generate, judge_features, sample_scores
+from evaluation.fashion_scores import generate, sample_scores, test_image_features
 from training.fashion_mnist import split_tensors
 from training.loop import train
 from training.options import make_config
@@ -173,9 +173,8 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
     settings = MODES[mode]
     chosen = chosen_variants(variants(mode), only, mode)
     judge = load_judge()
-    test_images = split_tensors("test")[0][: settings.test_images]
     train_images = split_tensors("train")[0]
-    test_features = judge_features(judge, test_images)
+    test_features = test_image_features(settings.test_images)
     reference = sample_scores(judge, None, train_images[: settings.samples], real_features=test_features)
     print(f"floor (real training images vs test): {json.dumps(reference)}", flush=True)
     rows: dict[str, dict[str, Any]] = {}

@@ -34,8 +34,8 @@ from evaluation.fashion_scores import (
     balanced_labels,
     class_conditional_scores,
     generate,
-    judge_features,
     sample_scores,
+    test_image_features,
 )
 from training.fashion_mnist import CLASS_NAMES, split_tensors
 from training.loop import train
@@ -158,8 +158,7 @@ def run(mode: str, runs: Path, results_dir: Path, only: list[str] | None = None)
     chosen = chosen_variants(variants(mode), only, mode)
     results_path = results_dir / RESULTS_FILE
     judge = load_judge()
-    test_images = split_tensors("test")[0][: settings.test_images]
-    test_features = judge_features(judge, test_images)
+    test_features = test_image_features(settings.test_images)
     floor = sample_scores(judge, None, split_tensors("train")[0][: settings.samples], real_features=test_features)
     previous = json.loads(results_path.read_text()) if results_path.exists() else {}
     rows = {row["name"]: row for row in previous.get("runs", [])} if previous.get("mode") == mode else {}

@@ -26,8 +26,7 @@ from diffusers_cunet.atomic_write import replace_text
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.step_schedule import SolverStepSchedule
 from evaluation.fashion_judge import load_judge
-from evaluation.fashion_scores import judge_features
-from training.fashion_mnist import split_tensors
+from evaluation.fashion_scores import test_image_features
 from training.plotting import pyplot
 from training.skip_search import SampleEvaluator, full_schedule, search_result, skip_search
 
@@ -94,7 +93,7 @@ def run(mode: str, runs: Path, results_path: Path) -> dict[str, Any]:
     # the models: trained by the Fashion-MNIST benchmark (kept if already there)
     fashion.run(mode, runs, results_path.parent / fashion.RESULTS_FILE, only=names)
     judge = load_judge()
-    real_features = judge_features(judge, split_tensors("test")[0][: fashion_settings.test_images])
+    real_features = test_image_features(fashion_settings.test_images)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     if results.get("mode") != mode:
         results = {"mode": mode, "settings": vars(settings) | {"sampling_steps": steps}, "searches": {}, "rows": []}

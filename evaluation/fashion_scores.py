@@ -8,6 +8,9 @@ The floor of each score is the same measurement with as many real training image
 
 from __future__ import annotations
 
+import functools
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +25,23 @@ CONFIDENT = 0.9  # the judge's probability for a sample to count as a recognisab
 def judge_features(judge: FashionJudge, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """The judge's 128-d features of `images` (in [0, 1]), in float64."""
     return torch.cat([judge(images[i : i + batch_size]).double() for i in range(0, len(images), batch_size)])
+
+
+def test_image_features(count: int | None = None, folder: str | os.PathLike | None = None) -> torch.Tensor:
+    """The committed judge's features of the first `count` Fashion-MNIST test images (all 10,000 by default), the
+    real side of every score: computed once per process and count (10,000 images cost the judge seconds, and a
+    benchmark or search scores many models against them). Read it, never change it."""
+    from training.fashion_mnist import required_folder
+
+    return _test_image_features(count, required_folder(folder).resolve())
+
+
+@functools.lru_cache(maxsize=4)
+def _test_image_features(count: int | None, folder: Path) -> torch.Tensor:
+    from evaluation.fashion_judge import load_judge
+    from training.fashion_mnist import split_tensors
+
+    return judge_features(load_judge(), split_tensors("test", folder)[0][:count])
 
 
 def class_coverage(judge: FashionJudge, images: torch.Tensor) -> dict[str, Any]:

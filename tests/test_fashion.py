@@ -239,3 +239,14 @@ def test_recipe_is_the_benchmarks_equal_time_cunet():
     published = json.loads((root / "benchmarks" / "results" / "fashion.json").read_text())
     run = next(r for r in published["runs"] if r["name"] == variant.name)
     assert run["steps"] == config["max_train_steps"]
+
+
+@needs_data
+def test_the_test_images_features_are_the_judges_and_computed_once_per_process():
+    from evaluation.fashion_scores import judge_features, test_image_features
+
+    first = test_image_features(100)
+    expected = judge_features(load_judge(), fashion_mnist.split_tensors("test")[0][:100])
+    torch.testing.assert_close(first, expected, rtol=0, atol=0)
+    assert test_image_features(100) is first  # cached: every benchmark and search scores against the same tensor
+    assert test_image_features(50).shape == (50, first.shape[1])

@@ -186,19 +186,18 @@ def judge_metrics(model, objective: Objective, args) -> dict[str, Any]:
     """Fashion-MNIST scores of `--score_samples` samples (the sample grid's sampler and steps) against the test
     images, each with its sample size, and the floor at the same size (real training images)."""
     from evaluation.fashion_judge import load_judge
-    from evaluation.fashion_scores import generate, judge_features, sample_scores
+    from evaluation.fashion_scores import generate, sample_scores, test_image_features
     from training.fashion_mnist import split_tensors
 
     logger.info("Scoring %d samples against the Fashion-MNIST test images ...", args.score_samples)
     judge = load_judge()
-    test_images, _ = split_tensors("test", args.fashion_mnist_dir)
     pipeline = ContinuousUNetPipeline(unet=model, scheduler=objective.sampling_scheduler(model))
     samples, seconds = generate(pipeline, args.score_samples, args.validation_inference_steps, args.seed)
-    test_features = judge_features(judge, test_images)
+    test_features = test_image_features(folder=args.fashion_mnist_dir)
     scores = sample_scores(judge, None, samples, real_features=test_features)
     real_samples = split_tensors("train", args.fashion_mnist_dir)[0][: len(samples)]
     floor = sample_scores(judge, None, real_samples, real_features=test_features)
-    where = f"{len(samples)} samples vs {len(test_images)} test images"
+    where = f"{len(samples)} samples vs {len(test_features)} test images"
     return {
         f"FID ({where}; judge features)": round(scores["fid"], 3),
         "FID floor (as many real training images)": round(floor["fid"], 3),

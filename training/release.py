@@ -127,12 +127,12 @@ def measure(folder: Path = SHIPPED, full_samples: int = FULL_SAMPLES, guided_sam
     """Every number of the card, measured on the shipped folder as a user loads it (fp32)."""
     from diffusers_cunet.pipelines import ContinuousUNetPipeline
     from evaluation.fashion_judge import judge_metadata, load_judge
-    from evaluation.fashion_scores import class_conditional_scores, judge_features, sample_scores
+    from evaluation.fashion_scores import class_conditional_scores, sample_scores, test_image_features
     from training.fashion_mnist import split_tensors
 
     pipeline = ContinuousUNetPipeline.from_pretrained(folder)
     judge = load_judge()
-    test = judge_features(judge, split_tensors("test")[0])
+    test = test_image_features()
     floor_count = full_samples or guided_samples  # as many real training images as the main row has samples
     floor = sample_scores(judge, None, split_tensors("train")[0][:floor_count], real_features=test)
 

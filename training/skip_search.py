@@ -27,7 +27,7 @@ from diffusers_cunet.flops import count_call_flops
 from diffusers_cunet.pipelines.scheduler_support import is_edm_scheduler
 from diffusers_cunet.step_schedule import SolverStepSchedule
 from evaluation.distances import fid_and_kid
-from evaluation.fashion_scores import generate, judge_features, sample_scores
+from evaluation.fashion_scores import generate, judge_features, sample_scores, test_image_features
 from training.step_search import greedy_reduction, run_command_line
 
 RESULTS_FILE = "skip_search.json"
@@ -156,7 +156,6 @@ def search_result(full: SkipTrial, best: SkipTrial, trials: list[SkipTrial], **s
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from diffusers_cunet.pipelines import ContinuousUNetPipeline
     from evaluation.fashion_judge import load_judge
-    from training.fashion_mnist import split_tensors
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", required=True, help="folder of a saved cUNet pipeline trained on Fashion-MNIST")
@@ -176,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise ValueError(f"{args.pipeline} is no 1-channel 32x32 model: the Fashion-MNIST judge cannot score it.")
     blocks = args.blocks or list(pipe.unet.ode_block_names)
     judge = load_judge()
-    real_features = judge_features(judge, split_tensors("test")[0])
+    real_features = test_image_features()
     evaluate = SampleEvaluator(pipe, judge, real_features, args.samples, args.num_inference_steps, args.seed)
     print(f"Scoring at most {2 * args.bins * len(blocks) + 1} schedules of {args.samples} samples ...", flush=True)
     start = time.perf_counter()
