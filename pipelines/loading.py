@@ -61,8 +61,8 @@ def load_pipeline(pipeline_class, name_or_path: str | os.PathLike, **options: An
     )
     pipeline = pipeline_class(unet=unet, scheduler=scheduler)
     pipeline.register_to_config(_name_or_path=str(name_or_path))
-    if hasattr(pipeline, "solver_schedule"):
-        pipeline.solver_schedule = load_solver_schedule(folder)
+    if hasattr(pipeline_class, "solver_schedule"):  # asked of the class: the instance's property would look it up
+        pipeline.solver_schedule = load_solver_schedule(folder)  # the snapshot's own file, no second Hub request
     return pipeline
 
 

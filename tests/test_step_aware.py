@@ -131,8 +131,14 @@ def test_search_refuses_a_model_trained_on_other_greyscale_images(tmp_path):
         _search(tmp_path / "out")
 
 
-def test_the_schedule_is_found_by_hub_id_through_the_cache(tmp_path):
+def test_the_schedule_is_found_by_hub_id_through_the_cache(tmp_path, monkeypatch):
+    import huggingface_hub
     from conftest import lay_out_hub_cache
+
+    def no_request(*args, **kwargs):  # the snapshot holds the schedule: looking it up again was 23 s of retries
+        raise AssertionError(f"a second Hub request while loading from the cache: hf_hub_download{args}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_request)
 
     schedule = SolverStepSchedule.from_steps([1, 4])
     pipe = ContinuousUNetPipeline(unet=make_tiny(), scheduler=DDIMScheduler.from_config(make_noise_scheduler().config))
