@@ -87,6 +87,21 @@ def lay_out_hub_cache(cache, repo_id: str, pipe, hub_layout: bool = True) -> Non
 
 
 @pytest.fixture
+def offline(monkeypatch) -> None:
+    """This process offline for huggingface_hub and datasets, as `HF_HUB_OFFLINE=1` set before they were imported
+    makes it: both read the variable at import, so setting it later alone would leave each Hub request to fail only
+    after its retries (23 s without a network)."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+
+
+@pytest.fixture
 def tiny_model() -> ContinuousUNet2DModel:
     return make_tiny()
 

@@ -121,8 +121,7 @@ def test_bfloat16_sampling_on_the_cpu(preconditioning):
 
 
 @pytest.mark.parametrize("name", ["outputs/no-such-run", "./no-such-run", "/tmp/no/such/run"])
-def test_a_missing_folder_says_so(name, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_a_missing_folder_says_so(name, offline):
     with pytest.raises(ValueError, match=f"No folder {name} exists") as raised:
         ContinuousUNetPipeline.from_pretrained(name)
     if name == "outputs/no-such-run":  # could be a Hub id: that reading is answered too

@@ -109,9 +109,7 @@ def test_bad_input_fails_before_writing_anything(tmp_path, module, extra, messag
     assert not output.exists()
 
 
-def test_unknown_hub_dataset_is_a_clear_error(tmp_path, module, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+def test_unknown_hub_dataset_is_a_clear_error(tmp_path, module, offline):
     with pytest.raises(ValueError, match="Could not load data set 'no-such-org/no-such-dataset'"):
         train(tmp_path / "out", "--dataset_name", "no-such-org/no-such-dataset", module=module)
     assert not (tmp_path / "out").exists()
