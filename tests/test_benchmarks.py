@@ -169,16 +169,18 @@ def test_frontier_reads_seed_spread_convergence_pairs_and_dominance():
 
 @pytest.mark.slow
 def test_parallel_starts_timed_runs_after_their_sources(tmp_path):
-    """benchmarks.parallel's own smoke test: the equal-time model starts once the two it is timed from have
-    finished, and the merged results hold each model's own row."""
+    """benchmarks.parallel's own smoke test: the equal-time model starts once the model it is timed from that runs
+    beside it (unet2d-x1) has finished; the other (cunet-x1, not chosen) its own process trains first; the merged
+    results hold each chosen model's own row."""
     from benchmarks import parallel
 
     merged = parallel.main(["--mode", "tiny", "--output", str(tmp_path / "out"), "--runs", str(tmp_path / "runs"),
-                            "--threads", "1"])  # fmt: skip
-    assert [run["name"] for run in merged["runs"]] == ["cunet-x1", "unet2d-x1", "cunet-x1-0.7t"]
+                            "--threads", "1", "--only", "unet2d-x1", "cunet-x1-0.7t"])  # fmt: skip
+    assert [run["name"] for run in merged["runs"]] == ["unet2d-x1", "cunet-x1-0.7t"]
     assert merged["unfinished"] == [] and (tmp_path / "out" / "BENCHMARKS.md").is_file()
     log = (tmp_path / "out" / "log.txt").read_text()
-    assert "=== training cunet-x1-0.7t" in log
+    assert log.index("=== training unet2d-x1") < log.index("=== training cunet-x1-0.7t")
+    assert "=== training cunet-x1 (" in log.split("===== cunet-x1-0.7t")[1]  # in the equal-time model's process
 
 
 @pytest.mark.slow
