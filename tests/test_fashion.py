@@ -15,7 +15,7 @@ from conftest import needs_data
 from PIL import Image
 from training_helpers import loss_history, train
 
-from diffusers_cunet import PreconditionedUNet2DModel
+from diffusers_cunet import ContinuousUNet2DModel, PreconditionedUNet2DModel
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from evaluation.distances import precision_recall
 from evaluation.fashion_judge import WEIGHTS, judge_metadata, load_judge
@@ -166,7 +166,9 @@ FASHION_TINY = ["--dataset_name", "fashion_mnist", "--image_fit", "pad", "--reso
 
 @needs_data
 def test_unet2d_trains_with_edm_and_loads_in_our_pipeline(tmp_path):
+    # class-conditional with a null class, as the recipe: its scores are of balanced labels at guidance scale 1
     result = train(tmp_path, *FASHION_TINY, "--model_type", "unet2d", "--preconditioning", "edm",
+                   "--class_column", "label", "--class_dropout_prob", "0.1",
                    "--max_train_steps", "30", "--score_samples", "40")  # fmt: skip
     history = loss_history(tmp_path)
     assert np.mean(history[-5:]) < 0.8 * np.mean(history[:3])
@@ -180,6 +182,29 @@ def test_unet2d_trains_with_edm_and_loads_in_our_pipeline(tmp_path):
     fid = next(value for key, value in metrics.items() if key.startswith("FID (40 samples vs 10000 test"))
     assert fid > metrics["FID floor (as many real training images)"] > 0
     assert metrics["garment classes among them"].endswith("of 10")
+    assert metrics["samples scored"] == "labels balanced over the classes, guidance scale 1"
+    assert 0 <= metrics["class accuracy (judge: the class asked for)"] <= 1
+
+
+@needs_data
+def test_an_unconditional_model_is_scored_on_unconditional_samples():
+    from argparse import Namespace
+
+    from diffusers_cunet.noise_schedule import make_noise_scheduler
+    from diffusers_cunet.objectives import DDPMObjective
+    from training.export import judge_metrics
+
+    model = ContinuousUNet2DModel(sample_size=32, in_channels=1, out_channels=1, block_out_channels=(16, 32),
+                                  attention_levels=(False, False), norm_num_groups=8)  # fmt: skip
+    args = Namespace(score_samples=8, validation_inference_steps=2, seed=0, fashion_mnist_dir=None)
+    metrics = judge_metrics(model.eval(), DDPMObjective(make_noise_scheduler()), args)
+    assert (
+        metrics["samples scored"] == "unconditional" and "class accuracy (judge: the class asked for)" not in metrics
+    )
+    assert (
+        metrics["FID (8 samples vs 10000 test images; judge features)"]
+        > metrics["FID floor (as many real training images)"]
+    )
 
 
 def test_score_samples_needs_fashion_mnist():
@@ -219,26 +244,37 @@ def test_benchmark_tiny_mode(tmp_path):
     assert grid.stat().st_mtime_ns == stamp
 
 
-def test_recipe_is_the_benchmarks_equal_time_cunet():
-    """`make fashion` trains exactly the benchmark's equal-time cUNet (same data, model, objective, optimiser, seed
-    and steps), so the README's recipe numbers are that run's."""
-    import yaml
-
-    from benchmarks import fashion
-    from diffusers_cunet.presets import from_preset, preset_config
+def test_recipe_is_the_convergence_queues_cunet_x1():
+    """`make fashion` trains exactly the convergence queue's cUNet x1 (same data, model, objective, classes and
+    guidance dropout, optimiser, schedule, EMA, seed and planned steps), so that run's scores are the recipe's."""
+    from benchmarks import convergence
+    from training.model_setup import model_arguments
+    from training.options import make_config, parse_args
 
     root = Path(__file__).resolve().parents[1]
-    model_config = from_preset("fashion-32").config  # the preset with the constructor's defaults (the solver)
-    config = yaml.safe_load((root / "training" / "configs" / "fashion-mnist.yaml").read_text())
-    variant = next(v for v in fashion.variants("cpu") if v.name == "cunet-x1-edm-equal-time")
-    options = fashion.train_options(variant, config["max_train_steps"], fashion.MODES["cpu"], Path("run"))
-    for key in ("dataset_name", "image_fit", "model_preset", "preconditioning", "learning_rate", "train_batch_size",
-                "lr_warmup_steps", "seed", "solver_method", "solver_steps"):  # fmt: skip
-        assert config.get(key, model_config.get(key)) == options[key], key
-    assert tuple(options["block_out_channels"]) == preset_config("fashion-32")["block_out_channels"]
-    published = json.loads((root / "benchmarks" / "results" / "fashion.json").read_text())
-    run = next(r for r in published["runs"] if r["name"] == variant.name)
-    assert run["steps"] == config["max_train_steps"]
+    recipe = parse_args(["--config", str(root / "training" / "configs" / "fashion-mnist.yaml"), "--output_dir", "x"])
+    mode = convergence.MODES["cpu"]
+    run = next(run for run in mode.runs if run.name == "cunet-x1")
+    queue = make_config(**convergence.train_options(run, mode.settings, Path("runs"), run.steps))
+    bookkeeping = {
+        "config",
+        "output_dir",
+        "max_train_samples",
+        "validation_steps",
+        "num_validation_images",
+        "score_samples",
+        "report_to",
+        "logging_steps",
+        "resume_from_checkpoint",
+    }  # how the queue runs it, not what it trains
+    differ = {key for key in vars(recipe) if key not in bookkeeping and getattr(recipe, key) != getattr(queue, key)}
+    # the queue names the preset's widths and solver explicitly; the recipe takes them from the preset
+    assert differ <= {"block_out_channels", "solver_method", "solver_steps"}, differ
+    models = [ContinuousUNet2DModel(**model_arguments(options, 10, 1, list(fashion_mnist.CLASS_NAMES)))
+              for options in (recipe, queue)]  # fmt: skip
+    same = [{k: v for k, v in model.config.items() if not k.startswith("_")} for model in models]
+    assert same[0] == same[1]  # the same network (diffusers' record of which values were defaults aside)
+    assert tuple(models[0].config.block_out_channels) == (32, 64, 128) and models[0].config.num_class_embeds == 11
 
 
 @needs_data

@@ -184,31 +184,43 @@ def run_metrics(args, record: RunRecord, images: torch.Tensor, in_channels: int)
 
 def judge_metrics(model, objective: Objective, args) -> dict[str, Any]:
     """Fashion-MNIST scores of `--score_samples` samples (the sample grid's sampler and steps) against the test
-    images, each with its sample size, and the floor at the same size (real training images)."""
+    images, each with its sample size, and the floor at the same size (real training images). A class-conditional
+    model is sampled as the convergence queue and the shipped model's card sample it: labels balanced over the
+    classes, guidance scale 1 (`class_conditional_scores`), and its class accuracy by the judge is added."""
     from evaluation.fashion_judge import load_judge
-    from evaluation.fashion_scores import generate, sample_scores, test_image_features
+    from evaluation.fashion_scores import class_conditional_scores, generate, sample_scores, test_image_features
     from training.fashion_mnist import split_tensors
 
     logger.info("Scoring %d samples against the Fashion-MNIST test images ...", args.score_samples)
     judge = load_judge()
     pipeline = ContinuousUNetPipeline(unet=model, scheduler=objective.sampling_scheduler(model))
-    samples, seconds = generate(pipeline, args.score_samples, args.validation_inference_steps, args.seed)
     test_features = test_image_features(folder=args.fashion_mnist_dir)
-    scores = sample_scores(judge, None, samples, real_features=test_features)
-    real_samples = split_tensors("train", args.fashion_mnist_dir)[0][: len(samples)]
+    count, steps = args.score_samples, args.validation_inference_steps
+    conditional = bool(getattr(model.config, "num_class_embeds", None))
+    if conditional:
+        scores = class_conditional_scores(pipeline, judge, test_features, count, steps, args.seed)
+        seconds = scores["sampling_s_per_image"]
+    else:
+        samples, seconds = generate(pipeline, count, steps, args.seed)
+        scores = sample_scores(judge, None, samples, real_features=test_features)
+    real_samples = split_tensors("train", args.fashion_mnist_dir)[0][:count]
     floor = sample_scores(judge, None, real_samples, real_features=test_features)
-    where = f"{len(samples)} samples vs {len(test_features)} test images"
-    return {
+    where = f"{count} samples vs {len(test_features)} test images"
+    metrics = {
+        "samples scored": "labels balanced over the classes, guidance scale 1" if conditional else "unconditional",
         f"FID ({where}; judge features)": round(scores["fid"], 3),
         "FID floor (as many real training images)": round(floor["fid"], 3),
         f"KID ({where})": round(scores["kid_mean"], 5),
-        f"precision / recall (k={NEIGHBOURS}, {len(samples)} vs {len(samples)})": (
+        f"precision / recall (k={NEIGHBOURS}, {count} vs {count})": (
             f"{scores['precision']:.3f} / {scores['recall']:.3f}"
         ),
-        "confidently recognised garments (judge p >= 0.9)": f"{scores['confident']} of {len(samples)}",
+        "confidently recognised garments (judge p >= 0.9)": f"{scores['confident']} of {count}",
         "garment classes among them": f"{scores['classes_found']} of 10",
-        "sampling time per image (s)": round(seconds, 4),
     }
+    if conditional:
+        metrics["class accuracy (judge: the class asked for)"] = round(scores["class_accuracy"], 4)
+    metrics["sampling time per image (s)"] = round(seconds, 4)
+    return metrics
 
 
 def data_source(args) -> str:
