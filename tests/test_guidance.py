@@ -199,9 +199,17 @@ def test_training_with_label_dropout_saves_a_guidable_model(tmp_path, model_type
     assert "labels replaced by the null class (classifier-free guidance) | p = 0.2" in card
 
 
-def test_label_dropout_needs_labels(tmp_path):
-    with pytest.raises(ValueError, match="--class_dropout_prob needs class labels"):
-        train(tmp_path, "--class_dropout_prob", "0.1", "--max_train_steps", "1")
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--class_dropout_prob", "0.1"], "--class_dropout_prob needs class labels"),
+        (["--class_column", "label", "--class_dropout_prob", "1"], "--class_dropout_prob must be in [0, 1)"),
+    ],
+)
+def test_label_dropout_needs_labels_and_a_probability(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit):  # at parse time, before any data is read
+        train(tmp_path / "out", *extra, "--max_train_steps", "1")
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------------------------------------- no install

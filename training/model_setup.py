@@ -90,8 +90,6 @@ def model_arguments(args: argparse.Namespace, n_classes: int | None, channels: i
 def null_class_options(args: argparse.Namespace, n_classes: int | None) -> dict[str, Any]:
     """The class embeddings and null class of a run with `--class_dropout_prob` (one embedding more than the data set
     has classes, the last one "no class"), or nothing."""
-    if not 0.0 <= args.class_dropout_prob < 1.0:
-        raise ValueError(f"--class_dropout_prob must be in [0, 1), got {args.class_dropout_prob}.")
     if not args.class_dropout_prob:
         return {}
     if not n_classes:

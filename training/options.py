@@ -413,6 +413,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error("--fdm_normalize_input applies to --preconditioning edm-fdm only.")
         if args.loss_weight_warmup_steps is not None and args.loss_weight_warmup_steps < 0:
             parser.error(f"--loss_weight_warmup_steps must be >= 0, got {args.loss_weight_warmup_steps}.")
+    if not 0.0 <= args.class_dropout_prob < 1.0:
+        parser.error(f"--class_dropout_prob must be in [0, 1), got {args.class_dropout_prob}.")
+    if args.class_dropout_prob and not args.class_column:
+        parser.error("--class_dropout_prob needs class labels: name their column with --class_column.")
     if not 0.0 <= args.block_skip_prob < 1.0:
         parser.error(f"--block_skip_prob must lie in [0, 1), got {args.block_skip_prob}.")
     if args.block_skip_blocks and not args.block_skip_prob:
