@@ -40,7 +40,7 @@ from training.plotting import pyplot
 from . import paths
 from .common import checkpoint_models, chosen_variants
 from .paths import shown
-from .quality import Variant, finished_run, variant_steps, write_results
+from .quality import Variant, variant_steps, write_results
 
 RESULTS_FILE = "fashion.json"
 
@@ -190,8 +190,6 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
             continue  # sampling 2,000 images again would cost minutes and change nothing
         print(f"\n=== training {variant.name} ({steps} steps) ===", flush=True)
         result = train(make_config(**train_options(variant, steps, settings, output)))
-        if result.already_done:
-            result = finished_run(result, variant.model_type)
         unet = result.unet.eval()
         noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
         held_out = {entry["step"]: entry["mean"] for entry in result.held_out_error}

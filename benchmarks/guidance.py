@@ -46,7 +46,7 @@ from . import paths
 from .common import chosen_variants
 from .fashion import EDM, EULER1, FashionSettings, FashionVariant, sampler, train_options
 from .paths import shown
-from .quality import finished_run, write_results
+from .quality import write_results
 
 RESULTS_FILE, PLOT_FILE, GRID_FILE = "guidance.json", "guidance.png", "guidance_grid.png"
 GUIDED = {**EDM, "class_column": "label", "class_dropout_prob": 0.1}
@@ -167,8 +167,6 @@ def run(mode: str, runs: Path, results_dir: Path, only: list[str] | None = None)
         output = runs / variant.name
         print(f"\n=== {variant.name} ({settings.steps} steps) ===", flush=True)
         result = train(make_config(**train_options(variant, settings.steps, settings, output)))
-        if result.already_done:
-            result = finished_run(result, variant.model_type)
         noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
         pipeline = ContinuousUNetPipeline(unet=result.unet.eval(), scheduler=sampler(noise_config, 0))
         pipelines[variant.name] = pipeline

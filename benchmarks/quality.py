@@ -24,13 +24,12 @@ from diffusers_cunet.pipelines import ContinuousUNetDenoisePipeline
 from diffusers_cunet.pipelines.pipeline_continuous_unet_denoise import image_quality
 from diffusers_cunet.pipelines.scheduler_support import EDM_SCHEDULERS
 from evaluation.digits import DIGITS, HELD_OUT_DIGITS, fitted_recognizer, frechet_and_kid, held_out_digits
-from training.export import read_run_values
-from training.loop import TrainingResult, train
+from training.loop import train
 from training.options import make_config
 from training.plotting import pyplot
 
 from . import frontier
-from .common import checkpoint_models, chosen_variants, model_class, sample
+from .common import checkpoint_models, chosen_variants, sample
 from .paths import shown
 
 RESULTS_FILE = "quality.json"  # in the results folder; its report section is `report_section`
@@ -235,8 +234,6 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
         )  # fmt: skip
         print(f"\n=== training {variant.name} ({steps} steps) ===", flush=True)
         result = train(config)
-        if result.already_done:  # a finished run of an earlier, interrupted benchmark: read back, not retrained
-            result = finished_run(result, variant.model_type)
         unet = result.unet.eval()
         noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
         train_seconds = result.train_seconds
@@ -269,19 +266,6 @@ def run(mode: str, output_root: Path, results_path: Path, only: list[str] | None
         # after each model, so that a stopped run keeps the finished ones
         results = write_results(results_path, mode, settings, reference, list(rows.values()))
     return results
-
-
-def finished_run(result: TrainingResult, model_type: str) -> TrainingResult:
-    """`result` of a run `train` found finished, completed from what that run wrote (metrics.json, the EMA model)."""
-    saved = json.loads((result.output_dir / "metrics.json").read_text())
-    values = read_run_values(result.output_dir)
-    result.unet = model_class(model_type).from_pretrained(result.output_dir / "unet")
-    result.train_seconds = values["train_seconds"]
-    result.images_per_second = values["images_per_second"]
-    result.final_loss = values["final_loss"]
-    result.median_step_seconds = values.get("median_step_seconds", float("nan"))
-    result.held_out_error = saved["held_out_error"]
-    return result
 
 
 def write_results(path: Path, mode: str, settings: Settings, reference: dict, runs: list[dict],

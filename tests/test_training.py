@@ -165,14 +165,19 @@ def test_resuming_a_finished_run_touches_nothing(tmp_path):
     """Resuming at or past --max_train_steps must not train a step, write a checkpoint, prune the old ones or
     overwrite the saved pipeline (it used to run one more step and delete checkpoint-2 under the limit)."""
     output = tmp_path / "run"
-    train(output, "--max_train_steps", "4", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
-          "--num_validation_images", "2")  # fmt: skip
+    first = train(output, "--max_train_steps", "4", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
+                  "--num_validation_images", "2")  # fmt: skip
     before = {p.relative_to(output): p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
     result = train(output, "--max_train_steps", "4", "--checkpointing_steps", "2", "--checkpoints_total_limit", "2",
                    "--resume_from_checkpoint", "latest")  # fmt: skip
     after = {p.relative_to(output): p.stat().st_mtime_ns for p in output.rglob("*") if p.is_file()}
     assert result.already_done and result.global_step == 4
     assert after == before
+    # the result is complete, as the run left it: the EMA model, its numbers and histories, read back
+    for name, value in first.unet.state_dict().items():
+        torch.testing.assert_close(result.unet.state_dict()[name], value, rtol=0, atol=0)
+    assert result.loss_history == first.loss_history and result.held_out_error == first.held_out_error
+    assert result.train_seconds == pytest.approx(first.train_seconds, abs=0.05) and result.metrics == first.metrics
     assert [p.name for p in list_checkpoints(output)] == ["checkpoint-2", "checkpoint-4"]
 
 

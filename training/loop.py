@@ -181,8 +181,24 @@ def prepare(args: argparse.Namespace, output_dir: Path) -> Prepared | TrainingRe
                        f"to do, {output_dir} left as it is. Raise --max_train_steps to train further.")  # fmt: skip
             logger.warning(message)
             print(message)
-            return TrainingResult(global_step=done, output_dir=output_dir, already_done=True)
+            return finished_result(output_dir, done, model_class)
     return Prepared(images, unet, model_class, checkpoint, skip_blocks)
+
+
+def finished_result(output_dir: Path, step: int, model_class: type) -> TrainingResult:
+    """The result of a run found finished, complete as when it ended: read back from what it wrote (the exported EMA
+    model, `metrics.json`'s record, loss history and held-out error), never trained again."""
+    saved = json.loads((output_dir / "metrics.json").read_text())
+    values = read_run_values(output_dir)
+    return TrainingResult(
+        global_step=step, output_dir=output_dir, already_done=True,
+        unet=model_class.from_pretrained(output_dir / "unet"), metrics=saved.get("metrics", {}),
+        loss_history=saved.get("loss_history", []), train_seconds=values["train_seconds"],
+        held_out_error=saved.get("held_out_error", []), final_loss=values["final_loss"],
+        images_per_second=values["images_per_second"],
+        median_step_seconds=values.get("median_step_seconds", math.nan),
+        grid_path=output_dir / "samples.png" if (output_dir / "samples.png").is_file() else None,
+    )  # fmt: skip
 
 
 def exported(output_dir: Path, step: int) -> bool:
