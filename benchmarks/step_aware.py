@@ -27,8 +27,9 @@ from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.step_schedule import SolverStepSchedule
 from evaluation.fashion_judge import load_judge
 from evaluation.fashion_scores import test_image_features
+from evaluation.search_scoring import SampleEvaluator
 from training.plotting import pyplot
-from training.skip_search import SampleEvaluator, full_schedule, search_result, skip_search
+from training.skip_search import full_schedule, search_result, skip_search
 
 from . import fashion, paths
 from .paths import shown

@@ -259,3 +259,22 @@ def test_skip_search_refuses_models_the_judge_cannot_score(tmp_path):
     ContinuousUNetPipeline(unet=make_tiny(), scheduler=scheduler_for("ddim", None)).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="no 1-channel 32x32 model"):
         skip_search.main(["--pipeline", str(tmp_path)])
+
+
+@needs_data
+def test_the_skip_searchs_scoring_samples_a_class_conditional_model_with_balanced_labels():
+    """A guidable model is scored as the convergence queue scores it (labels balanced over the classes, scale 1),
+    not on its null class alone: the evaluator's samples are exactly `generate`'s with those labels."""
+    from evaluation.fashion_judge import load_judge
+    from evaluation.fashion_scores import balanced_labels, generate, test_image_features
+    from evaluation.search_scoring import SampleEvaluator
+
+    unet = make_tiny(sample_size=32, in_channels=1, out_channels=1, num_class_embeds=11, null_class_label=10)
+    pipe = ContinuousUNetPipeline(unet=unet.eval(), scheduler=DDIMScheduler.from_config(make_noise_scheduler().config))
+    evaluate = SampleEvaluator(pipe, load_judge(), test_image_features(100), 12, 2, seed=3, batch_size=5)
+    images, _ = evaluate.samples()
+    expected, _ = generate(pipe, 12, 2, 3, 5, class_labels=balanced_labels(12))
+    torch.testing.assert_close(images, expected, rtol=0, atol=0)
+    unconditional, _ = generate(pipe, 12, 2, 3, 5)
+    assert not torch.equal(images, unconditional)  # the null class alone would have been another sample
+    assert evaluate.evaluations_per_sample() > 0 and evaluate.gflops_per_sample() > 0

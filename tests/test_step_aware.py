@@ -13,7 +13,8 @@ from training_helpers import train
 from diffusers_cunet.noise_schedule import make_noise_scheduler
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
 from diffusers_cunet.step_schedule import SCHEDULE_FILE, SolverStepSchedule
-from training.step_search import ScheduleEvaluator, greedy_search
+from evaluation.search_scoring import ScheduleEvaluator
+from training.step_search import greedy_search
 
 
 def test_schedule_maps_timesteps_to_bins():
@@ -66,7 +67,7 @@ def test_greedy_search_meets_the_bound_with_fewer_evaluations():
 
     class Fake:
         def __call__(self, schedule):
-            from training.step_search import Trial
+            from evaluation.search_scoring import Trial
 
             steps = [s["steps"] for s in schedule.settings]
             fd = 10.0 + (4 - steps[1]) * 2.0 + (4 - steps[0]) * 0.05

@@ -17,42 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from diffusers_cunet.flops import count_call_flops
 from diffusers_cunet.pipelines.scheduler_support import is_edm_scheduler
 from diffusers_cunet.step_schedule import SolverStepSchedule
-from evaluation.distances import fid_and_kid
-from evaluation.fashion_scores import generate, judge_features, sample_scores, test_image_features
+from evaluation.fashion_scores import test_image_features
+from evaluation.search_scoring import SampleEvaluator, SkipTrial
 from training.step_search import greedy_reduction, run_command_line
 
 RESULTS_FILE = "skip_search.json"
-
-
-@dataclass
-class SkipTrial:
-    """One scored schedule."""
-
-    schedule: SolverStepSchedule
-    fid: float
-    gflops_per_sample: float
-    evaluations_per_sample: int | None
-    seconds_per_sample: float
-    accepted: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "skip_per_bin": [list(self.schedule.skipped(i)) for i in range(self.schedule.num_bins)],
-            "fid": self.fid,
-            "gflops_per_sample": self.gflops_per_sample,
-            "evaluations_per_sample": self.evaluations_per_sample,
-            "seconds_per_sample": self.seconds_per_sample,
-            "accepted": self.accepted,
-        }
 
 
 def full_schedule(pipeline, bins: int) -> SolverStepSchedule:
@@ -63,65 +37,6 @@ def full_schedule(pipeline, bins: int) -> SolverStepSchedule:
     if is_edm_scheduler(pipeline.scheduler):
         return SolverStepSchedule.for_edm(settings, config.sigma_min, config.sigma_max)
     return SolverStepSchedule(tuple(settings), config.num_train_timesteps)
-
-
-class SampleEvaluator:
-    """Samples with a pipeline under given call options on fixed seeds and scores them with the judge.
-
-    Args:
-        pipeline: a `ContinuousUNetPipeline` with the scheduler to search for.
-        judge: the Fashion-MNIST judge (`evaluation.fashion_judge.load_judge()`).
-        real_features: the judge's features of the real test images.
-        num_samples, num_inference_steps, seed, batch_size: the sampling of every scored setting.
-    """
-
-    def __init__(self, pipeline, judge, real_features: torch.Tensor, num_samples: int, num_inference_steps: int,
-                 seed: int = 0, batch_size: int = 250):  # fmt: skip
-        self.pipeline = pipeline
-        self.judge = judge
-        self.real_features = real_features
-        self.num_samples = num_samples
-        self.num_inference_steps = num_inference_steps
-        self.seed = seed
-        self.batch_size = batch_size
-
-    def gflops_per_sample(self, **call_options) -> float:
-        """GFLOPs of sampling one image with these options: every network call of a whole pipeline call, counted."""
-        self.pipeline.set_progress_bar_config(disable=True)
-        call = lambda: self.pipeline(batch_size=1, num_inference_steps=self.num_inference_steps,  # noqa: E731
-                                     output_type="pt", generator=torch.Generator().manual_seed(self.seed),
-                                     **call_options)  # fmt: skip
-        return count_call_flops(call) / 1e9
-
-    def evaluations_per_sample(self, **call_options) -> int | None:
-        out = self.pipeline(batch_size=1, num_inference_steps=self.num_inference_steps, output_type="pt",
-                            generator=torch.Generator().manual_seed(self.seed), **call_options)  # fmt: skip
-        return out.ode_evaluations
-
-    def samples(self, seed: int | None = None, **call_options) -> tuple[torch.Tensor, float]:
-        seed = self.seed if seed is None else seed
-        return generate(self.pipeline, self.num_samples, self.num_inference_steps, seed, self.batch_size,
-                        **call_options)  # fmt: skip
-
-    def fid(self, images: torch.Tensor) -> float:
-        return fid_and_kid(self.real_features, judge_features(self.judge, images))["fid"]
-
-    def scores(self, seed: int | None = None, **call_options) -> dict[str, Any]:
-        """Every judge score of the samples with these options, with their GFLOPs, ODE evaluations and time."""
-        images, seconds = self.samples(seed, **call_options)
-        result = sample_scores(self.judge, None, images, real_features=self.real_features)
-        result.update(
-            gflops_per_sample=self.gflops_per_sample(**call_options),
-            evaluations_per_sample=self.evaluations_per_sample(**call_options),
-            sampling_s_per_image=seconds,
-            sampling_steps=self.num_inference_steps,
-        )
-        return result
-
-    def __call__(self, schedule: SolverStepSchedule) -> SkipTrial:
-        images, seconds = self.samples(solver_schedule=schedule)
-        return SkipTrial(schedule, self.fid(images), self.gflops_per_sample(solver_schedule=schedule),
-                         self.evaluations_per_sample(solver_schedule=schedule), seconds)  # fmt: skip
 
 
 def skip_search(evaluate, start: SolverStepSchedule, blocks, tolerance: float, log=print):

@@ -16,77 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from diffusers_cunet.flops import count_forward_flops
 from diffusers_cunet.step_schedule import SolverStepSchedule
-
-
-@dataclass
-class Trial:
-    schedule: SolverStepSchedule
-    frechet_distance: float
-    evaluations_per_sample: int
-    gflops_per_sample: float
-    seconds_per_sample: float
-    accepted: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "steps_per_bin": [s.get("steps") for s in self.schedule.settings],
-            "frechet_distance": self.frechet_distance,
-            "evaluations_per_sample": self.evaluations_per_sample,
-            "gflops_per_sample": self.gflops_per_sample,
-            "seconds_per_sample": self.seconds_per_sample,
-            "accepted": self.accepted,
-        }
-
-
-class ScheduleEvaluator:
-    """Samples with a pipeline under a schedule and scores the samples against real images."""
-
-    def __init__(self, pipeline, real: torch.Tensor, feature_net, num_samples: int, num_inference_steps: int, seed=0):
-        self.pipeline = pipeline
-        self.real = real
-        self.feature_net = feature_net
-        self.num_samples = num_samples
-        self.num_inference_steps = num_inference_steps
-        self.seed = seed
-        self._flops: dict[tuple, float] = {}
-
-    def gflops_per_sample(self, schedule: SolverStepSchedule) -> float:
-        self.pipeline.scheduler.set_timesteps(self.num_inference_steps)
-        total = 0.0
-        for t in self.pipeline.scheduler.timesteps:
-            settings = schedule(0, int(t))
-            key = tuple(sorted(settings.items()))
-            if key not in self._flops:
-                unet = self.pipeline.unet
-                previous = unet.solver
-                unet.set_solver(**settings)
-                self._flops[key] = count_forward_flops(unet) / 1e9
-                unet.set_solver(**vars(previous))
-            total += self._flops[key]
-        return total
-
-    def __call__(self, schedule: SolverStepSchedule) -> Trial:
-        from evaluation.digits import frechet_and_kid
-
-        start = time.perf_counter()
-        out = self.pipeline(
-            batch_size=self.num_samples,
-            num_inference_steps=self.num_inference_steps,
-            generator=torch.Generator().manual_seed(self.seed),
-            solver_schedule=schedule,
-            output_type="pt",
-        )
-        seconds = (time.perf_counter() - start) / self.num_samples
-        fd = frechet_and_kid(self.real, out.images.cpu(), self.feature_net)["frechet_distance"]
-        return Trial(schedule, fd, out.ode_evaluations, self.gflops_per_sample(schedule), seconds)
+from evaluation.search_scoring import ScheduleEvaluator, Trial
 
 
 def greedy_reduction(evaluate, full, moves, apply, tolerance: float, score, cost, describe, log=print):
