@@ -57,6 +57,9 @@ POINTS_FILE = "points.jsonl"  # one scored checkpoint a line, appended
 EXTENSIONS_FILE = "extensions.json"  # steps a run was extended to, by name
 LOCK_FILE = "queue.lock"
 TIMING_FILE = "timing.json"  # sampling seconds per image of the finished models, measured side by side
+STEP_AWARE_FILE = "step_aware.json"  # block skipping, feature reuse on the finished x1 cUNet (benchmarks.step_aware)
+STEP_AWARE_PLOT = "convergence_step_aware.png"
+STUDIED = ("cunet-x1", "cunet-x0.5")  # the step-aware study's subject and the narrower cUNet beside it
 LOG_FILE = "queue.log"
 CODE_FOLDER = "code"  # the committed code a background queue runs
 
@@ -105,6 +108,9 @@ class ConvergenceSettings:
     timing_images: int = 250
     timing_repeats: int = 3
     convergence_fraction: float = 0.7  # FID here within the seed spread of the final FID: converged
+    # block skipping and feature reuse searched on the finished x1 cUNet, against fewer sampler steps and the x0.5
+    # cUNet at equal FLOPs (benchmarks.step_aware's study in this mode; ~1 h on 2 CPU cores)
+    study_step_aware: bool = True
 
 
 @dataclass
@@ -155,6 +161,7 @@ MODES = {
             timing_steps=(2,),
             timing_images=2,
             timing_repeats=1,
+            study_step_aware=False,  # benchmarks.step_aware's tiny mode tests the study itself
         ),
         _runs((16, 32), (16, 32), steps=4)[:3],  # the queue's order: a pair, then a group after it,
     ),  # fmt: skip
@@ -366,6 +373,34 @@ def time_finished_runs(mode: Mode, folder: Path) -> None:
     print(f"sampling seconds per image, side by side: {json.dumps(medians)}", flush=True)
 
 
+def study_step_aware(mode_name: str, folder: Path) -> None:
+    """Issue 36's item 6b, once the x1 and x0.5 cUNets have finished: block skipping searched on the x1 cUNet and
+    scored with feature reuse, fewer sampler steps and the x0.5 cUNet beside it (`benchmarks.step_aware.study`,
+    resumable: every scored setting is kept in `step_aware.json`; done when it holds verdicts)."""
+    from training.loop import exported, train
+    from training.options import make_config
+
+    from . import step_aware
+
+    mode = MODES[mode_name]
+    runs = {run.name: run for run in mode.runs if run.name in STUDIED}
+    if not mode.settings.study_step_aware or set(runs) != set(STUDIED):
+        return
+    if any(steps_done(folder, run) < planned_steps(run, folder) for run in runs.values()):
+        return
+    path = folder / STEP_AWARE_FILE
+    if path.is_file() and "verdicts" in json.loads(path.read_text()):
+        return
+    for run in runs.values():  # the pipeline folder holds the last step's export (a kill may have come between)
+        steps = planned_steps(run, folder)
+        if not exported(folder / run.name, steps):
+            train(make_config(**train_options(run, mode.settings, folder, steps)))
+    subject, narrow = STUDIED
+    subjects = step_aware.Subjects({name: folder / name for name in STUDIED}, subject, None, narrow)
+    print(f"\n=== step-aware study of {subject} (beside {narrow}) ===", flush=True)
+    step_aware.study(mode_name, subjects, mode.settings.sampling_steps, mode.settings.test_images, path)
+
+
 def scored_step(step: int, run: ConvergenceRun, folder: Path, settings: ConvergenceSettings) -> bool:
     """Whether a checkpoint at `step` is one the queue scores: every `score_every` steps and the run's last (the
     checkpoints between, and those a preemption signal saves, only keep the progress)."""
@@ -458,6 +493,7 @@ def work(mode_name: str, folder: Path) -> None:
                 if done >= planned_steps(run, folder):
                     score_final_tasks(run, folder, scorer, done)
         time_finished_runs(mode, folder)
+        study_step_aware(mode_name, folder)
         run = next_run(mode, folder)
         if run is None:
             print("every run of the queue is done", flush=True)
@@ -580,8 +616,10 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
     spread = seed_spread(rows)
     for row in rows:
         row["converged"] = converged(row, spread, mode.settings.convergence_fraction)
+    study_path = folder / STEP_AWARE_FILE
+    study = json.loads(study_path.read_text()) if study_path.is_file() else None
     return {"mode": mode_name, "settings": asdict(mode.settings), "runs": rows, "seed_spread_fid": spread,
-            "verdicts": verdicts(rows, spread, mode.settings.sampling_steps),
+            "verdicts": verdicts(rows, spread, mode.settings.sampling_steps), "step_aware": study,
             "timing": timing, "judge": judge_metadata(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d")}  # fmt: skip
 
@@ -673,6 +711,29 @@ def report_section(results: dict[str, Any], folder: Path) -> list[str]:
     lines += verdict_lines(results["verdicts"])
     plot(results, folder / PLOT_FILE)
     lines.append(f"\n![FID against training hours]({paths.shown(folder / PLOT_FILE)})\n")
+    return lines + step_aware_lines(results.get("step_aware"), folder)
+
+
+def step_aware_lines(study: dict[str, Any] | None, folder: Path) -> list[str]:
+    """The step-aware study of the finished x1 cUNet (item 6b), or that it comes when the x1 and x0.5 cUNets are
+    done."""
+    from . import step_aware
+
+    subject, narrow = STUDIED
+    lines = ["\n### Step-aware compute on the converged x1 cUNet\n"]
+    if not study or "verdicts" not in study:
+        return lines + [f"Not run yet: it starts when `{subject}` and `{narrow}` have finished (the queue runs it)."]
+    settings = study["settings"]
+    lines += [
+        f"`{subject}` at its last step, EDM DPM-Solver++ {settings['sampling_steps']} steps, labels balanced, "
+        f"guidance scale 1: block skips searched on {settings['search_samples']} samples per schedule, then every "
+        f"setting scored on {settings['final_samples']:,} samples (the default and the searched skips on two seeds), "
+        f"against the honest alternatives at fewer FLOPs: fewer sampler steps and the x0.5 cUNet (`{narrow}`).\n",
+        *step_aware.settings_table(study),
+        *step_aware.search_lines(study),
+    ]
+    step_aware.plot(study, folder / STEP_AWARE_PLOT)
+    lines.append(f"\n![FID against GFLOPs per sample]({paths.shown(folder / STEP_AWARE_PLOT)})\n")
     return lines
 
 

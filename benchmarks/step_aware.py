@@ -50,8 +50,6 @@ class StepAwareSettings:
     other_seeds: tuple[int, ...] = (0,)  # those of the other models
     tolerance: float = FID_TOLERANCE
     blocks: tuple[str, ...] | None = None  # the ODE blocks the search may skip (None: all)
-    # the models searched (~30 min each on 2 CPU cores); the others are scored with the subject's schedule
-    searched: tuple[str, ...] = (SUBJECT,)
 
 
 MODES = {
@@ -85,19 +83,41 @@ def schedule_from(entry: dict[str, Any], start: SolverStepSchedule) -> SolverSte
     return schedule
 
 
+@dataclass(frozen=True)
+class Subjects:
+    """The models a step-aware study scores, by name: the subject (searched, ~30 min on 2 CPU cores; with feature
+    reuse and fewer sampler steps beside it), a model trained with random block skipping (scored with the subject's
+    schedule) and the x0.5 cUNet (the narrower network at fewer FLOPs), each a saved pipeline folder; the last two
+    where there are any."""
+
+    folders: dict[str, Path]
+    subject: str = SUBJECT
+    skip_trained: str | None = SKIP_TRAINED
+    narrow: str | None = NARROW
+
+
 def run(mode: str, runs: Path, results_path: Path) -> dict[str, Any]:
-    settings, fashion_settings = MODES[mode], fashion.MODES[mode]
-    steps = fashion_settings.sampling_steps
-    names = [SUBJECT, SKIP_TRAINED, NARROW]
+    """The Fashion-MNIST benchmark's models (trained by it, kept if already there), studied at its sampler steps."""
+    fashion_settings = fashion.MODES[mode]
     present = [variant.name for variant in fashion.variants(mode)]
-    names = [name for name in names if name in present]
-    # the models: trained by the Fashion-MNIST benchmark (kept if already there)
+    names = [name for name in (SUBJECT, SKIP_TRAINED, NARROW) if name in present]
     fashion.run(mode, runs, results_path.parent / fashion.RESULTS_FILE, only=names)
+    subjects = Subjects({name: runs / name for name in names})
+    return study(mode, subjects, fashion_settings.sampling_steps, fashion_settings.test_images, results_path)
+
+
+def study(mode: str, subjects: Subjects, steps: int, test_images: int, results_path: Path) -> dict[str, Any]:
+    """Search and score the `subjects` (saved pipelines, sampled with the Fashion sampler at `steps`) against the
+    first `test_images` test images; resumable: settings already scored in `results_path` are kept."""
+    settings = MODES[mode]
+    subject, narrow = subjects.subject, subjects.narrow
+    skip_trained = subjects.skip_trained if subjects.skip_trained in subjects.folders else None
     judge = load_judge()
-    real_features = test_image_features(fashion_settings.test_images)
+    real_features = test_image_features(test_images)
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    if results.get("mode") != mode:
-        results = {"mode": mode, "settings": vars(settings) | {"sampling_steps": steps}, "searches": {}, "rows": []}
+    if results.get("mode") != mode or results.get("subject", SUBJECT) != subject:
+        results = {"mode": mode, "subject": subject, "settings": vars(settings) | {"sampling_steps": steps},
+                   "searches": {}, "rows": []}  # fmt: skip
 
     def save() -> None:
         replace_text(results_path, json.dumps(results, indent=2))
@@ -115,10 +135,10 @@ def run(mode: str, runs: Path, results_path: Path) -> dict[str, Any]:
         print(f"{label} (seed {seed}): FID {row['fid']:.2f}, {row['gflops_per_sample']:.3f} GFLOPs/sample", flush=True)
         save()
 
-    for model in [name for name in (SUBJECT, SKIP_TRAINED) if name in names]:
-        pipe = load(runs / model, steps)
+    for model in [name for name in (subject, skip_trained) if name is not None]:
+        pipe = load(subjects.folders[model], steps)
         start = full_schedule(pipe, settings.bins)
-        if model in settings.searched and model not in results["searches"]:
+        if model == subject and model not in results["searches"]:
             print(f"\n=== block-skip search on {model} ({settings.search_samples} samples each) ===", flush=True)
             evaluator = SampleEvaluator(pipe, judge, real_features, settings.search_samples, steps)
             begin = time.perf_counter()
@@ -129,21 +149,21 @@ def run(mode: str, runs: Path, results_path: Path) -> dict[str, Any]:
             results["searches"][model] = search_result(full, best, trials, **record)
             save()
         # a model that was not searched runs the subject's schedule: does skip training make those skips cheaper?
-        source = model if model in results["searches"] else SUBJECT
+        source = model if model in results["searches"] else subject
         best = schedule_from(results["searches"][source]["best"], start)
         skips = "searched skips" if source == model else f"{source}'s searched skips"
-        for seed in settings.seeds if model == SUBJECT else settings.other_seeds:
+        for seed in settings.seeds if model == subject else settings.other_seeds:
             score(f"{model} default", model, pipe, steps, seed)
             score(f"{model} {skips}", model, pipe, steps, seed, solver_schedule=best)
-        if model != SUBJECT:
+        if model != subject:
             continue
         for interval, levels in settings.caches:
             score(f"{model} cache {interval}/{levels}", model, pipe, steps, 0, cache_interval=interval,
                   cache_levels=levels)  # fmt: skip
         for fewer in settings.fewer_steps:
-            score(f"{model} {fewer} steps", model, load(runs / model, fewer), fewer, 0)
-    if NARROW in names:
-        score(f"{NARROW} default", NARROW, load(runs / NARROW, steps), steps, 0)
+            score(f"{model} {fewer} steps", model, load(subjects.folders[model], fewer), fewer, 0)
+    if narrow in subjects.folders:
+        score(f"{narrow} default", narrow, load(subjects.folders[narrow], steps), steps, 0)
     results["verdicts"] = verdicts(results)
     save()
     return results
@@ -156,12 +176,13 @@ def verdicts(results: dict[str, Any]) -> dict[str, Any]:
     rows: dict[str, list[dict[str, Any]]] = {}
     for row in results["rows"]:
         rows.setdefault(row["label"], []).append(row)
-    reference = {row["seed"]: row for row in rows.get(f"{SUBJECT} default", [])}
+    subject = results.get("subject", SUBJECT)
+    reference = {row["seed"]: row for row in rows.get(f"{subject} default", [])}
     if not reference:
         return {}
     out = {}
     for label, entries in rows.items():
-        if label == f"{SUBJECT} default":
+        if label == f"{subject} default":
             continue
         changes = [row["fid"] / reference[row["seed"]]["fid"] - 1 for row in entries if row["seed"] in reference]
         flop_ratio = entries[0]["gflops_per_sample"] / reference[0]["gflops_per_sample"]
@@ -194,7 +215,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.scatter(row["gflops_per_sample"], row["fid"], marker=markers[kind], s=size)
         ax.annotate(label.replace("cunet-", ""), (row["gflops_per_sample"], row["fid"]), fontsize=7,
                     xytext=(4, 3), textcoords="offset points")  # fmt: skip
-    default = rows.get(f"{SUBJECT} default", {}).get(0)
+    default = rows.get(f"{results.get('subject', SUBJECT)} default", {}).get(0)
     if default:
         ax.axhline(default["fid"] * (1 + FID_TOLERANCE), ls="--", c="k", lw=0.8, label="default FID + 5%")
         ax.axvline(default["gflops_per_sample"] * (1 - FLOP_TARGET), ls=":", c="gray", lw=0.8, label="40% fewer FLOPs")
@@ -214,7 +235,7 @@ def settings_table(results: dict[str, Any]) -> list[str]:
     """Every scored setting against the default: GFLOPs, evaluations, FID of both seeds, time, target met."""
     rows = by_label(results)
     verdicts = results.get("verdicts", {})
-    default = rows.get(f"{SUBJECT} default", {}).get(0)
+    default = rows.get(f"{results.get('subject', SUBJECT)} default", {}).get(0)
     lines = [
         "| setting | GFLOPs/sample | x default | ODE evals/sample | FID (seed 0 / 1) | FID change (worst) | "
         "s/image | target |",
@@ -229,6 +250,22 @@ def settings_table(results: dict[str, Any]) -> list[str]:
         milliseconds = row["sampling_s_per_image"] * 1000
         lines.append(f"| `{label}` | {row['gflops_per_sample']:.3f} | {ratio} | {row['evaluations_per_sample']} | "
                      f"{fid_text(seeds)} | {change} | {milliseconds:.1f} ms | {met} |")  # fmt: skip
+    return lines
+
+
+def search_lines(results: dict[str, Any]) -> list[str]:
+    """Each block-skip search: how many schedules, how long, the skips kept per bin, FID and GFLOPs it ended at."""
+    lines = []
+    for model, search in results.get("searches", {}).items():
+        bins = search["best"]["skip_per_bin"]
+        described = "; ".join(f"bin {i} ({'least' if i == 0 else 'most' if i == len(bins) - 1 else 'mid'} noise): "
+                              + (", ".join(f"`{b}`" for b in blocks) if blocks else "none")
+                              for i, blocks in enumerate(bins))  # fmt: skip
+        lines.append(
+            f"\nSearch on `{model}`: {len(search['trials'])} schedules in {search['search_seconds']:.0f} s; kept "
+            f"skips: {described}. On the search's samples: FID {search['full']['fid']:.2f} -> "
+            f"{search['best']['fid']:.2f} ({search['fid_change']:+.1%}) at {search['flop_saving']:.0%} fewer GFLOPs."
+        )
     return lines
 
 
@@ -247,16 +284,7 @@ def report_section(results: dict[str, Any], folder: Path) -> list[str]:
         f"{FID_TOLERANCE:.0%} worse FID (worst seed).\n",
         *settings_table(results),
     ]
-    for model, search in results.get("searches", {}).items():
-        bins = search["best"]["skip_per_bin"]
-        described = "; ".join(f"bin {i} ({'least' if i == 0 else 'most' if i == len(bins) - 1 else 'mid'} noise): "
-                              + (", ".join(f"`{b}`" for b in blocks) if blocks else "none")
-                              for i, blocks in enumerate(bins))  # fmt: skip
-        lines.append(
-            f"\nSearch on `{model}`: {len(search['trials'])} schedules in {search['search_seconds']:.0f} s; kept "
-            f"skips: {described}. On the search's samples: FID {search['full']['fid']:.2f} -> "
-            f"{search['best']['fid']:.2f} ({search['fid_change']:+.1%}) at {search['flop_saving']:.0%} fewer GFLOPs."
-        )
+    lines += search_lines(results)
     plot(results, folder / "step_aware.png")
     lines.append(f"\n![FID against GFLOPs per sample]({shown(folder / 'step_aware.png')})\n")
     if not math.isfinite(sum(row["fid"] for row in results["rows"])):

@@ -153,3 +153,14 @@ def test_the_seed_spread_pairs_seeds_of_one_objective_only():
     assert convergence.seed_spread(rows) is None  # no two seeds of one model yet (FDM is not a seed)
     rows += [row("cunet", "x0.5", "edm", 5.5, seed=1), row("unet2d", "x0.5", "edm", 4.2, seed=1)]
     assert convergence.seed_spread(rows) == pytest.approx(0.5)
+
+
+def test_the_step_aware_study_waits_for_both_cunets_and_renders_when_done(tmp_path):
+    folder = convergence.runs_folder(tmp_path, "cpu")
+    convergence.study_step_aware("cpu", folder)  # nothing finished: nothing run, nothing written
+    assert not (folder / convergence.STEP_AWARE_FILE).exists()
+    assert "Not run yet" in "\n".join(convergence.step_aware_lines(None, tmp_path))
+    published = json.loads((ROOT / "benchmarks" / "results" / "step_aware.json").read_text())  # a real study's file
+    text = "\n".join(convergence.step_aware_lines(published, tmp_path))
+    assert "| setting | GFLOPs/sample |" in text and "Search on `" in text
+    assert (tmp_path / convergence.STEP_AWARE_PLOT).stat().st_size > 1000
