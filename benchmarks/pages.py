@@ -101,8 +101,29 @@ def convergence_row(data: dict[str, Any]) -> list[str]:
         done = "finished" if row["steps"] >= row["planned_steps"] else f"of {row['planned_steps']:,}"
         return f"{row['points'][-1]['fid']:.2f} (step {row['steps']:,} {done})"
 
-    return [f"| Fashion-MNIST at convergence, x1, FID at the latest scored step ({data['date']}) | "
-            f"{latest('cunet-x1')} | {latest('unet2d-x1')} | |"]  # fmt: skip
+    pair = next((p for p in (data.get("verdicts") or {}).get("same_width", []) if p["width"] == "x1"), None)
+    if pair is None:
+        return [f"| Fashion-MNIST at convergence, x1, FID at the latest scored step ({data['date']}) | "
+                f"{latest('cunet-x1')} | {latest('unet2d-x1')} | |"]  # fmt: skip
+    return convergence_verdict_rows(pair)
+
+
+def convergence_verdict_rows(pair: dict[str, Any]) -> list[str]:
+    """The x1 verdict at convergence (`convergence_verdicts.pair_verdict`): final FID, training time to the
+    UNet2DModel's final FID, sampling time per image at that FID."""
+    from .convergence_verdicts import hours, per_image, times
+
+    spread = pair["seed_spread_fid"]
+    spread_text = f"seed spread {spread:.2f}" if spread is not None else "no seed spread yet"
+    train, sample = pair["train_seconds_to_unet2d_fid"], pair["sampling_seconds_per_image_at_unet2d_fid"]
+    return [
+        f"| Fashion-MNIST at convergence, x1, same objective: final FID ({spread_text}; the cUNet's is "
+        f"{pair['outcome']}) | {pair['cunet_fid']:.2f} | {pair['unet2d_fid']:.2f} | |",
+        f"| ... training time to the UNet2DModel's final FID (2 CPU cores) | {hours(train['cunet'])} | "
+        f"{hours(train['unet2d'])} | **{times(pair['train_time_ratio'])}** |",
+        f"| ... sampling time per image at that FID | {per_image(sample['cunet'])} | {per_image(sample['unet2d'])} | "
+        f"**{times(pair['sampling_time_ratio'])}** |",
+    ]
 
 
 def results_table(results: Path) -> list[str]:

@@ -115,3 +115,24 @@ def test_a_changed_result_changes_the_page(tmp_path):
         pages.render("<!-- rendered: nope -->\nx\n<!-- /rendered -->", results)
     (results / "gpu.json").unlink()
     assert "gpu.json has not been published yet" in pages.render(PAGES["docs/gpu.md"], results)
+
+
+def test_the_convergence_verdict_replaces_the_in_progress_row_once_the_pair_is_finished():
+    """Until the x1 pair has finished the README shows each run's latest scored FID; then the verdict: final FID
+    against the seed spread, training time to the UNet2DModel's final FID and sampling time at that FID, with ratios
+    (the same numbers as BENCHMARKS.md's section, from the same verdict)."""
+    import json
+
+    from benchmarks import convergence, pages
+    from benchmarks.convergence_verdicts import pair_verdict
+
+    data = json.loads((ROOT / "benchmarks" / "results" / convergence.RESULTS_FILE).read_text())
+    assert "at the latest scored step" in "\n".join(pages.convergence_row(data))
+    runs = {row["name"]: row for row in data["runs"]}
+    for row, seconds in ((runs["cunet-x1"], 0.01), (runs["unet2d-x1"], 0.03)):
+        row.update(steps=row["planned_steps"], objective="edm", seconds_per_image={"20": seconds})
+    data["verdicts"] = {"same_width": [pair_verdict(runs["cunet-x1"], runs["unet2d-x1"], 1.0, 20)]}
+    rows = "\n".join(pages.convergence_row(data))
+    cunet, unet2d = runs["cunet-x1"]["points"][-1]["fid"], runs["unet2d-x1"]["points"][-1]["fid"]
+    assert f"seed spread 1.00; the cUNet's is within the seed spread) | {cunet:.2f} | {unet2d:.2f} |" in rows
+    assert "training time to the UNet2DModel's final FID" in rows and "sampling time per image at that FID" in rows
