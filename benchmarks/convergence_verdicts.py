@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 RECIPE_OBJECTIVE = "edm"
+FDM_STEP_TARGET = 0.6  # issue 36: EDM-FDM reaches plain EDM's final FID in at most this share of EDM's steps
 
 
 def first_crossing(xs: list[float], fids: list[float], target: float) -> tuple[float, bool] | None:
@@ -129,15 +130,29 @@ def verdicts(rows: list[dict[str, Any]], spread: float | None, recipe_steps: int
     unet2ds = {row["width"]: row for row in recipe if row["network"] == "unet2d"}
     pairs = [pair_verdict(cunets[width], unet2d, spread, recipe_steps)
              for width, unet2d in unet2ds.items() if width in cunets]  # fmt: skip
-    across = [as_good_as(unet2d, list(cunets.values()), recipe_steps) for unet2d in unet2ds.values()]
-    fdm = []
-    for row in rows:
-        if finished(row) and row.get("objective", "").startswith("edm-fdm") and row["width"] in cunets:
-            plain = cunets[row["width"]]
-            fdm.append({"run": row["name"], "objective": row["objective"], "fid": final_fid(row),
-                        "edm_run": plain["name"], "edm_fid": final_fid(plain),
-                        "outcome": outcome(final_fid(row), final_fid(plain), spread)})  # fmt: skip
+    across = [as_good_as(unet2d, list(cunets.values()), recipe_steps) for unet2d in unet2ds.values() if cunets]
+    fdm = [fdm_verdict(row, cunets[row["width"]], spread) for row in rows
+           if finished(row) and row.get("objective", "").startswith("edm-fdm") and row["width"] in cunets]  # fmt: skip
     return {"same_width": pairs, "across_widths": across, "fdm": fdm}
+
+
+def steps_to_fid(row: dict[str, Any], target: float) -> tuple[float, bool] | None:
+    """Training steps until the run's scored FID first reaches `target` (see `first_crossing`)."""
+    return first_crossing([p["step"] for p in row["points"]], [p["fid"] for p in row["points"]], target)
+
+
+def fdm_verdict(fdm: dict[str, Any], plain: dict[str, Any], spread: float | None) -> dict[str, Any]:
+    """An EDM-FDM run against the same cUNet's plain EDM run: final FIDs, and the steps each needs to first reach
+    plain EDM's final FID (the target: FDM in at most `FDM_STEP_TARGET` of EDM's)."""
+    target = final_fid(plain)
+    fdm_steps, edm_steps = steps_to_fid(fdm, target), steps_to_fid(plain, target)
+    step_ratio = ratio(fdm_steps, edm_steps)
+    return {
+        "run": fdm["name"], "objective": fdm["objective"], "fid": final_fid(fdm), "edm_run": plain["name"],
+        "edm_fid": target, "outcome": outcome(final_fid(fdm), target, spread),
+        "steps_to_edm_fid": {"fdm": fdm_steps, "edm": edm_steps}, "step_ratio": step_ratio,
+        "meets_target": step_ratio is not None and step_ratio <= FDM_STEP_TARGET,
+    }  # fmt: skip
 
 
 def hours(value: tuple[float, bool] | None) -> str:
@@ -152,6 +167,12 @@ def per_image(value: tuple[float, bool] | None) -> str:
     return ("<= " if value[1] else "") + f"{value[0] * 1000:.1f} ms"
 
 
+def steps_text(value: tuple[float, bool] | None) -> str:
+    if value is None:
+        return "never (within its steps)"
+    return ("<= " if value[1] else "") + f"{value[0]:,.0f}"
+
+
 def times(value: float | None) -> str:
     return f"{value:.2f}x" if value is not None else "-"
 
@@ -159,7 +180,7 @@ def times(value: float | None) -> str:
 def verdict_lines(found: dict[str, Any]) -> list[str]:
     """The verdicts as report lines (a sentence saying what is missing where no pair has finished)."""
     lines = ["\n### Verdicts at convergence\n"]
-    if not found["same_width"]:
+    if not any(found.values()):
         lines.append(
             "None yet: a verdict needs both networks of a width finished (the seed spread needs the second seed of "
             "the x0.5 pair). The 500-step verdicts elsewhere in this file are early training."
@@ -183,6 +204,10 @@ def verdict_lines(found: dict[str, Any]) -> list[str]:
                          for c in entry["cunets_at_least_as_good"]) or "none: every cUNet's FID is higher"  # fmt: skip
         lines.append(f"- `{entry['unet2d']}` (FID {entry['fid']:.2f}): cUNets at least as good: {good}.")
     for entry in found["fdm"]:
+        steps = entry["steps_to_edm_fid"]
+        reached = (f"it reaches that FID at step {steps_text(steps['fdm'])} against EDM's {steps_text(steps['edm'])} "
+                   f"({times(entry['step_ratio'])}; target <= {FDM_STEP_TARGET}x: "
+                   f"{'met' if entry['meets_target'] else 'not met'})")  # fmt: skip
         lines.append(f"- `{entry['run']}` ({entry['objective']}): FID {entry['fid']:.2f} against the plain EDM run "
-                     f"`{entry['edm_run']}`'s {entry['edm_fid']:.2f}: {entry['outcome']}.")  # fmt: skip
+                     f"`{entry['edm_run']}`'s {entry['edm_fid']:.2f}: {entry['outcome']}; {reached}.")  # fmt: skip
     return lines

@@ -80,6 +80,17 @@ def test_fdm_is_set_against_the_same_cunets_plain_edm_run_and_is_no_seed():
     half = row("cunet-x0.5", "cunet", "x0.5", [(50, 12.0), (100, 10.0)])
     fdm = row("cunet-x0.5-fdm-m2", "cunet", "x0.5", [(50, 13.0), (100, 11.5)], objective="edm-fdm m=2")
     found = verdicts([half, fdm], spread=0.6, recipe_steps=RECIPE_STEPS)
-    assert found["fdm"] == [{"run": "cunet-x0.5-fdm-m2", "objective": "edm-fdm m=2", "fid": 11.5,
-                             "edm_run": "cunet-x0.5", "edm_fid": 10.0, "outcome": "worse"}]  # fmt: skip
+    (entry,) = found["fdm"]
+    assert (entry["run"], entry["edm_run"], entry["fid"], entry["edm_fid"]) == ("cunet-x0.5-fdm-m2", "cunet-x0.5",
+                                                                                11.5, 10.0)  # fmt: skip
+    assert entry["outcome"] == "worse" and entry["steps_to_edm_fid"]["fdm"] is None and not entry["meets_target"]
     assert found["same_width"] == [] and found["across_widths"] == []  # FDM runs stand in no network comparison
+    # steps 1..4: FDM reaches EDM's final 8.0 halfway between its steps 2 (9.0) and 3 (7.0); EDM at its step 4
+    quick = row("cunet-x0.5-fdm-m1", "cunet", "x0.5", [(1, 12.0), (2, 9.0), (3, 7.0), (4, 6.5)],
+                objective="edm-fdm m=1")  # fmt: skip
+    plain = row("cunet-x0.5", "cunet", "x0.5", [(1, 12.0), (2, 10.0), (3, 9.0), (4, 8.0)])
+    (entry,) = verdicts([plain, quick], spread=0.6, recipe_steps=RECIPE_STEPS)["fdm"]
+    assert entry["steps_to_edm_fid"] == {"fdm": (pytest.approx(2.5), False), "edm": (4, False)}
+    assert entry["step_ratio"] == pytest.approx(2.5 / 4) and not entry["meets_target"]  # 0.625x > 0.6x
+    text = "\n".join(verdict_lines({"same_width": [], "across_widths": [], "fdm": [entry]}))
+    assert "at step 2 against EDM's 4 (0.62x; target <= 0.6x: not met)" in text and "None yet" not in text
