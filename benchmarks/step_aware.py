@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,15 +232,39 @@ def fid_text(seeds: dict[int, dict[str, Any]]) -> str:
     return " / ".join(f"{seeds[seed]['fid']:.2f}" for seed in sorted(seeds))
 
 
+def fewer_steps_curve(results: dict[str, Any]) -> list[tuple[float, float]]:
+    """(GFLOPs per sample, FID) of the subject at the default's and each smaller sampler step count (seed 0): the
+    honest baseline a cheaper setting must beat at its own FLOPs."""
+    return sorted((row["gflops_per_sample"], row["fid"]) for row in results["rows"]
+                  if row["seed"] == 0 and on_fewer_steps_curve(results, row["label"]))  # fmt: skip
+
+
+def on_fewer_steps_curve(results: dict[str, Any], label: str) -> bool:
+    """Whether `label` is the subject at the default or at fewer sampler steps."""
+    subject = re.escape(results.get("subject", SUBJECT))
+    return re.fullmatch(rf"{subject} (default|\d+ steps)", label) is not None
+
+
+def fid_by_fewer_steps(curve: list[tuple[float, float]], gflops: float) -> float | None:
+    """The FID fewer sampler steps give at `gflops` (linear between the curve's neighbours; None outside it)."""
+    for (low, low_fid), (high, high_fid) in zip(curve, curve[1:]):
+        if low <= gflops <= high:
+            return low_fid + (high_fid - low_fid) * (gflops - low) / (high - low) if high > low else low_fid
+    return None
+
+
 def settings_table(results: dict[str, Any]) -> list[str]:
-    """Every scored setting against the default: GFLOPs, evaluations, FID of both seeds, time, target met."""
+    """Every scored setting against the default: GFLOPs, evaluations, FID of both seeds, time, target met, and the
+    FID fewer sampler steps give at the same GFLOPs (the alternative that costs nothing to build)."""
     rows = by_label(results)
     verdicts = results.get("verdicts", {})
-    default = rows.get(f"{results.get('subject', SUBJECT)} default", {}).get(0)
+    subject = results.get("subject", SUBJECT)
+    default = rows.get(f"{subject} default", {}).get(0)
+    curve = fewer_steps_curve(results)
     lines = [
         "| setting | GFLOPs/sample | x default | ODE evals/sample | FID (seed 0 / 1) | FID change (worst) | "
-        "s/image | target |",
-        "|---|---|---|---|---|---|---|---|",
+        "s/image | target | fewer steps' FID at these GFLOPs |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, seeds in rows.items():
         row = seeds.get(0) or next(iter(seeds.values()))
@@ -248,8 +273,11 @@ def settings_table(results: dict[str, Any]) -> list[str]:
         change = f"{verdict['fid_change']:+.1%}" if verdict and verdict["fid_change"] is not None else "-"
         met = ("yes" if verdict["meets_target"] else "no") if verdict else "(reference)"
         milliseconds = row["sampling_s_per_image"] * 1000
+        on_curve = on_fewer_steps_curve(results, label)
+        baseline = None if on_curve else fid_by_fewer_steps(curve, row["gflops_per_sample"])
+        against = "-" if baseline is None else f"{baseline:.2f} ({'better' if row['fid'] < baseline else 'worse'})"
         lines.append(f"| `{label}` | {row['gflops_per_sample']:.3f} | {ratio} | {row['evaluations_per_sample']} | "
-                     f"{fid_text(seeds)} | {change} | {milliseconds:.1f} ms | {met} |")  # fmt: skip
+                     f"{fid_text(seeds)} | {change} | {milliseconds:.1f} ms | {met} | {against} |")  # fmt: skip
     return lines
 
 
@@ -281,7 +309,9 @@ def report_section(results: dict[str, Any], folder: Path) -> list[str]:
         f"{settings['bins']} c_noise bins, FID within {FID_TOLERANCE:.0%} of the full network), then scored here on "
         "two seeds beside the default. Targets: a skip schedule with >= "
         f"{FLOP_TARGET:.0%} fewer FLOPs, feature reuse with >= {CACHE_TARGET}x fewer, each at <= "
-        f"{FID_TOLERANCE:.0%} worse FID (worst seed).\n",
+        f"{FID_TOLERANCE:.0%} worse FID (worst seed), and a lower FID than fewer sampler steps give at the same "
+        "GFLOPs (the last column: linear between the default and the fewer-steps rows, seed 0; '-' outside their "
+        "range).\n",
         *settings_table(results),
     ]
     lines += search_lines(results)

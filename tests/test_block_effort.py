@@ -278,3 +278,22 @@ def test_the_skip_searchs_scoring_samples_a_class_conditional_model_with_balance
     unconditional, _ = generate(pipe, 12, 2, 3, 5)
     assert not torch.equal(images, unconditional)  # the null class alone would have been another sample
     assert evaluate.evaluations_per_sample() > 0 and evaluate.gflops_per_sample() > 0
+
+
+def test_each_cheaper_setting_is_set_against_fewer_sampler_steps_at_its_gflops():
+    from benchmarks.step_aware import fewer_steps_curve, fid_by_fewer_steps, settings_table
+
+    def row(label, gflops, fid, seed=0):
+        return {"label": label, "seed": seed, "gflops_per_sample": gflops, "fid": fid, "evaluations_per_sample": 1,
+                "sampling_s_per_image": 0.01}  # fmt: skip
+
+    results = {"subject": "m", "rows": [row("m default", 8.0, 10.0), row("m default", 8.0, 10.2, seed=1),
+                                        row("m 12 steps", 4.0, 11.0), row("m skips", 6.0, 10.2),
+                                        row("m cache", 3.0, 12.0), row("m-other default", 8.0, 14.0)]}  # fmt: skip
+    assert fewer_steps_curve(results) == [(4.0, 11.0), (8.0, 10.0)]  # seed 0 of the subject's default and steps only
+    assert fid_by_fewer_steps(fewer_steps_curve(results), 6.0) == pytest.approx(10.5)
+    assert fid_by_fewer_steps(fewer_steps_curve(results), 3.0) is None  # cheaper than any step count measured
+    table = "\n".join(settings_table(results))
+    assert "| `m skips` |" in table and "| 10.50 (better) |" in table  # 10.2 against 10.5 at 6 GFLOPs
+    assert "| `m-other default` |" in table and "| 10.00 (worse) |" in table  # another model at the default's cost
+    assert table.count("| - |") >= 3  # the default, the steps row and the cache row outside the curve
