@@ -165,7 +165,8 @@ MODES = {
         ),
         _runs((16, 32), (16, 32), steps=4)[:3],  # the queue's order: a pair, then a group after it,
     ),  # fmt: skip
-    # 2 CPU cores: ~11 h of training for the first four runs (issue 36's budget), spread over sessions
+    # 2 CPU cores: ~11 h of training for the first four runs (issue 36's budget), ~15 h with the seed pair and the FDM
+    # pair, plus their scoring and the step-aware study: spread over sessions
     "cpu": Mode(ConvergenceSettings(), _runs((32, 64, 128), (16, 32, 64), steps=12_000)),
 }
 
