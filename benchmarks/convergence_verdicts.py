@@ -87,20 +87,31 @@ def recipe_seconds_per_image(row: dict[str, Any], recipe_steps: int) -> float | 
     return (row.get("seconds_per_image") or {}).get(str(recipe_steps))
 
 
+def costs_to_fid(cunet: dict[str, Any], unet2d: dict[str, Any], target: float, recipe_steps: int) -> dict:
+    """The training seconds and the sampling seconds per image each run needs to first reach FID `target`, and
+    the cUNet's share of each."""
+    train = {"cunet": seconds_to_fid(cunet, target), "unet2d": seconds_to_fid(unet2d, target)}
+    sample = {name: sampling_seconds_to_fid(row, target, recipe_steps)
+              for name, row in (("cunet", cunet), ("unet2d", unet2d))}  # fmt: skip
+    return {"target_fid": target, "train_seconds": train, "train_time_ratio": ratio(train["cunet"], train["unet2d"]),
+            "sampling_seconds_per_image": sample,
+            "sampling_time_ratio": ratio(sample["cunet"], sample["unet2d"])}  # fmt: skip
+
+
 def pair_verdict(cunet: dict[str, Any], unet2d: dict[str, Any], spread: float | None, recipe_steps: int) -> dict:
-    """The same-width comparison of two finished runs of one objective and seed."""
+    """The same-width comparison of two finished runs of one objective and seed: the costs to the UNet2DModel's
+    final FID, and (with a seed spread) to within the spread of it, where FIDs that differ by no more are one
+    quality (a cUNet whose final FID is within the spread but above it never reaches the strict target)."""
     target = final_fid(unet2d)
-    cunet_train, unet2d_train = seconds_to_fid(cunet, target), seconds_to_fid(unet2d, target)
-    cunet_sample = sampling_seconds_to_fid(cunet, target, recipe_steps)
-    unet2d_sample = sampling_seconds_to_fid(unet2d, target, recipe_steps)
+    strict = costs_to_fid(cunet, unet2d, target, recipe_steps)
     return {
         "width": cunet["width"], "cunet": cunet["name"], "unet2d": unet2d["name"],
         "cunet_fid": final_fid(cunet), "unet2d_fid": target, "seed_spread_fid": spread,
         "outcome": outcome(final_fid(cunet), target, spread),
-        "train_seconds_to_unet2d_fid": {"cunet": cunet_train, "unet2d": unet2d_train},
-        "train_time_ratio": ratio(cunet_train, unet2d_train),
-        "sampling_seconds_per_image_at_unet2d_fid": {"cunet": cunet_sample, "unet2d": unet2d_sample},
-        "sampling_time_ratio": ratio(cunet_sample, unet2d_sample),
+        "train_seconds_to_unet2d_fid": strict["train_seconds"], "train_time_ratio": strict["train_time_ratio"],
+        "sampling_seconds_per_image_at_unet2d_fid": strict["sampling_seconds_per_image"],
+        "sampling_time_ratio": strict["sampling_time_ratio"],
+        "within_spread": costs_to_fid(cunet, unet2d, target + spread, recipe_steps) if spread is not None else None,
         "params_ratio": ratio(cunet.get("params"), unet2d.get("params")),
     }  # fmt: skip
 
@@ -177,6 +188,17 @@ def times(value: float | None) -> str:
     return f"{value:.2f}x" if value is not None else "-"
 
 
+def within_spread_text(costs: dict[str, Any] | None) -> str:
+    if costs is None:
+        return ""
+    train, sample = costs["train_seconds"], costs["sampling_seconds_per_image"]
+    return (f" To within the seed spread of it (FID <= {costs['target_fid']:.2f}): training cUNet "
+            f"{hours(train['cunet'])}, UNet2DModel {hours(train['unet2d'])} ({times(costs['train_time_ratio'])}); "
+            f"sampling cUNet "
+            f"{per_image(sample['cunet'])}, UNet2DModel {per_image(sample['unet2d'])} "
+            f"({times(costs['sampling_time_ratio'])}).")  # fmt: skip
+
+
 def verdict_lines(found: dict[str, Any]) -> list[str]:
     """The verdicts as report lines (a sentence saying what is missing where no pair has finished)."""
     lines = ["\n### Verdicts at convergence\n"]
@@ -197,6 +219,7 @@ def verdict_lines(found: dict[str, Any]) -> list[str]:
             f"{hours(train['unet2d'])} ({times(pair['train_time_ratio'])}). Sampling time per image at that FID: "
             f"cUNet {per_image(sample['cunet'])}, UNet2DModel {per_image(sample['unet2d'])} "
             f"({times(pair['sampling_time_ratio'])}); parameters {times(pair['params_ratio'])}."
+            + within_spread_text(pair.get("within_spread"))
         )  # fmt: skip
     for entry in found["across_widths"]:
         good = ", ".join(f"`{c['run']}` (FID {c['fid']:.2f}; parameters {times(c['params_ratio'])}, training time "

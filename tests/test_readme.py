@@ -135,4 +135,6 @@ def test_the_convergence_verdict_replaces_the_in_progress_row_once_the_pair_is_f
     rows = "\n".join(pages.convergence_row(data))
     cunet, unet2d = runs["cunet-x1"]["points"][-1]["fid"], runs["unet2d-x1"]["points"][-1]["fid"]
     assert f"seed spread 1.00; the cUNet's is within the seed spread) | {cunet:.2f} | {unet2d:.2f} |" in rows
-    assert "training time to the UNet2DModel's final FID" in rows and "sampling time per image at that FID" in rows
+    # 9.77 never reaches 8.91, but is within the spread of it: the times are to within the spread (FID <= 9.91)
+    assert "training time to the UNet2DModel's final FID within the seed spread (<= 9.91)" in rows
+    assert "sampling time per image at that FID" in rows and "never" not in rows
