@@ -24,6 +24,8 @@ from evaluation.fashion_scores import balanced_labels, generate, judge_features,
 
 @dataclass
 class Trial:
+    """One scored per-step solver schedule (the step search's unit)."""
+
     schedule: SolverStepSchedule
     frechet_distance: float
     evaluations_per_sample: int
