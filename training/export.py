@@ -160,7 +160,11 @@ def run_values(record: RunRecord) -> dict[str, Any]:
 
 def read_run_values(output_dir: Path) -> dict[str, Any]:
     """The machine-keyed numbers of a run's `metrics.json` (from the labels, for files written before "record")."""
-    saved = json.loads((Path(output_dir) / "metrics.json").read_text())
+    return saved_run_values(json.loads((Path(output_dir) / "metrics.json").read_text()))
+
+
+def saved_run_values(saved: dict[str, Any]) -> dict[str, Any]:
+    """`read_run_values` of a `metrics.json` already read."""
     if "record" in saved:
         return saved["record"]
     metrics = saved.get("metrics", {})

@@ -54,7 +54,14 @@ from training.data import (
     load_training_images,
     make_dataloader,
 )
-from training.export import RunRecord, ema_weights, export_run, read_run_values, save_validation_grid
+from training.export import (
+    RunRecord,
+    ema_weights,
+    export_run,
+    read_run_values,
+    save_validation_grid,
+    saved_run_values,
+)
 from training.hub import check_hub_access
 from training.launcher import warn_if_fewer_processes
 from training.model_setup import (
@@ -189,7 +196,7 @@ def finished_result(output_dir: Path, step: int, model_class: type) -> TrainingR
     """The result of a run found finished, complete as when it ended: read back from what it wrote (the exported EMA
     model, `metrics.json`'s record, loss history and held-out error), never trained again."""
     saved = json.loads((output_dir / "metrics.json").read_text())
-    values = read_run_values(output_dir)
+    values = saved_run_values(saved)
     return TrainingResult(
         global_step=step, output_dir=output_dir, already_done=True,
         unet=model_class.from_pretrained(output_dir / "unet"), metrics=saved.get("metrics", {}),
