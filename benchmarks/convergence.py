@@ -103,10 +103,13 @@ class ConvergenceSettings:
     final_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
     final_sweep: tuple[int, ...] = (10, 50)
     full_samples: int = 10_000
-    # sampling seconds per image of the finished runs of the first two groups, side by side in one process
+    # sampling seconds per image of the finished runs of the first two groups, side by side in one process, in
+    # batches of `timing_images`: 64, where both x1 networks sample fastest per image on 2 CPU cores (one forward
+    # pass at batch 16 / 64 / 250: UNet2DModel 7.5 / 6.7 / 9.0 ms an image, cUNet 3.0 / 2.7 / 2.9, 2026-12-06), so
+    # neither is timed where it is slow (at 250 the ratio would favour the cUNet: 0.32 against 0.41)
     timing_steps: tuple[int, ...] = (10, 20, 50)
-    timing_images: int = 250
-    timing_repeats: int = 3
+    timing_images: int = 64
+    timing_repeats: int = 5
     convergence_fraction: float = 0.7  # FID here within the seed spread of the final FID: converged
     # block skipping and feature reuse searched on the finished x1 cUNet, against fewer sampler steps and the x0.5
     # cUNet at equal FLOPs (benchmarks.step_aware's study in this mode; ~1 h on 2 CPU cores)
@@ -124,12 +127,13 @@ FDM_MULTIPLIERS = (1.0, 2.0)  # EDM-FDM's momentum multiplier m: ours so far, an
 
 def _runs(x1: tuple[int, ...], half: tuple[int, ...], steps: int) -> list[ConvergenceRun]:
     """The x1 pair (also scored by the full protocol), then the x0.5 pair, then a second seed of the x0.5 pair (the
-    seed spread at convergence), then the x0.5 cUNet with EDM-FDM at each multiplier (FDM's loss-weight warm-up; set
-    against the x0.5 cUNet's plain EDM run)."""
+    seed spread at convergence; only its final FID is used, so it skips the end-of-run measurements, ~0.7 h on the
+    CPU), then the x0.5 cUNet with EDM-FDM at each multiplier (FDM's loss-weight warm-up; set against the x0.5 cUNet's
+    plain EDM run)."""
     out = []
     for group, (width, widths, seed) in enumerate([("x1", x1, 0), ("x0.5", half, 0), ("x0.5", half, 1)]):
         suffix = f"-seed{seed}" if seed else ""
-        common = dict(steps=steps, group=group, full_protocol=group == 0)
+        common = dict(steps=steps, group=group, full_protocol=group == 0, final_measurements=seed == 0)
         out += [
             ConvergenceRun(f"cunet-{width}{suffix}", "cunet", widths, EULER1, GUIDED, seed, **common),
             ConvergenceRun(f"unet2d-{width}{suffix}", "unet2d", widths, None, GUIDED, seed, **common),
@@ -236,6 +240,25 @@ def final_tasks(run: ConvergenceRun, settings: ConvergenceSettings) -> list[dict
         tasks.append({"kind": "full", "guidance_scale": 1.0, "sampling_steps": settings.sampling_steps,
                       "samples": settings.full_samples})  # fmt: skip
     return tasks
+
+
+def scoring_cost(task: dict[str, Any], settings: ConvergenceSettings) -> float:
+    """A measurement's cost in regular points (2,000 samples, the recipe's steps, scale 1): sampling dominates, so
+    it grows with the samples and sampler steps, and doubles under guidance (one call of twice the batch)."""
+    guided = 2.0 if task["guidance_scale"] != 1 else 1.0
+    return task["samples"] / settings.samples * task["sampling_steps"] / settings.sampling_steps * guided
+
+
+def scoring_left(run: ConvergenceRun, folder: Path, settings: ConvergenceSettings,
+                 points: list[dict[str, Any]]) -> float:  # fmt: skip
+    """The scoring still ahead of `run`, in regular points: its unscored scoring steps and end-of-run measurements."""
+    total = planned_steps(run, folder)
+    done = {point_key(point) for point in points}
+    regular = {step for step in range(settings.score_every, total + 1, settings.score_every)} | {total}
+    left = sum(1 for step in regular if (run.name, step, "checkpoint", 1.0, settings.sampling_steps,
+                                         settings.samples) not in done)  # fmt: skip
+    return left + sum(scoring_cost(task, settings) for task in final_tasks(run, settings)
+                      if point_key({"run": run.name, "step": total, **task}) not in done)  # fmt: skip
 
 
 def next_run(mode: Mode, folder: Path) -> ConvergenceRun | None:
@@ -512,7 +535,7 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
     mode = MODES[mode_name]
     points = read_points(folder)
     lines = [f"runs folder: {folder}"]
-    hours_left = 0.0
+    hours_left = scoring_hours = 0.0
     for run in mode.runs:
         done, total = steps_done(folder, run), planned_steps(run, folder)
         kept = list_checkpoints(folder / run.name)
@@ -525,6 +548,8 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
             point for point in points if point["run"] == run.name and point.get("kind", "checkpoint") == "checkpoint"
         ]
         latest = own[-1] if own else None
+        if latest and latest.get("scoring_seconds"):  # each run's own cost of a regular point
+            scoring_hours += scoring_left(run, folder, mode.settings, points) * latest["scoring_seconds"] / 3600
         scores = (f"FID {latest['fid']:.2f}, KID {latest['kid_mean']:.4f}, precision {latest['precision']:.3f}, "
                   f"recall {latest['recall']:.3f}, class accuracy {latest['class_accuracy']:.3f} at step "
                   f"{latest['step']}") if latest else "not scored yet"  # fmt: skip
@@ -533,6 +558,11 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
     untimed = [run.name for run in mode.runs if not list_checkpoints(folder / run.name)]
     untimed_text = f", not counting {', '.join(untimed)} (no checkpoint to time yet)" if untimed else ""
     lines.append(f"training left (at each run's own pace): {hours_left:.1f} h{untimed_text}")
+    unscored = [run.name for run in mode.runs
+                if not any(p["run"] == run.name and p.get("scoring_seconds") for p in points)]  # fmt: skip
+    unscored_text = f", not counting {', '.join(unscored)} (not scored yet)" if unscored else ""
+    lines.append(f"scoring left (each run's last point's cost, its end-of-run measurements included): "
+                 f"{scoring_hours:.1f} h{unscored_text}")  # fmt: skip
     return lines
 
 

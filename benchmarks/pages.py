@@ -63,7 +63,8 @@ def early_rows(data: dict[str, Any]) -> list[str]:
             lambda run: run["final"]["fid"], "{:.1f}", False),
         f"training seconds for those {first['steps']} steps": (
             lambda run: run["train_seconds_median"], "{:.0f}", True),
-        f"sampling ms per image, EDM DPM-Solver++ {first['final']['sampling_steps']} steps": (
+        f"sampling ms per image in batches of {data['settings']['sample_batch']}, EDM DPM-Solver++ "
+        f"{first['final']['sampling_steps']} steps": (
             lambda run: run["final"]["sampling_s_per_image"] * 1e3, "{:.0f}", True),
     }  # fmt: skip
     lines = []

@@ -80,6 +80,7 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     convergence.main(["--mode", "tiny", "--runs", str(tmp_path), "--status"])
     status = capsys.readouterr().out
     assert "unet2d-x1" in status and "6/6" in status and "FID" in status and "h left" in status
+    assert "scoring left" in status and "not counting" not in status.split("scoring left")[1]  # every run scored
 
     results = tmp_path / "results"
     convergence.main(["--mode", "tiny", "--runs", str(tmp_path), "--results", str(results)])
@@ -130,6 +131,8 @@ def test_cpu_queue_is_the_issue_plan():
         options = convergence.train_options(run, convergence.MODES["cpu"].settings, ROOT, run.steps)
         assert options["lr_scheduler"] == "constant_with_warmup", "extensible without retraining"
         assert options["class_dropout_prob"] == 0.1 and options["train_batch_size"] == 64 and run.steps == 12_000
+    measured_at_end = [run.name for run in runs if run.final_measurements]  # the seed runs give their FID only
+    assert measured_at_end == ["cunet-x1", "unet2d-x1", "cunet-x0.5", "unet2d-x0.5"]
     plain, fdm = runs[:6], runs[6:]
     assert {run.objective for run in plain} == {"edm"} and [run.objective for run in fdm] == ["edm-fdm m=1",
                                                                                            "edm-fdm m=2"]  # fmt: skip
@@ -164,3 +167,20 @@ def test_the_step_aware_study_waits_for_both_cunets_and_renders_when_done(tmp_pa
     text = "\n".join(convergence.step_aware_lines(published, tmp_path))
     assert "| setting | GFLOPs/sample |" in text and "Search on `" in text
     assert (tmp_path / convergence.STEP_AWARE_PLOT).stat().st_size > 1000
+
+
+def test_scoring_left_counts_unscored_steps_and_end_of_run_measurements_by_their_cost(tmp_path):
+    mode = convergence.MODES["cpu"]
+    settings, (x1, _, _, _, seed1) = mode.settings, mode.runs[:5]
+    # 12,000 steps scored every 2,000: 6 points; at the end 1.5 / 2 / 3 guided (2 points each: twice the batch),
+    # 10 and 50 sampler steps (0.5 + 2.5), and 10,000 samples (5) for the x1 pair; a seed run has none of those
+    assert convergence.scoring_left(x1, tmp_path, settings, []) == pytest.approx(6 + 6 + 3 + 5)
+    assert convergence.scoring_left(seed1, tmp_path, settings, []) == 6
+    scored = [{"run": "cunet-x1", "step": step, "kind": "checkpoint", "guidance_scale": 1.0, "sampling_steps": 20,
+               "samples": 2000} for step in (2000, 4000)]  # fmt: skip
+    scored.append({"run": "cunet-x1", "step": 12_000, "kind": "guided", "guidance_scale": 2.0, "sampling_steps": 20,
+                   "samples": 2000})  # fmt: skip
+    scored.append({**scored[0], "run": "unet2d-x1"})  # another run's point counts for nothing here
+    assert convergence.scoring_left(x1, tmp_path, settings, scored) == pytest.approx(4 + 4 + 3 + 5)
+    convergence.extend("cpu", tmp_path, "cunet-x1", 13_000)  # an extended run: a point at 12,000 and one at its end
+    assert convergence.scoring_left(x1, tmp_path, settings, scored[:2]) == pytest.approx(5 + 6 + 3 + 5)
