@@ -43,7 +43,7 @@ import torch
 from training.plotting import pyplot
 
 from . import paths
-from .convergence_verdicts import verdict_lines, verdicts
+from .convergence_verdicts import sampling_curve, verdict_lines, verdicts
 from .fashion import EULER1
 from .fashion import RESULTS_FILE as FASHION_RESULTS_FILE
 from .guidance import GUIDED
@@ -665,10 +665,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         left.plot([(p.get("train_seconds_median") or p["train_seconds"]) / 3600 for p in row["points"]],
                   [p["fid"] for p in row["points"]],
                   label=row["name"], **style)  # fmt: skip
-        times = row.get("seconds_per_image") or {}
-        swept = {p["sampling_steps"]: p["fid"] for p in [*row["sweep"], row["points"][-1]]
-                 if p.get("sampling_steps") is not None}  # fmt: skip
-        pairs = sorted((times[str(n)], fid) for n, fid in swept.items() if str(n) in times)
+        pairs = sampling_curve(row, results["settings"]["sampling_steps"])  # the sweep and the recipe's steps
         if pairs:
             right.plot(*zip(*pairs), label=row["name"], **style)
     for axis in (left, right):
