@@ -563,7 +563,7 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
     unscored_text = f", not counting {', '.join(unscored)} (not scored yet)" if unscored else ""
     lines.append(f"scoring left (each run's last point's cost, its end-of-run measurements included): "
                  f"{scoring_hours:.1f} h{unscored_text}")  # fmt: skip
-    return lines
+    return lines + convergence_lines(mode, folder, points)
 
 
 POINT_FIELDS = ("step", "train_seconds", "fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy",
@@ -607,6 +607,37 @@ def recommended_point(guided: list[dict[str, Any]], plain: dict[str, Any]) -> di
     return max(fair, key=lambda point: point["class_accuracy"])
 
 
+def judged_row(run: ConvergenceRun, folder: Path, points: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the convergence criterion reads of a run: its model (network, width, objective), seed, planned and scored
+    steps, and its regular points (scale 1, the recipe's sampler), oldest first."""
+    regular = sorted((p for p in points if p["run"] == run.name and p.get("kind", "checkpoint") == "checkpoint"),
+                     key=lambda p: p["step"])  # fmt: skip
+    return {"name": run.name, "network": run.model_type, "width": run.name.split("-")[1], "seed": run.seed,
+            "objective": run.objective, "planned_steps": planned_steps(run, folder),
+            "steps": regular[-1]["step"] if regular else steps_done(folder, run), "points": regular}  # fmt: skip
+
+
+def convergence_lines(mode: Mode, folder: Path, points: list[dict[str, Any]]) -> list[str]:
+    """Each finished run's convergence by the criterion, and what to do about a run that has not converged."""
+    rows = [judged_row(run, folder, points) for run in mode.runs]
+    spread = seed_spread(rows)
+    if spread is None:
+        return ["convergence: not judged yet (the seed spread needs both seeds of one model finished)"]
+    lines = [f"convergence (FID at {mode.settings.convergence_fraction:.0%} of the steps within the seed spread "
+             f"{spread:.2f} of the final FID):"]  # fmt: skip
+    for row in rows:
+        verdict = converged(row, spread, mode.settings.convergence_fraction)
+        if verdict is None:
+            continue  # not finished
+        final = row["points"][-1]
+        if verdict:
+            lines.append(f"  {row['name']}: converged (final FID {final['fid']:.2f} at step {final['step']})")
+        else:
+            lines.append(f"  {row['name']}: not converged (final FID {final['fid']:.2f} at step {final['step']}): "
+                         f"extend it, e.g. --extend {row['name']} {final['step'] * 3 // 2}")  # fmt: skip
+    return lines
+
+
 def collect(mode_name: str, folder: Path) -> dict[str, Any]:
     """The results file: per run its configuration, parameters, scored points (scale 1, the recipe's sampler), the
     end-of-run measurements and the convergence verdict; the seed spread; the side-by-side sampling times."""
@@ -623,19 +654,17 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
     rows = []
     for run in mode.runs:
         own = [point for point in points if point["run"] == run.name]
-        regular = sorted((p for p in own if p.get("kind", "checkpoint") == "checkpoint"), key=lambda p: p["step"])
+        judged = judged_row(run, folder, own)
+        regular, last = judged.pop("points"), judged["steps"]
         kept = list_checkpoints(folder / run.name)
         if not regular and not kept:
             continue  # not started
         step_times = read_run_record(kept[-1]).get("step_seconds", []) if kept else []
-        last = regular[-1]["step"] if regular else steps_done(folder, run)
         at_end = [p for p in own if p["step"] == last and p.get("kind") in ("guided", "sweep", "full")]
         guided = sorted((p for p in at_end if p["kind"] == "guided"), key=lambda p: p["guidance_scale"])
         row = {
-            "name": run.name, "network": run.model_type, "width": run.name.split("-")[1], "seed": run.seed,
-            "objective": run.objective,
-            "block_out_channels": list(run.block_out_channels), "planned_steps": planned_steps(run, folder),
-            "steps": last, "params": count_parameters(load_ema(kept[-1], run.model_type)) if kept else None,
+            **judged, "block_out_channels": list(run.block_out_channels),
+            "params": count_parameters(load_ema(kept[-1], run.model_type)) if kept else None,
             "points": [{**{key: p.get(key) for key in POINT_FIELDS},
                         "train_seconds_median": median_step_time(step_times, p["step"])} for p in regular],
             "guided": guided, "sweep": [p for p in at_end if p["kind"] == "sweep"],

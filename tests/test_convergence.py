@@ -184,3 +184,23 @@ def test_scoring_left_counts_unscored_steps_and_end_of_run_measurements_by_their
     assert convergence.scoring_left(x1, tmp_path, settings, scored) == pytest.approx(4 + 4 + 3 + 5)
     convergence.extend("cpu", tmp_path, "cunet-x1", 13_000)  # an extended run: a point at 12,000 and one at its end
     assert convergence.scoring_left(x1, tmp_path, settings, scored[:2]) == pytest.approx(5 + 6 + 3 + 5)
+
+
+def test_status_judges_finished_runs_once_a_seed_spread_exists_and_says_how_to_extend(tmp_path):
+    mode = convergence.MODES["cpu"]
+
+    def scored(run: str, fids: dict[int, float]) -> list[dict]:
+        return [{"run": run, "step": step, "kind": "checkpoint", "fid": fid} for step, fid in fids.items()]
+
+    points = scored("cunet-x1", {8000: 4.0, 12_000: 3.0}) + scored("unet2d-x1", {8000: 3.2, 12_000: 3.0})
+    points += scored("unet2d-x0.5", {12_000: 5.0}) + scored("cunet-x0.5", {8000: 6.0})  # one seed; one unfinished
+    assert convergence.convergence_lines(mode, tmp_path, points) == [
+        "convergence: not judged yet (the seed spread needs both seeds of one model finished)"
+    ]
+    points += scored("unet2d-x0.5-seed1", {12_000: 5.4})  # the spread: 0.4
+    lines = convergence.convergence_lines(mode, tmp_path, points)
+    assert "spread 0.40" in lines[0] and len(lines) == 5  # the four finished runs, none of the unfinished one
+    assert (
+        lines[1] == "  cunet-x1: not converged (final FID 3.00 at step 12000): extend it, e.g. --extend cunet-x1 18000"
+    )
+    assert lines[2] == "  unet2d-x1: converged (final FID 3.00 at step 12000)"
