@@ -697,7 +697,10 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         pairs = sampling_curve(row, results["settings"]["sampling_steps"])  # the sweep and the recipe's steps
         if pairs:
             right.plot(*zip(*pairs), label=row["name"], **style)
+    floor = metric_floor(path.parent)
     for axis in (left, right):
+        if floor is not None:  # how far from real images the scores are, on the same judge
+            axis.axhline(floor["fid"], color="grey", linestyle=":", label=f"floor (real images): {floor['fid']:.2f}")
         axis.set_yscale("log")
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
@@ -720,13 +723,18 @@ def status_text(row: dict[str, Any]) -> str:
     return f"step {row['steps']:,} of {row['planned_steps']:,}" + ("" if row["points"] else ", not scored yet")
 
 
-def floor_text(folder: Path) -> str:
+def metric_floor(folder: Path) -> dict[str, Any] | None:
     """The metric's floor, as the Fashion benchmark measured it with the same judge and protocol (real training
     images in place of samples), where its results are in `folder`."""
     fashion_file = folder / FASHION_RESULTS_FILE
-    if not fashion_file.is_file():
+    return json.loads(fashion_file.read_text())["reference_real_vs_real"] if fashion_file.is_file() else None
+
+
+def floor_text(folder: Path) -> str:
+    """The floor (`metric_floor`) in words, for the section's heading ("" where it is not measured)."""
+    floor = metric_floor(folder)
+    if floor is None:
         return ""
-    floor = json.loads(fashion_file.read_text())["reference_real_vs_real"]
     return (f"; the floor ({floor['samples']:,} real training images scored the same way): FID {floor['fid']:.2f}, "
             f"precision {floor['precision']:.3f}, recall {floor['recall']:.3f}")  # fmt: skip
 
