@@ -255,8 +255,9 @@ def scoring_left(run: ConvergenceRun, folder: Path, settings: ConvergenceSetting
     total = planned_steps(run, folder)
     done = {point_key(point) for point in points}
     regular = {step for step in range(settings.score_every, total + 1, settings.score_every)} | {total}
-    left = sum(1 for step in regular if (run.name, step, "checkpoint", 1.0, settings.sampling_steps,
-                                         settings.samples) not in done)  # fmt: skip
+    plain = {"run": run.name, "kind": "checkpoint", "guidance_scale": 1.0, "sampling_steps": settings.sampling_steps,
+             "samples": settings.samples}  # fmt: skip
+    left = sum(1 for step in regular if point_key({**plain, "step": step}) not in done)
     return left + sum(scoring_cost(task, settings) for task in final_tasks(run, settings)
                       if point_key({"run": run.name, "step": total, **task}) not in done)  # fmt: skip
 
@@ -544,9 +545,7 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
         per_step = step_times[len(step_times) // 2] if step_times else None
         left = (total - done) * per_step / 3600 if per_step else None
         hours_left += left or 0.0
-        own = [
-            point for point in points if point["run"] == run.name and point.get("kind", "checkpoint") == "checkpoint"
-        ]
+        own = judged_row(run, folder, points)["points"]
         latest = own[-1] if own else None
         if latest and latest.get("scoring_seconds"):  # each run's own cost of a regular point
             scoring_hours += scoring_left(run, folder, mode.settings, points) * latest["scoring_seconds"] / 3600
