@@ -537,7 +537,8 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
     points = read_points(folder)
     lines = [f"runs folder: {folder}"]
     hours_left = scoring_hours = 0.0
-    for run in mode.runs:
+    rows = [judged_row(run, folder, points) for run in mode.runs]
+    for run, row in zip(mode.runs, rows):
         done, total = steps_done(folder, run), planned_steps(run, folder)
         kept = list_checkpoints(folder / run.name)
         record = read_run_record(kept[-1]) if kept else {}
@@ -545,8 +546,7 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
         per_step = step_times[len(step_times) // 2] if step_times else None
         left = (total - done) * per_step / 3600 if per_step else None
         hours_left += left or 0.0
-        own = judged_row(run, folder, points)["points"]
-        latest = own[-1] if own else None
+        latest = row["points"][-1] if row["points"] else None
         if latest and latest.get("scoring_seconds"):  # each run's own cost of a regular point
             scoring_hours += scoring_left(run, folder, mode.settings, points) * latest["scoring_seconds"] / 3600
         scores = (f"FID {latest['fid']:.2f}, KID {latest['kid_mean']:.4f}, precision {latest['precision']:.3f}, "
@@ -562,7 +562,7 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
     unscored_text = f", not counting {', '.join(unscored)} (not scored yet)" if unscored else ""
     lines.append(f"scoring left (each run's last point's cost, its end-of-run measurements included): "
                  f"{scoring_hours:.1f} h{unscored_text}")  # fmt: skip
-    return lines + convergence_lines(mode, folder, points)
+    return lines + convergence_lines(rows, mode.settings.convergence_fraction)
 
 
 POINT_FIELDS = ("step", "train_seconds", "fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy",
@@ -616,16 +616,16 @@ def judged_row(run: ConvergenceRun, folder: Path, points: list[dict[str, Any]]) 
             "steps": regular[-1]["step"] if regular else steps_done(folder, run), "points": regular}  # fmt: skip
 
 
-def convergence_lines(mode: Mode, folder: Path, points: list[dict[str, Any]]) -> list[str]:
-    """Each finished run's convergence by the criterion, and what to do about a run that has not converged."""
-    rows = [judged_row(run, folder, points) for run in mode.runs]
+def convergence_lines(rows: list[dict[str, Any]], fraction: float) -> list[str]:
+    """Each finished run's convergence by the criterion (`judged_row`s), and what to do about a run that has not
+    converged."""
     spread = seed_spread(rows)
     if spread is None:
         return ["convergence: not judged yet (the seed spread needs both seeds of one model finished)"]
-    lines = [f"convergence (FID at {mode.settings.convergence_fraction:.0%} of the steps within the seed spread "
+    lines = [f"convergence (FID at {fraction:.0%} of the steps within the seed spread "
              f"{spread:.2f} of the final FID):"]  # fmt: skip
     for row in rows:
-        verdict = converged(row, spread, mode.settings.convergence_fraction)
+        verdict = converged(row, spread, fraction)
         if verdict is None:
             continue  # not finished
         final = row["points"][-1]

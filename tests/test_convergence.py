@@ -194,11 +194,16 @@ def test_status_judges_finished_runs_once_a_seed_spread_exists_and_says_how_to_e
 
     points = scored("cunet-x1", {8000: 4.0, 12_000: 3.0}) + scored("unet2d-x1", {8000: 3.2, 12_000: 3.0})
     points += scored("unet2d-x0.5", {12_000: 5.0}) + scored("cunet-x0.5", {8000: 6.0})  # one seed; one unfinished
-    assert convergence.convergence_lines(mode, tmp_path, points) == [
+
+    def lines_for(points: list[dict]) -> list[str]:
+        rows = [convergence.judged_row(run, tmp_path, points) for run in mode.runs]
+        return convergence.convergence_lines(rows, mode.settings.convergence_fraction)
+
+    assert lines_for(points) == [
         "convergence: not judged yet (the seed spread needs both seeds of one model finished)"
     ]
     points += scored("unet2d-x0.5-seed1", {12_000: 5.4})  # the spread: 0.4
-    lines = convergence.convergence_lines(mode, tmp_path, points)
+    lines = lines_for(points)
     assert "spread 0.40" in lines[0] and len(lines) == 5  # the four finished runs, none of the unfinished one
     assert (
         lines[1] == "  cunet-x1: not converged (final FID 3.00 at step 12000): extend it, e.g. --extend cunet-x1 18000"
