@@ -5,7 +5,9 @@ rate after warm-up, so a run can be extended past its planned steps without retr
 outside the work tree. Each run is trained in stages of `score_every` steps; after each stage its newest checkpoint's
 EMA weights are sampled and scored by the committed judge (`evaluation.fashion_judge`) and the point is appended to
 `<runs>/points.jsonl`. Within a group the run with the fewest steps goes next, so every run of a group advances
-together; a group starts when the one before it is done.
+together; a group starts when the one before it is done. Once a seed pair has finished, the seed spread judges each
+finished run: an unconverged one is extended by itself (`extend_unconverged`), and the end-of-run measurements, the
+side-by-side timing and the step-aware study wait until a run is settled (converged, or at its step cap).
 
     make convergence                                  # = python -m benchmarks.convergence --background: start or
                                                       # resume the queue in the background (idempotent)
@@ -111,6 +113,10 @@ class ConvergenceSettings:
     timing_images: int = 64
     timing_repeats: int = 5
     convergence_fraction: float = 0.7  # FID here within the seed spread of the final FID: converged
+    # a finished run judged not converged trains on to 1.5x its steps (its seed siblings with it), at most this many
+    # times its planned steps; its end-of-run measurements wait for the verdict, so none is made on a model that
+    # trains on (each costs ~40 min for the x1 cUNet, ~100 min for the x1 UNet2DModel on 2 CPU cores)
+    extension_cap: float = 2.0
     # block skipping and feature reuse searched on the finished x1 cUNet, against fewer sampler steps and the x0.5
     # cUNet at equal FLOPs (benchmarks.step_aware's study in this mode; ~1 h on 2 CPU cores)
     study_step_aware: bool = True
@@ -186,6 +192,21 @@ def planned_steps(run: ConvergenceRun, folder: Path) -> int:
     path = folder / EXTENSIONS_FILE
     extended = json.loads(path.read_text()) if path.is_file() else {}
     return max(run.steps, extended.get(run.name, 0))
+
+
+def step_cap(run: ConvergenceRun, settings: ConvergenceSettings) -> int:
+    """The most steps the queue extends `run` to by itself."""
+    return int(run.steps * settings.extension_cap)
+
+
+def record_extension(folder: Path, name: str, steps: int) -> None:
+    """Write that run `name` trains to `steps` (atomically: a kill leaves the old file or the new one)."""
+    from diffusers_cunet.atomic_write import replace_text
+
+    path = folder / EXTENSIONS_FILE
+    extended = json.loads(path.read_text()) if path.is_file() else {}
+    folder.mkdir(parents=True, exist_ok=True)
+    replace_text(path, json.dumps({**extended, name: steps}, indent=2))
 
 
 def steps_done(folder: Path, run: ConvergenceRun) -> int:
@@ -363,7 +384,8 @@ def time_finished_runs(mode: Mode, folder: Path) -> None:
 
     runs = [run for run in mode.runs if run.group <= 1]
     steps = {run.name: steps_done(folder, run) for run in runs}
-    if any(steps[run.name] < planned_steps(run, folder) for run in runs):
+    rows, spread = judgements(mode, folder)
+    if not all(settled(run, rows[run.name], spread, mode) for run in runs):
         return
     path = folder / TIMING_FILE
     if path.is_file() and json.loads(path.read_text()).get("steps") == steps:
@@ -411,7 +433,8 @@ def study_step_aware(mode_name: str, folder: Path) -> None:
     runs = {run.name: run for run in mode.runs if run.name in STUDIED}
     if not mode.settings.study_step_aware or set(runs) != set(STUDIED):
         return
-    if any(steps_done(folder, run) < planned_steps(run, folder) for run in runs.values()):
+    rows, spread = judgements(mode, folder)
+    if not all(settled(run, rows[run.name], spread, mode) for run in runs.values()):
         return
     path = folder / STEP_AWARE_FILE
     if path.is_file() and "verdicts" in json.loads(path.read_text()):
@@ -514,9 +537,12 @@ def work(mode_name: str, folder: Path) -> None:
             if (folder / run.name / "scheduler").is_dir():
                 scorer = scorer or Scorer(mode.settings)
                 score_new_checkpoints(run, folder, scorer)
-                done = steps_done(folder, run)
-                if done >= planned_steps(run, folder):
-                    score_final_tasks(run, folder, scorer, done)
+        extend_unconverged(mode_name, folder)
+        rows, spread = judgements(mode, folder)
+        for run in mode.runs:
+            if settled(run, rows[run.name], spread, mode):
+                scorer = scorer or Scorer(mode.settings)
+                score_final_tasks(run, folder, scorer, rows[run.name]["steps"])
         time_finished_runs(mode, folder)
         study_step_aware(mode_name, folder)
         run = next_run(mode, folder)
@@ -577,15 +603,23 @@ def median_step_time(step_seconds: list[float], step: int) -> float | None:
     return statistics.median(step_seconds[:step]) * step
 
 
+def model_key(row: dict[str, Any]) -> tuple[str, str, str]:
+    """What seeds of one model share: network, width and objective (of a `judged_row`)."""
+    return row["network"], row["width"], row.get("objective", "edm")
+
+
+def run_model(run: ConvergenceRun) -> tuple[str, str, str]:
+    """`model_key` of a run."""
+    return run.model_type, run.name.split("-")[1], run.objective
+
+
 def seed_spread(rows: list[dict[str, Any]]) -> float | None:
     """The largest final-FID difference between two seeds of one network, width and objective (None before any
     pair)."""
     by_model: dict[tuple[str, str, str], list[float]] = {}
     for row in rows:
         if row["points"] and row["steps"] >= row["planned_steps"]:
-            by_model.setdefault((row["network"], row["width"], row.get("objective", "edm")), []).append(
-                row["points"][-1]["fid"]
-            )
+            by_model.setdefault(model_key(row), []).append(row["points"][-1]["fid"])
     spreads = [max(fids) - min(fids) for fids in by_model.values() if len(fids) > 1]
     return max(spreads) if spreads else None
 
@@ -597,6 +631,54 @@ def converged(row: dict[str, Any], spread: float | None, fraction: float) -> boo
     final = row["points"][-1]
     earlier = min(row["points"], key=lambda point: abs(point["step"] - fraction * final["step"]))
     return abs(earlier["fid"] - final["fid"]) <= spread
+
+
+def judgements(mode: Mode, folder: Path) -> tuple[dict[str, dict[str, Any]], float | None]:
+    """Each run's `judged_row` by name, and the seed spread they give (None before a seed pair has finished)."""
+    points = read_points(folder)
+    rows = {run.name: judged_row(run, folder, points) for run in mode.runs}
+    return rows, seed_spread(list(rows.values()))
+
+
+def settled(run: ConvergenceRun, row: dict[str, Any], spread: float | None, mode: Mode) -> bool:
+    """Whether `run`'s last scored step is its final one (its end-of-run measurements and the studies of it are
+    made there): finished and converged, or finished at its step cap, or finished in a mode that trains no model
+    twice (its convergence can never be judged)."""
+    if not row["points"] or row["steps"] < row["planned_steps"]:
+        return False
+    keys = [run_model(other) for other in mode.runs]
+    if all(keys.count(key) < 2 for key in keys):
+        return True
+    return bool(converged(row, spread, mode.settings.convergence_fraction)) or (
+        row["planned_steps"] >= step_cap(run, mode.settings)
+    )
+
+
+def extension_target(run: ConvergenceRun, row: dict[str, Any], settings: ConvergenceSettings) -> int:
+    """The steps a finished, unconverged run trains on to: 1.5x its last, on the scoring grid, at most its cap."""
+    grid = settings.score_every
+    return min(step_cap(run, settings), -(-row["steps"] * 3 // 2 // grid) * grid)
+
+
+def extend_unconverged(mode_name: str, folder: Path) -> list[str]:
+    """Extend every finished run that the seed spread judges not converged, and its other seeds with it (so seeds
+    are compared at equal steps), up to its cap; the names extended."""
+    mode = MODES[mode_name]
+    rows, spread = judgements(mode, folder)
+    extended = []
+    for run in mode.runs:
+        row = rows[run.name]
+        if converged(row, spread, mode.settings.convergence_fraction) is not False:
+            continue
+        target = extension_target(run, row, mode.settings)
+        for sibling in mode.runs:
+            if model_key(rows[sibling.name]) == model_key(row) and planned_steps(sibling, folder) < target:
+                record_extension(folder, sibling.name, target)
+                extended.append(sibling.name)
+                fid = row["points"][-1]["fid"]
+                print(f"{sibling.name}: {run.name} has not converged (FID {fid:.2f} at step {row['steps']}, seed "
+                      f"spread {spread:.2f}): it now trains to {target} steps", flush=True)  # fmt: skip
+    return extended
 
 
 def recommended_point(guided: list[dict[str, Any]], plain: dict[str, Any]) -> dict[str, Any]:
@@ -611,8 +693,9 @@ def judged_row(run: ConvergenceRun, folder: Path, points: list[dict[str, Any]]) 
     steps, and its regular points (scale 1, the recipe's sampler), oldest first."""
     regular = sorted((p for p in points if p["run"] == run.name and p.get("kind", "checkpoint") == "checkpoint"),
                      key=lambda p: p["step"])  # fmt: skip
-    return {"name": run.name, "network": run.model_type, "width": run.name.split("-")[1], "seed": run.seed,
-            "objective": run.objective, "planned_steps": planned_steps(run, folder),
+    network, width, objective = run_model(run)
+    return {"name": run.name, "network": network, "width": width, "seed": run.seed, "objective": objective,
+            "first_planned_steps": run.steps, "planned_steps": planned_steps(run, folder),
             "steps": regular[-1]["step"] if regular else steps_done(folder, run), "points": regular}  # fmt: skip
 
 
@@ -626,6 +709,9 @@ def convergence_lines(rows: list[dict[str, Any]], fraction: float) -> list[str]:
              f"{spread:.2f} of the final FID):"]  # fmt: skip
     for row in rows:
         verdict = converged(row, spread, fraction)
+        if verdict is None and row["planned_steps"] > row["first_planned_steps"]:
+            lines.append(f"  {row['name']}: extended to {row['planned_steps']} steps (not converged at "
+                         f"{row['first_planned_steps']}); at step {row['steps']}")  # fmt: skip
         if verdict is None:
             continue  # not finished
         final = row["points"][-1]
@@ -633,7 +719,7 @@ def convergence_lines(rows: list[dict[str, Any]], fraction: float) -> list[str]:
             lines.append(f"  {row['name']}: converged (final FID {final['fid']:.2f} at step {final['step']})")
         else:
             lines.append(f"  {row['name']}: not converged (final FID {final['fid']:.2f} at step {final['step']}): "
-                         f"extend it, e.g. --extend {row['name']} {final['step'] * 3 // 2}")  # fmt: skip
+                         f"the queue extends it up to its step cap; past that, by hand (--extend)")  # fmt: skip
     return lines
 
 
@@ -823,10 +909,7 @@ def extend(mode_name: str, folder: Path, name: str, steps: int) -> None:
         raise SystemExit(f"No {mode_name}-mode run named {name!r}; they are {sorted(runs)}.")
     if steps <= planned_steps(runs[name], folder):
         raise SystemExit(f"{name} already trains to {planned_steps(runs[name], folder)} steps; extend it past that.")
-    path = folder / EXTENSIONS_FILE
-    extended = json.loads(path.read_text()) if path.is_file() else {}
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({**extended, name: steps}, indent=2))
+    record_extension(folder, name, steps)
     print(f"{name} now trains to {steps} steps (relaunch the queue to go on)")
 
 

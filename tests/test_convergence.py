@@ -205,7 +205,39 @@ def test_status_judges_finished_runs_once_a_seed_spread_exists_and_says_how_to_e
     points += scored("unet2d-x0.5-seed1", {12_000: 5.4})  # the spread: 0.4
     lines = lines_for(points)
     assert "spread 0.40" in lines[0] and len(lines) == 5  # the four finished runs, none of the unfinished one
-    assert (
-        lines[1] == "  cunet-x1: not converged (final FID 3.00 at step 12000): extend it, e.g. --extend cunet-x1 18000"
-    )
+    assert lines[1].startswith("  cunet-x1: not converged (final FID 3.00 at step 12000): the queue extends it")
     assert lines[2] == "  unet2d-x1: converged (final FID 3.00 at step 12000)"
+    convergence.extend("cpu", tmp_path, "cunet-x1", 18_000)
+    assert lines_for(points)[1] == "  cunet-x1: extended to 18000 steps (not converged at 12000); at step 12000"
+
+
+def test_the_queue_extends_unconverged_runs_with_their_seeds_and_measures_only_settled_ones(tmp_path):
+    mode = convergence.MODES["cpu"]
+    runs = {run.name: run for run in mode.runs}
+
+    def score(run: str, fids: dict[int, float]) -> None:
+        for step, fid in fids.items():
+            convergence.append_point(tmp_path, {"run": run, "step": step, "kind": "checkpoint", "fid": fid})
+
+    def settled(name: str) -> bool:
+        rows, spread = convergence.judgements(mode, tmp_path)
+        return convergence.settled(runs[name], rows[name], spread, mode)
+
+    score("cunet-x1", {8000: 4.0, 12_000: 3.0})  # moved 1.0 from 70% of its steps to the end
+    score("unet2d-x1", {8000: 3.2, 12_000: 3.0})
+    score("cunet-x0.5", {8000: 6.0, 12_000: 5.0})
+    assert convergence.extend_unconverged("cpu", tmp_path) == [] and not settled("cunet-x1")  # no spread: wait
+    score("unet2d-x0.5", {8000: 4.1, 12_000: 4.0})
+    score("unet2d-x0.5-seed1", {8000: 4.5, 12_000: 4.4})  # the spread: 0.4
+    assert sorted(convergence.extend_unconverged("cpu", tmp_path)) == ["cunet-x0.5", "cunet-x0.5-seed1", "cunet-x1"]
+    planned = {name: convergence.planned_steps(run, tmp_path) for name, run in runs.items()}
+    assert planned["cunet-x1"] == planned["cunet-x0.5"] == planned["cunet-x0.5-seed1"] == 18_000  # 1.5x, seeds too
+    assert planned["unet2d-x1"] == planned["unet2d-x0.5"] == 12_000
+    assert not settled("cunet-x1") and settled("unet2d-x1") and settled("unet2d-x0.5")  # converged: measured now
+    assert convergence.extend_unconverged("cpu", tmp_path) == []  # nothing judged twice while the runs train on
+
+    score("cunet-x1", {14_000: 2.6, 16_000: 2.0, 18_000: 1.5})  # still falling beyond the spread
+    assert convergence.extend_unconverged("cpu", tmp_path) == ["cunet-x1"]
+    assert convergence.planned_steps(runs["cunet-x1"], tmp_path) == 24_000  # 27,000 capped at 2x the plan
+    score("cunet-x1", {20_000: 1.4, 22_000: 1.2, 24_000: 0.9})
+    assert convergence.extend_unconverged("cpu", tmp_path) == [] and settled("cunet-x1")  # at its cap: measured
