@@ -802,10 +802,14 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 
 # ------------------------------------------------------------------------------ its section of the report
 def status_text(row: dict[str, Any]) -> str:
-    """`step 2,000 of 12,000`, or that the run is finished (`--status` estimates the hours left)."""
+    """`step 2,000 of 12,000` (and where the plan was extended, from what), or that the run is finished
+    (`--status` estimates the hours left)."""
+    first = row.get("first_planned_steps", row["planned_steps"])
+    extended = f" (extended from {first:,})" if row["planned_steps"] > first else ""
     if row["steps"] >= row["planned_steps"]:
-        return f"finished at step {row['steps']:,}"
-    return f"step {row['steps']:,} of {row['planned_steps']:,}" + ("" if row["points"] else ", not scored yet")
+        return f"finished at step {row['steps']:,}{extended}"
+    progress = f"step {row['steps']:,} of {row['planned_steps']:,}{extended}"
+    return progress + ("" if row["points"] else ", not scored yet")
 
 
 def metric_floor(folder: Path) -> dict[str, Any] | None:
