@@ -127,6 +127,12 @@ class Mode:
     settings: ConvergenceSettings
     runs: list[ConvergenceRun] = field(default_factory=list)
 
+    @property
+    def judges_convergence(self) -> bool:
+        """Whether it trains some model with two seeds: only then is there a seed spread to judge runs by."""
+        models = [run_model(run) for run in self.runs]
+        return any(models.count(model) > 1 for model in models)
+
 
 FDM_MULTIPLIERS = (1.0, 2.0)  # EDM-FDM's momentum multiplier m: ours so far, and FDM's own code's default
 
@@ -646,8 +652,7 @@ def settled(run: ConvergenceRun, row: dict[str, Any], spread: float | None, mode
     twice (its convergence can never be judged)."""
     if not row["points"] or row["steps"] < row["planned_steps"]:
         return False
-    keys = [run_model(other) for other in mode.runs]
-    if all(keys.count(key) < 2 for key in keys):
+    if not mode.judges_convergence:
         return True
     return bool(converged(row, spread, mode.settings.convergence_fraction)) or (
         row["planned_steps"] >= step_cap(run, mode.settings)
@@ -804,7 +809,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
 def status_text(row: dict[str, Any]) -> str:
     """`step 2,000 of 12,000` (and where the plan was extended, from what), or that the run is finished
     (`--status` estimates the hours left)."""
-    first = row.get("first_planned_steps", row["planned_steps"])
+    first = row["first_planned_steps"]
     extended = f" (extended from {first:,})" if row["planned_steps"] > first else ""
     if row["steps"] >= row["planned_steps"]:
         return f"finished at step {row['steps']:,}{extended}"
