@@ -105,7 +105,7 @@ class ConvergenceSettings:
     final_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
     final_sweep: tuple[int, ...] = (10, 50)
     full_samples: int = 10_000
-    # sampling seconds per image of the finished runs of the first two groups, side by side in one process, in
+    # sampling seconds per image of the x1 and x0.5 pairs once settled, side by side in one process, in
     # batches of `timing_images`: 64, where both x1 networks sample fastest per image on 2 CPU cores (one forward
     # pass at batch 16 / 64 / 250: UNet2DModel 7.5 / 6.7 / 9.0 ms an image, cUNet 3.0 / 2.7 / 2.9, 2026-12-06), so
     # neither is timed where it is slow (at 250 the ratio would favour the cUNet: 0.32 against 0.41)
@@ -138,18 +138,16 @@ FDM_MULTIPLIERS = (1.0, 2.0)  # EDM-FDM's momentum multiplier m: ours so far, an
 
 
 def _runs(x1: tuple[int, ...], half: tuple[int, ...], steps: int) -> list[ConvergenceRun]:
-    """The x1 pair (also scored by the full protocol), then the x0.5 pair, then a second seed of the x0.5 pair (the
-    seed spread at convergence; only its final FID is used, so it skips the end-of-run measurements, ~0.7 h on the
-    CPU), then the x0.5 cUNet with EDM-FDM at each multiplier (FDM's loss-weight warm-up; set against the x0.5 cUNet's
-    plain EDM run)."""
-    out = []
-    for group, (width, widths, seed) in enumerate([("x1", x1, 0), ("x0.5", half, 0), ("x0.5", half, 1)]):
-        suffix = f"-seed{seed}" if seed else ""
-        common = dict(steps=steps, group=group, full_protocol=group == 0, final_measurements=seed == 0)
-        out += [
-            ConvergenceRun(f"cunet-{width}{suffix}", "cunet", widths, EULER1, GUIDED, seed, **common),
-            ConvergenceRun(f"unet2d-{width}{suffix}", "unet2d", widths, None, GUIDED, seed, **common),
-        ]
+    """The queue, group by group: the x1 pair (also scored by the full protocol); the x0.5 cUNet with a second seed,
+    then the x0.5 UNet2DModel with a second seed (the first seed pair gives the seed spread at ~1.5 h on the CPU
+    instead of ~5.5 h, so the x1 pair is judged, and extended where it has not converged, before the slowest pair
+    trains; a seed-1 run gives its FID only and skips the end-of-run measurements); then the x0.5 cUNet with EDM-FDM
+    at each multiplier (FDM's loss-weight warm-up; set against the x0.5 cUNet's plain EDM run)."""
+    out = [ConvergenceRun("cunet-x1", "cunet", x1, EULER1, GUIDED, 0, steps=steps, group=0, full_protocol=True),
+           ConvergenceRun("unet2d-x1", "unet2d", x1, None, GUIDED, 0, steps=steps, group=0, full_protocol=True)]
+    for group, (network, block) in enumerate([("cunet", EULER1), ("unet2d", None)], start=1):
+        out += [ConvergenceRun(f"{network}-x0.5{f'-seed{seed}' if seed else ''}", network, half, block, GUIDED, seed,
+                               steps=steps, group=group, final_measurements=seed == 0) for seed in (0, 1)]  # fmt: skip
     for multiplier in FDM_MULTIPLIERS:
         fdm = {**GUIDED, "preconditioning": "edm-fdm", "fdm_momentum": multiplier}
         out.append(ConvergenceRun(f"cunet-x0.5-fdm-m{multiplier:g}", "cunet", half, EULER1, fdm, 0, steps=steps,
@@ -379,16 +377,16 @@ def score_final_tasks(run: ConvergenceRun, folder: Path, scorer: Scorer, step: i
 
 
 def time_finished_runs(mode: Mode, folder: Path) -> None:
-    """Sampling seconds per image of the finished runs of the first two groups, side by side in one process (each
-    step count, each repeat, every model in turn; the median kept), written to `timing.json` once per set of final
-    steps."""
+    """Sampling seconds per image of the x1 and x0.5 pairs (the runs measured at their end) once all are settled,
+    side by side in one process (each step count, each repeat, every model in turn; the median kept), written to
+    `timing.json` once per set of final steps."""
     from diffusers_cunet.pipelines import ContinuousUNetPipeline
     from training.checkpointing import list_checkpoints
 
     from .common import load_ema
     from .fashion import sampler
 
-    runs = [run for run in mode.runs if run.group <= 1]
+    runs = [run for run in mode.runs if run.final_measurements]
     steps = {run.name: steps_done(folder, run) for run in runs}
     rows, spread = judgements(mode, folder)
     if not all(settled(run, rows[run.name], spread, mode) for run in runs):

@@ -126,8 +126,12 @@ def test_runs_folder_option_variable_and_default(tmp_path, monkeypatch):
 
 def test_cpu_queue_is_the_issue_plan():
     runs = convergence.MODES["cpu"].runs
-    assert [run.name for run in runs] == ["cunet-x1", "unet2d-x1", "cunet-x0.5", "unet2d-x0.5", "cunet-x0.5-seed1",
-                                          "unet2d-x0.5-seed1", "cunet-x0.5-fdm-m1", "cunet-x0.5-fdm-m2"]  # fmt: skip
+    assert [(run.name, run.group) for run in runs] == [
+        ("cunet-x1", 0), ("unet2d-x1", 0),
+        ("cunet-x0.5", 1), ("cunet-x0.5-seed1", 1),  # the fastest seed pair first: the seed spread soonest
+        ("unet2d-x0.5", 2), ("unet2d-x0.5-seed1", 2),
+        ("cunet-x0.5-fdm-m1", 3), ("cunet-x0.5-fdm-m2", 3),
+    ]  # fmt: skip
     for run in runs:
         options = convergence.train_options(run, convergence.MODES["cpu"].settings, ROOT, run.steps)
         assert options["lr_scheduler"] == "constant_with_warmup", "extensible without retraining"
@@ -172,7 +176,7 @@ def test_the_step_aware_study_waits_for_both_cunets_and_renders_when_done(tmp_pa
 
 def test_scoring_left_counts_unscored_steps_and_end_of_run_measurements_by_their_cost(tmp_path):
     mode = convergence.MODES["cpu"]
-    settings, (x1, _, _, _, seed1) = mode.settings, mode.runs[:5]
+    settings, (x1, _, _, seed1) = mode.settings, mode.runs[:4]
     # 12,000 steps scored every 2,000: 6 points; at the end 1.5 / 2 / 3 guided (2 points each: twice the batch),
     # 10 and 50 sampler steps (0.5 + 2.5), and 10,000 samples (5) for the x1 pair; a seed run has none of those
     assert convergence.scoring_left(x1, tmp_path, settings, []) == pytest.approx(6 + 6 + 3 + 5)
