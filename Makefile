@@ -36,8 +36,8 @@ $(CHROMEDRIVER):
 
 browser: $(CHROMEDRIVER)
 
-## The real-data recipe (the convergence queue's cunet-x1, ~2.3 h on 2 CPU cores): the class-conditional cUNet on
-## Fashion-MNIST's 60,000 training images, 12,000 steps, scored by the judge -> outputs/fashion/.
+## The real-data recipe (the convergence queue's cunet-x1, hours on 2 CPU cores): the class-conditional cUNet on
+## Fashion-MNIST's 60,000 training images, the config's steps, scored by the judge -> outputs/fashion/.
 fashion: $(STAMP) $(FASHION_STAMP)
 	$(PY) training/train.py --config training/configs/fashion-mnist.yaml --output_dir outputs/fashion
 
