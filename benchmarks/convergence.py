@@ -762,8 +762,10 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
         }  # fmt: skip
         rows.append(row)
     spread = seed_spread(rows)
+    by_name = {run.name: run for run in mode.runs}
     for row in rows:
         row["converged"] = converged(row, spread, mode.settings.convergence_fraction)
+        row["settled"] = settled(by_name[row["name"]], row, spread, mode)  # only a settled run enters a verdict
     study_path = folder / STEP_AWARE_FILE
     study = json.loads(study_path.read_text()) if study_path.is_file() else None
     return {"mode": mode_name, "settings": asdict(mode.settings), "runs": rows, "seed_spread_fid": spread,

@@ -1,10 +1,12 @@
-"""The convergence queue's verdicts (issue 36, item 5): what the finished runs say, computed from the results file's
-rows (`convergence.collect`), so the report section and the README render the same numbers.
+"""The convergence queue's verdicts (issue 36, item 5): what the settled runs say (finished and judged converged by
+the seed spread, or at their step cap: `convergence.settled`; a finished run the queue may still extend gives none),
+computed from the results file's rows (`convergence.collect`), so the report section and the README render the same
+numbers.
 
 - **Same width, same objective**: the cUNet's final FID against the UNet2DModel's (within the seed spread, better or
   worse), the training time each needs to first reach the UNet2DModel's final FID, and the sampling seconds per image
-  each needs for that FID (over the finished runs' sampler-step sweep, timed side by side).
-- **Across widths**: for every finished UNet2DModel, the finished cUNets at least as good (final FID no worse), with
+  each needs for that FID (over the settled runs' sampler-step sweep, timed side by side).
+- **Across widths**: for every settled UNet2DModel, the settled cUNets at least as good (final FID no worse), with
   their parameters, training time and sampling time beside it.
 - **EDM-FDM** (the x0.5 cUNet at each momentum multiplier) against the same cUNet's plain EDM run.
 """
@@ -31,10 +33,6 @@ def first_crossing(xs: list[float], fids: list[float], target: float) -> tuple[f
     return None
 
 
-def finished(row: dict[str, Any]) -> bool:
-    return bool(row["points"]) and row["steps"] >= row["planned_steps"]
-
-
 def training_seconds(point: dict[str, Any]) -> float:
     """A point's training seconds: the median step times the steps where known (robust to a shared machine)."""
     return point.get("train_seconds_median") or point["train_seconds"]
@@ -51,7 +49,7 @@ def seconds_to_fid(row: dict[str, Any], target: float) -> tuple[float, bool] | N
 
 
 def sampling_curve(row: dict[str, Any], recipe_steps: int) -> list[tuple[float, float]]:
-    """(seconds per image, FID) at each sampler step count the finished run was scored and timed at: the sweep
+    """(seconds per image, FID) at each sampler step count the settled run was scored and timed at: the sweep
     and the recipe's own steps (its last point)."""
     times = row.get("seconds_per_image") or {}
     fids = {point["sampling_steps"]: point["fid"] for point in row.get("sweep", [])}
@@ -99,7 +97,7 @@ def costs_to_fid(cunet: dict[str, Any], unet2d: dict[str, Any], target: float, r
 
 
 def pair_verdict(cunet: dict[str, Any], unet2d: dict[str, Any], spread: float | None, recipe_steps: int) -> dict:
-    """The same-width comparison of two finished runs of one objective and seed: the costs to the UNet2DModel's
+    """The same-width comparison of two settled runs of one objective and seed: the costs to the UNet2DModel's
     final FID, and (with a seed spread) to within the spread of it, where FIDs that differ by no more are one
     quality (a cUNet whose final FID is within the spread but above it never reaches the strict target)."""
     target = final_fid(unet2d)
@@ -117,7 +115,7 @@ def pair_verdict(cunet: dict[str, Any], unet2d: dict[str, Any], spread: float | 
 
 
 def as_good_as(unet2d: dict[str, Any], cunets: list[dict[str, Any]], recipe_steps: int) -> dict[str, Any]:
-    """The cUNets whose final FID is no worse than the finished UNet2DModel's, each with its costs relative to it
+    """The cUNets whose final FID is no worse than the settled UNet2DModel's, each with its costs relative to it
     (training time to that FID; sampling time per image at the recipe's steps)."""
     target = final_fid(unet2d)
     as_good = [{
@@ -130,12 +128,12 @@ def as_good_as(unet2d: dict[str, Any], cunets: list[dict[str, Any]], recipe_step
 
 
 def recipe_runs(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The finished seed-0 runs of the recipe's objective."""
-    return [row for row in rows if finished(row) and row["seed"] == 0 and row.get("objective") == RECIPE_OBJECTIVE]
+    """The settled seed-0 runs of the recipe's objective."""
+    return [row for row in rows if row["settled"] and row["seed"] == 0 and row.get("objective") == RECIPE_OBJECTIVE]
 
 
 def verdicts(rows: list[dict[str, Any]], spread: float | None, recipe_steps: int) -> dict[str, Any]:
-    """Every verdict the finished runs allow (empty lists before any)."""
+    """Every verdict the settled runs allow (empty lists before any)."""
     recipe = recipe_runs(rows)
     cunets = {row["width"]: row for row in recipe if row["network"] == "cunet"}
     unet2ds = {row["width"]: row for row in recipe if row["network"] == "unet2d"}
@@ -143,7 +141,7 @@ def verdicts(rows: list[dict[str, Any]], spread: float | None, recipe_steps: int
              for width, unet2d in unet2ds.items() if width in cunets]  # fmt: skip
     across = [as_good_as(unet2d, list(cunets.values()), recipe_steps) for unet2d in unet2ds.values() if cunets]
     fdm = [fdm_verdict(row, cunets[row["width"]], spread) for row in rows
-           if finished(row) and row.get("objective", "").startswith("edm-fdm") and row["width"] in cunets]  # fmt: skip
+           if row["settled"] and row.get("objective", "").startswith("edm-fdm") and row["width"] in cunets]  # fmt: skip
     return {"same_width": pairs, "across_widths": across, "fdm": fdm}
 
 
@@ -204,8 +202,9 @@ def verdict_lines(found: dict[str, Any]) -> list[str]:
     lines = ["\n### Verdicts at convergence\n"]
     if not any(found.values()):
         lines.append(
-            "None yet: a verdict needs both networks of a width finished (the seed spread needs the second seed of "
-            "the x0.5 pair). The 500-step verdicts elsewhere in this file are early training."
+            "None yet: a verdict needs both networks of a width settled (finished and judged converged by the seed "
+            "spread, or at their step cap; the seed spread needs a second seed finished). The 500-step verdicts "
+            "elsewhere in this file are early training."
         )
         return lines
     for pair in found["same_width"]:

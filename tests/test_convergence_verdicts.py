@@ -11,10 +11,11 @@ RECIPE_STEPS = 20
 
 
 def row(name, network, width, points, sweep=(), seconds=None, objective="edm", seed=0, params=1.0, done=True):
-    """A results-file row: `points` as (training seconds, FID) at steps 1, 2, ...; `sweep` as (sampler steps, FID)."""
+    """A results-file row: `points` as (training seconds, FID) at steps 1, 2, ...; `sweep` as (sampler steps, FID);
+    `done`: finished and settled (judged converged or at its cap)."""
     return {
         "name": name, "network": network, "width": width, "objective": objective, "seed": seed, "params": params,
-        "steps": len(points) if done else len(points) - 1, "planned_steps": len(points),
+        "steps": len(points) if done else len(points) - 1, "planned_steps": len(points), "settled": done,
         "points": [{"step": i + 1, "train_seconds": 10 * t, "train_seconds_median": t, "fid": fid}
                    for i, (t, fid) in enumerate(points)],
         "sweep": [{"sampling_steps": steps, "fid": fid} for steps, fid in sweep],
@@ -69,7 +70,7 @@ def test_same_width_verdict_by_hand():
     assert "cUNet 0.07 h, UNet2DModel 0.25 h (0.28x)" in text
 
 
-def test_a_losing_cunet_is_said_plainly_and_unfinished_runs_give_no_verdict():
+def test_a_losing_cunet_is_said_plainly_and_unsettled_runs_give_no_verdict():
     slow = row("cunet-x1", "cunet", "x1", [(100, 14.0), (200, 12.0)], seconds={20: 0.02})
     found = verdicts([slow, UNET2D], spread=0.6, recipe_steps=RECIPE_STEPS)
     (pair,) = found["same_width"]
@@ -79,6 +80,9 @@ def test_a_losing_cunet_is_said_plainly_and_unfinished_runs_give_no_verdict():
     assert "cUNet never (within its steps)" in text and "none: every cUNet's FID is higher" in text
     unfinished = row("cunet-x1", "cunet", "x1", [(100, 9.0), (200, 8.0)], done=False)
     assert verdicts([unfinished, UNET2D], 0.6, RECIPE_STEPS)["same_width"] == []
+    # finished its plan but not judged converged yet (the queue may extend it): no verdict either
+    assert verdicts([CUNET, {**UNET2D, "settled": False}], 0.6, RECIPE_STEPS) == {"same_width": [],
+                                                                                 "across_widths": [], "fdm": []}
     assert "None yet" in "\n".join(verdict_lines(verdicts([unfinished, UNET2D], 0.6, RECIPE_STEPS)))
 
 
