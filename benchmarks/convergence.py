@@ -787,6 +787,9 @@ def plot(results: dict[str, Any], path: Path) -> Path:
         pairs = sampling_curve(row, results["settings"]["sampling_steps"])  # the sweep and the recipe's steps
         if pairs:
             right.plot(*zip(*pairs), label=row["name"], **style)
+    if not right.lines:
+        right.text(0.5, 0.5, "not timed yet: the settled runs are\ntimed side by side in one process",
+                   ha="center", va="center", transform=right.transAxes, color="grey")  # fmt: skip
     floor = metric_floor(path.parent)
     for axis in (left, right):
         if floor is not None:  # how far from real images the scores are, on the same judge
@@ -797,7 +800,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
             axis.legend(fontsize=7)
     left.set(xlabel="training hours (2 CPU cores)", ylabel="FID (judge features, 2,000 samples)",
              title="FID against training time")  # fmt: skip
-    right.set(xlabel="sampling seconds per image", ylabel="FID", title="finished runs: 10/20/50 sampler steps")
+    right.set(xlabel="sampling seconds per image", ylabel="FID", title="settled runs: 10/20/50 sampler steps")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
