@@ -884,7 +884,7 @@ def step_aware_lines(study: dict[str, Any] | None, folder: Path) -> list[str]:
     subject, narrow = STUDIED
     lines = ["\n### Step-aware compute on the converged x1 cUNet\n"]
     if not study or "verdicts" not in study:
-        return lines + [f"Not run yet: it starts when `{subject}` and `{narrow}` have finished (the queue runs it)."]
+        return lines + [f"Not run yet: it starts when `{subject}` and `{narrow}` have settled (finished and judged converged, or at their step cap; the queue runs it)."]
     settings = study["settings"]
     lines += [
         f"`{subject}` at its last step, EDM DPM-Solver++ {settings['sampling_steps']} steps, labels balanced, "
