@@ -143,8 +143,10 @@ def _runs(x1: tuple[int, ...], half: tuple[int, ...], steps: int) -> list[Conver
     instead of ~5.5 h, so the x1 pair is judged, and extended where it has not converged, before the slowest pair
     trains; a seed-1 run gives its FID only and skips the end-of-run measurements); then the x0.5 cUNet with EDM-FDM
     at each multiplier (FDM's loss-weight warm-up; set against the x0.5 cUNet's plain EDM run)."""
-    out = [ConvergenceRun("cunet-x1", "cunet", x1, EULER1, GUIDED, 0, steps=steps, group=0, full_protocol=True),
-           ConvergenceRun("unet2d-x1", "unet2d", x1, None, GUIDED, 0, steps=steps, group=0, full_protocol=True)]
+    out = [
+        ConvergenceRun("cunet-x1", "cunet", x1, EULER1, GUIDED, 0, steps=steps, group=0, full_protocol=True),
+        ConvergenceRun("unet2d-x1", "unet2d", x1, None, GUIDED, 0, steps=steps, group=0, full_protocol=True),
+    ]
     for group, (network, block) in enumerate([("cunet", EULER1), ("unet2d", None)], start=1):
         out += [ConvergenceRun(f"{network}-x0.5{f'-seed{seed}' if seed else ''}", network, half, block, GUIDED, seed,
                                steps=steps, group=group, final_measurements=seed == 0) for seed in (0, 1)]  # fmt: skip
@@ -884,7 +886,10 @@ def step_aware_lines(study: dict[str, Any] | None, folder: Path) -> list[str]:
     subject, narrow = STUDIED
     lines = ["\n### Step-aware compute on the converged x1 cUNet\n"]
     if not study or "verdicts" not in study:
-        return lines + [f"Not run yet: it starts when `{subject}` and `{narrow}` have settled (finished and judged converged, or at their step cap; the queue runs it)."]
+        return lines + [
+            f"Not run yet: it starts when `{subject}` and `{narrow}` have settled (finished and judged "
+            "converged, or at their step cap; the queue runs it)."
+        ]
     settings = study["settings"]
     lines += [
         f"`{subject}` at its last step, EDM DPM-Solver++ {settings['sampling_steps']} steps, labels balanced, "

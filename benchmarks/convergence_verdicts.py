@@ -140,8 +140,11 @@ def verdicts(rows: list[dict[str, Any]], spread: float | None, recipe_steps: int
     pairs = [pair_verdict(cunets[width], unet2d, spread, recipe_steps)
              for width, unet2d in unet2ds.items() if width in cunets]  # fmt: skip
     across = [as_good_as(unet2d, list(cunets.values()), recipe_steps) for unet2d in unet2ds.values() if cunets]
-    fdm = [fdm_verdict(row, cunets[row["width"]], spread) for row in rows
-           if row["settled"] and row.get("objective", "").startswith("edm-fdm") and row["width"] in cunets]  # fmt: skip
+    fdm = [
+        fdm_verdict(row, cunets[row["width"]], spread)
+        for row in rows
+        if row["settled"] and row.get("objective", "").startswith("edm-fdm") and row["width"] in cunets
+    ]
     return {"same_width": pairs, "across_widths": across, "fdm": fdm}
 
 

@@ -81,8 +81,11 @@ def test_a_losing_cunet_is_said_plainly_and_unsettled_runs_give_no_verdict():
     unfinished = row("cunet-x1", "cunet", "x1", [(100, 9.0), (200, 8.0)], done=False)
     assert verdicts([unfinished, UNET2D], 0.6, RECIPE_STEPS)["same_width"] == []
     # finished its plan but not judged converged yet (the queue may extend it): no verdict either
-    assert verdicts([CUNET, {**UNET2D, "settled": False}], 0.6, RECIPE_STEPS) == {"same_width": [],
-                                                                                 "across_widths": [], "fdm": []}
+    assert verdicts([CUNET, {**UNET2D, "settled": False}], 0.6, RECIPE_STEPS) == {
+        "same_width": [],
+        "across_widths": [],
+        "fdm": [],
+    }
     assert "None yet" in "\n".join(verdict_lines(verdicts([unfinished, UNET2D], 0.6, RECIPE_STEPS)))
 
 
