@@ -561,6 +561,18 @@ def work(mode_name: str, folder: Path) -> None:
         train(make_config(**train_options(run, mode.settings, folder, target)))
 
 
+def pace(run: ConvergenceRun, own: dict[str, float], runs: list[ConvergenceRun]) -> tuple[float | None, str]:
+    """`run`'s own value in `own` (seconds a step, or a point's scoring seconds, by run name), else that of the first
+    run of its network and width that has one (a seed sibling, or the plain EDM run of an FDM run: one network costs
+    the same per step and per point), with a note naming it; (None, "") where none has."""
+    if run.name in own:
+        return own[run.name], ""
+    network = (run.model_type, run.name.split("-")[1])
+    donor = next((other.name for other in runs
+                  if other.name in own and (other.model_type, other.name.split("-")[1]) == network), None)  # fmt: skip
+    return (own[donor], f" (pace of {donor})") if donor else (None, "")
+
+
 def status_lines(mode_name: str, folder: Path) -> list[str]:
     """Each run's step, latest scores and estimated hours left (its median seconds per step so far)."""
     from training.checkpointing import list_checkpoints, read_run_record
@@ -568,31 +580,44 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
     mode = MODES[mode_name]
     points = read_points(folder)
     lines = [f"runs folder: {folder}"]
-    hours_left = scoring_hours = 0.0
     rows = [judged_row(run, folder, points) for run in mode.runs]
+    step_time: dict[str, float] = {}
+    point_cost: dict[str, float] = {}
+    for run in mode.runs:
+        kept = list_checkpoints(folder / run.name)
+        step_times = sorted(read_run_record(kept[-1]).get("step_seconds", []) if kept else [])
+        if step_times:
+            step_time[run.name] = step_times[len(step_times) // 2]
+        costs = [p["scoring_seconds"] for p in points if p["run"] == run.name and p.get("scoring_seconds")]
+        if costs:
+            point_cost[run.name] = costs[-1]  # its last point's: what the next one costs
+
+    hours_left = scoring_hours = 0.0
+    unknown_training, unknown_scoring = [], []
     for run, row in zip(mode.runs, rows):
         done, total = steps_done(folder, run), planned_steps(run, folder)
-        kept = list_checkpoints(folder / run.name)
-        record = read_run_record(kept[-1]) if kept else {}
-        step_times = sorted(record.get("step_seconds", []))
-        per_step = step_times[len(step_times) // 2] if step_times else None
+        per_step, borrowed = pace(run, step_time, mode.runs)
         left = (total - done) * per_step / 3600 if per_step else None
         hours_left += left or 0.0
+        if per_step is None:
+            unknown_training.append(run.name)
+        cost, _ = pace(run, point_cost, mode.runs)
+        if cost is None:
+            unknown_scoring.append(run.name)
+        else:
+            scoring_hours += scoring_left(run, folder, mode.settings, points) * cost / 3600
         latest = row["points"][-1] if row["points"] else None
-        if latest and latest.get("scoring_seconds"):  # each run's own cost of a regular point
-            scoring_hours += scoring_left(run, folder, mode.settings, points) * latest["scoring_seconds"] / 3600
         scores = (f"FID {latest['fid']:.2f}, KID {latest['kid_mean']:.4f}, precision {latest['precision']:.3f}, "
                   f"recall {latest['recall']:.3f}, class accuracy {latest['class_accuracy']:.3f} at step "
                   f"{latest['step']}") if latest else "not scored yet"  # fmt: skip
-        timing = f"{per_step:.2f} s/step, {left:.1f} h left" if per_step else "no step timed yet"
+        timing = f"{per_step:.2f} s/step{borrowed}, {left:.1f} h left" if per_step else "no step timed yet"
         lines.append(f"{run.name:<18} step {done:>6}/{total:<6} {timing}; {scores}")
-    untimed = [run.name for run in mode.runs if not list_checkpoints(folder / run.name)]
-    untimed_text = f", not counting {', '.join(untimed)} (no checkpoint to time yet)" if untimed else ""
-    lines.append(f"training left (at each run's own pace): {hours_left:.1f} h{untimed_text}")
-    unscored = [run.name for run in mode.runs
-                if not any(p["run"] == run.name and p.get("scoring_seconds") for p in points)]  # fmt: skip
-    unscored_text = f", not counting {', '.join(unscored)} (not scored yet)" if unscored else ""
-    lines.append(f"scoring left (each run's last point's cost, its end-of-run measurements included): "
+    untimed_text = f", not counting {', '.join(unknown_training)} (no run of their network and width timed yet)" if (
+        unknown_training) else ""  # fmt: skip
+    lines.append(f"training left (at each run's pace): {hours_left:.1f} h{untimed_text}")
+    unscored_text = f", not counting {', '.join(unknown_scoring)} (no run of their network and width scored yet)" if (
+        unknown_scoring) else ""  # fmt: skip
+    lines.append(f"scoring left (at each run's last point's cost, its end-of-run measurements included): "
                  f"{scoring_hours:.1f} h{unscored_text}")  # fmt: skip
     return lines + convergence_lines(rows, mode.settings.convergence_fraction)
 

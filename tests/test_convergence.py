@@ -97,6 +97,16 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     assert "`unet2d-x1`: finished at step 6 (extended from 4); not judged yet" in section
 
 
+def test_an_unstarted_run_borrows_the_pace_of_its_network_and_width():
+    runs = convergence.MODES["cpu"].runs
+    by_name = {run.name: run for run in runs}
+    own = {"cunet-x1": 0.6, "cunet-x0.5": 0.2}
+    assert convergence.pace(by_name["cunet-x1"], own, runs) == (0.6, "")
+    assert convergence.pace(by_name["cunet-x0.5-seed1"], own, runs) == (0.2, " (pace of cunet-x0.5)")
+    assert convergence.pace(by_name["cunet-x0.5-fdm-m2"], own, runs) == (0.2, " (pace of cunet-x0.5)")
+    assert convergence.pace(by_name["unet2d-x0.5"], own, runs) == (None, "")  # the x1 UNet2DModel is no stand-in
+
+
 def test_a_second_launch_leaves_a_running_queue_alone(tmp_path, capsys):
     folder = convergence.runs_folder(tmp_path, "tiny")
     with convergence.queue_lock(folder) as held:  # this test holds the queue, as a running launch would
