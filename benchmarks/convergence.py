@@ -664,6 +664,19 @@ def converged(row: dict[str, Any], spread: float | None, fraction: float) -> boo
     return abs(earlier["fid"] - final["fid"]) <= spread
 
 
+def spread_at_first_plan(rows: list[dict[str, Any]]) -> tuple[int, float] | None:
+    """The seed spread at the runs' first planned steps, once a seed pair has been extended past them (the spread
+    that judged the extended runs; None before)."""
+    extended = [row for row in rows if row["planned_steps"] > row["first_planned_steps"]]
+    if not extended:
+        return None
+    step = min(row["first_planned_steps"] for row in extended)
+    at_step = [{**row, "steps": step, "planned_steps": step, "points": [p for p in row["points"] if p["step"] <= step]}
+               for row in rows if any(p["step"] == step for p in row["points"])]  # fmt: skip
+    spread = seed_spread(at_step)
+    return (step, spread) if spread is not None else None
+
+
 def judgements(mode: Mode, folder: Path) -> tuple[dict[str, dict[str, Any]], float | None]:
     """Each run's `judged_row` by name, and the seed spread they give (None before a seed pair has finished)."""
     points = read_points(folder)
@@ -734,9 +747,11 @@ def convergence_lines(rows: list[dict[str, Any]], fraction: float) -> list[str]:
     converged."""
     spread = seed_spread(rows)
     if spread is None:
-        return ["convergence: not judged yet (the seed spread needs both seeds of one model finished)"]
-    lines = [f"convergence (FID at {fraction:.0%} of the steps within the seed spread "
-             f"{spread:.2f} of the final FID):"]  # fmt: skip
+        lines = ["convergence: not judged now (the seed spread needs both seeds of one model finished at their "
+                 "planned steps)"]  # fmt: skip
+    else:
+        lines = [f"convergence (FID at {fraction:.0%} of the steps within the seed spread "
+                 f"{spread:.2f} of the final FID):"]  # fmt: skip
     for row in rows:
         verdict = converged(row, spread, fraction)
         if verdict is None and row["planned_steps"] > row["first_planned_steps"]:
@@ -891,12 +906,19 @@ def report_section(results: dict[str, Any], folder: Path) -> list[str]:
                          f"{point['recall']:.3f} | {point['class_accuracy']:.1%} | {held_out} |")  # fmt: skip
     lines.append("")
     for row in results["runs"]:
-        verdict = {True: "converged", False: "not converged", None: "not judged yet"}[row["converged"]]
+        extended_on = row["first_planned_steps"] < row["planned_steps"] and row["steps"] < row["planned_steps"]
+        waiting = "judged at its new end" if extended_on else "not judged yet"
+        verdict = {True: "converged", False: "not converged", None: waiting}[row["converged"]]
         lines.append(f"- `{row['name']}`: {status_text(row)}; {verdict}.")
     spread = results["seed_spread_fid"]
     lines.append(f"\nSeed spread of the final FID: {spread:.2f}." if spread is not None else
-                 "\nNo seed pair has finished yet: convergence (FID at 70% of the steps within the seed spread of "
-                 "the final FID) is judged when one has.")  # fmt: skip
+                 "\nNo seed pair is finished at its planned steps now: convergence (FID at 70% of the steps within "
+                 "the seed spread of the final FID) is judged when one is.")  # fmt: skip
+    earlier = spread_at_first_plan(results["runs"])
+    if earlier is not None:
+        step, was = earlier
+        lines.append(f"At {step:,} steps (the runs' first plan) the seed spread was {was:.2f}; the runs that moved "
+                     f"more than that since 70% of their steps were extended with their seeds.")  # fmt: skip
     lines += verdict_lines(results["verdicts"])
     plot(results, folder / PLOT_FILE)
     lines.append(f"\n![FID against training hours]({paths.shown(folder / PLOT_FILE)})\n")

@@ -97,6 +97,19 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     assert "`unet2d-x1`: finished at step 6 (extended from 4); not judged yet" in section
 
 
+def test_the_spread_that_judged_extended_runs_is_still_reported():
+    def row(name, seed, fids, planned=6):
+        return {"name": name, "network": "cunet", "width": "x0.5", "objective": "edm", "seed": seed,
+                "first_planned_steps": 4, "planned_steps": planned, "steps": max(fids),
+                "points": [{"step": step, "fid": fid} for step, fid in fids.items()]}  # fmt: skip
+
+    rows = [row("a", 0, {2: 9.0, 4: 5.0}, planned=4), row("b", 1, {2: 8.0, 4: 5.5}, planned=4)]
+    assert convergence.spread_at_first_plan(rows) is None  # nothing extended: the current spread says it all
+    rows = [row("a", 0, {2: 9.0, 4: 5.0, 6: 4.0}), row("b", 1, {2: 8.0, 4: 5.5})]  # extended to 6, one still on
+    assert convergence.seed_spread(rows) is None
+    assert convergence.spread_at_first_plan(rows) == (4, pytest.approx(0.5))
+
+
 def test_an_unstarted_run_borrows_the_pace_of_its_network_and_width():
     runs = convergence.MODES["cpu"].runs
     by_name = {run.name: run for run in runs}
@@ -215,7 +228,7 @@ def test_status_judges_finished_runs_once_a_seed_spread_exists_and_says_how_to_e
         return convergence.convergence_lines(rows, mode.settings.convergence_fraction)
 
     assert lines_for(points) == [
-        "convergence: not judged yet (the seed spread needs both seeds of one model finished)"
+        "convergence: not judged now (the seed spread needs both seeds of one model finished at their planned steps)"
     ]
     points += scored("unet2d-x0.5-seed1", {12_000: 5.4})  # the spread: 0.4
     lines = lines_for(points)
@@ -224,6 +237,10 @@ def test_status_judges_finished_runs_once_a_seed_spread_exists_and_says_how_to_e
     assert lines[2] == "  unet2d-x1: converged (final FID 3.00 at step 12000)"
     convergence.extend("cpu", tmp_path, "cunet-x1", 18_000)
     assert lines_for(points)[1] == "  cunet-x1: extended to 18000 steps (not converged at 12000); at step 12000"
+    convergence.extend("cpu", tmp_path, "unet2d-x0.5-seed1", 18_000)  # the only seed pair trains on: no spread now,
+    lines = lines_for(points)  # yet the extended runs are still listed
+    assert lines[0].startswith("convergence: not judged now") and len(lines) == 3
+    assert lines[2] == "  unet2d-x0.5-seed1: extended to 18000 steps (not converged at 12000); at step 12000"
 
 
 def test_the_queue_extends_unconverged_runs_with_their_seeds_and_measures_only_settled_ones(tmp_path):
