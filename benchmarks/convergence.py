@@ -567,9 +567,8 @@ def pace(run: ConvergenceRun, own: dict[str, float], runs: list[ConvergenceRun])
     the same per step and per point), with a note naming it; (None, "") where none has."""
     if run.name in own:
         return own[run.name], ""
-    network = (run.model_type, run.name.split("-")[1])
-    donor = next((other.name for other in runs
-                  if other.name in own and (other.model_type, other.name.split("-")[1]) == network), None)  # fmt: skip
+    network = run_model(run)[:2]  # network and width, whatever the objective
+    donor = next((other.name for other in runs if other.name in own and run_model(other)[:2] == network), None)
     return (own[donor], f" (pace of {donor})") if donor else (None, "")
 
 
@@ -910,15 +909,16 @@ def report_section(results: dict[str, Any], folder: Path) -> list[str]:
         waiting = "judged at its new end" if extended_on else "not judged yet"
         verdict = {True: "converged", False: "not converged", None: waiting}[row["converged"]]
         lines.append(f"- `{row['name']}`: {status_text(row)}; {verdict}.")
-    spread = results["seed_spread_fid"]
+    spread, fraction = results["seed_spread_fid"], results["settings"]["convergence_fraction"]
     lines.append(f"\nSeed spread of the final FID: {spread:.2f}." if spread is not None else
-                 "\nNo seed pair is finished at its planned steps now: convergence (FID at 70% of the steps within "
-                 "the seed spread of the final FID) is judged when one is.")  # fmt: skip
+                 f"\nNo seed pair is finished at its planned steps now: convergence (FID at {fraction:.0%} of the "
+                 f"steps within the seed spread of the final FID) is judged when one is.")  # fmt: skip
     earlier = spread_at_first_plan(results["runs"])
     if earlier is not None:
         step, was = earlier
-        lines.append(f"At {step:,} steps (the runs' first plan) the seed spread was {was:.2f}; the runs that moved "
-                     f"more than that since 70% of their steps were extended with their seeds.")  # fmt: skip
+        lines.append(f"At {step:,} steps (the runs' first plan) the seed spread was {was:.2f}; the runs that "
+                     f"moved more than that since {fraction:.0%} of their steps were extended with their "
+                     "seeds.")  # fmt: skip
     lines += verdict_lines(results["verdicts"])
     plot(results, folder / PLOT_FILE)
     lines.append(f"\n![FID against training hours]({paths.shown(folder / PLOT_FILE)})\n")
