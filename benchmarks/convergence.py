@@ -6,8 +6,9 @@ outside the work tree. Each run is trained in stages of `score_every` steps; aft
 EMA weights are sampled and scored by the committed judge (`evaluation.fashion_judge`) and the point is appended to
 `<runs>/points.jsonl`. Within a group the run with the fewest steps goes next, so every run of a group advances
 together; a group starts when the one before it is done. Once a seed pair has finished, the seed spread judges each
-finished run: an unconverged one is extended by itself (`extend_unconverged`), and the end-of-run measurements, the
-side-by-side timing and the step-aware study wait until a run is settled (converged, or at its step cap).
+finished run: an unconverged one is extended by itself (`extend_unconverged`; extended runs train before any other,
+the one with the least training time left first), and the end-of-run measurements, the side-by-side timing and the
+step-aware study wait until a run is settled (converged, or at its step cap).
 
     make convergence                                  # = python -m benchmarks.convergence --background: start or
                                                       # resume the queue in the background (idempotent)
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import math
 import os
 import statistics
 import sys
@@ -290,10 +292,23 @@ def scoring_left(run: ConvergenceRun, folder: Path, settings: ConvergenceSetting
 
 
 def next_run(mode: Mode, folder: Path) -> ConvergenceRun | None:
-    """The unfinished run with the fewest steps in the first group that has one (None when all are done)."""
+    """The run that trains the next stage (None when all are done). Runs extended past their first plan go first, the
+    one with the least training time left first: the cheapest seed pair gives the spread every extended run is
+    judged by, and each run finished sooner is judged sooner while the last one finishes when it would anyway (the
+    x1 cUNet, which the release waits for, is then not held behind the x1 UNet2DModel). Otherwise the unfinished run
+    with the fewest steps in the first group that has one, so a group's runs advance together."""
     unfinished = [run for run in mode.runs if steps_done(folder, run) < planned_steps(run, folder)]
     if not unfinished:
         return None
+    extended = [run for run in unfinished if planned_steps(run, folder) > run.steps]
+    if extended:
+        per_step = step_times(mode, folder)
+
+        def seconds_left(run: ConvergenceRun) -> float:
+            seconds, _ = pace(run, per_step, mode.runs)
+            return (planned_steps(run, folder) - steps_done(folder, run)) * (seconds or math.inf)
+
+        return min(extended, key=seconds_left)
     group = min(run.group for run in unfinished)
     return min((run for run in unfinished if run.group == group), key=lambda run: steps_done(folder, run))
 
@@ -561,6 +576,19 @@ def work(mode_name: str, folder: Path) -> None:
         train(make_config(**train_options(run, mode.settings, folder, target)))
 
 
+def step_times(mode: Mode, folder: Path) -> dict[str, float]:
+    """Each trained run's median seconds per optimizer step so far (its newest checkpoint's run record), by name."""
+    from training.checkpointing import list_checkpoints, read_run_record
+
+    found = {}
+    for run in mode.runs:
+        kept = list_checkpoints(folder / run.name)
+        seconds = sorted(read_run_record(kept[-1]).get("step_seconds", []) if kept else [])
+        if seconds:
+            found[run.name] = seconds[len(seconds) // 2]
+    return found
+
+
 def pace(run: ConvergenceRun, own: dict[str, float], runs: list[ConvergenceRun]) -> tuple[float | None, str]:
     """`run`'s own value in `own` (seconds a step, or a point's scoring seconds, by run name), else that of the first
     run of its network and width that has one (a seed sibling, or the plain EDM run of an FDM run: one network costs
@@ -574,19 +602,14 @@ def pace(run: ConvergenceRun, own: dict[str, float], runs: list[ConvergenceRun])
 
 def status_lines(mode_name: str, folder: Path) -> list[str]:
     """Each run's step, latest scores and estimated hours left (its median seconds per step so far)."""
-    from training.checkpointing import list_checkpoints, read_run_record
 
     mode = MODES[mode_name]
     points = read_points(folder)
     lines = [f"runs folder: {folder}"]
     rows = [judged_row(run, folder, points) for run in mode.runs]
-    step_time: dict[str, float] = {}
+    step_time = step_times(mode, folder)
     point_cost: dict[str, float] = {}
     for run in mode.runs:
-        kept = list_checkpoints(folder / run.name)
-        step_times = sorted(read_run_record(kept[-1]).get("step_seconds", []) if kept else [])
-        if step_times:
-            step_time[run.name] = step_times[len(step_times) // 2]
         costs = [p["scoring_seconds"] for p in points if p["run"] == run.name and p.get("scoring_seconds")]
         if costs:
             point_cost[run.name] = costs[-1]  # its last point's: what the next one costs
@@ -788,14 +811,14 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
         kept = list_checkpoints(folder / run.name)
         if not regular and not kept:
             continue  # not started
-        step_times = read_run_record(kept[-1]).get("step_seconds", []) if kept else []
+        step_seconds = read_run_record(kept[-1]).get("step_seconds", []) if kept else []
         at_end = [p for p in own if p["step"] == last and p.get("kind") in ("guided", "sweep", "full")]
         guided = sorted((p for p in at_end if p["kind"] == "guided"), key=lambda p: p["guidance_scale"])
         row = {
             **judged, "block_out_channels": list(run.block_out_channels),
             "params": count_parameters(load_ema(kept[-1], run.model_type)) if kept else None,
             "points": [{**{key: p.get(key) for key in POINT_FIELDS},
-                        "train_seconds_median": median_step_time(step_times, p["step"])} for p in regular],
+                        "train_seconds_median": median_step_time(step_seconds, p["step"])} for p in regular],
             "guided": guided, "sweep": [p for p in at_end if p["kind"] == "sweep"],
             "final": next((p for p in at_end if p["kind"] == "full"), None),
             "recommended_guidance_scale": recommended_point(guided, regular[-1])["guidance_scale"] if guided else None,

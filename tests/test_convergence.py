@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, needs_data
 
 from benchmarks import convergence
+from training.checkpointing import RUN_RECORD_FILE
 from training.export import read_run_values
 from training.options import loss_weight_warmup_steps, make_config
 
@@ -118,6 +119,32 @@ def test_an_unstarted_run_borrows_the_pace_of_its_network_and_width():
     assert convergence.pace(by_name["cunet-x0.5-seed1"], own, runs) == (0.2, " (pace of cunet-x0.5)")
     assert convergence.pace(by_name["cunet-x0.5-fdm-m2"], own, runs) == (0.2, " (pace of cunet-x0.5)")
     assert convergence.pace(by_name["unet2d-x0.5"], own, runs) == (None, "")  # the x1 UNet2DModel is no stand-in
+
+
+def test_extended_runs_go_first_least_training_time_left_first(tmp_path):
+    mode = convergence.MODES["cpu"]
+    runs = {run.name: run for run in mode.runs}
+
+    def checkpoint(name: str, step: int, seconds_per_step: float) -> None:
+        folder = tmp_path / name / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / RUN_RECORD_FILE).write_text(json.dumps({"step_seconds": [seconds_per_step] * 3}))
+
+    checkpoint("cunet-x1", 8000, 0.6)
+    checkpoint("unet2d-x1", 10_000, 1.5)
+    assert convergence.next_run(mode, tmp_path).name == "cunet-x1"  # first plans: the group's runs advance together
+    for name, step, seconds in [("cunet-x1", 12_500, 0.6), ("unet2d-x1", 12_000, 1.5), ("cunet-x0.5", 12_000, 0.2),
+                                ("cunet-x0.5-seed1", 12_000, 0.2)]:  # fmt: skip
+        checkpoint(name, step, seconds)
+    assert convergence.next_run(mode, tmp_path).name == "unet2d-x0.5"  # all four done: the next group
+    for name in ["cunet-x1", "unet2d-x1", "cunet-x0.5", "cunet-x0.5-seed1"]:
+        convergence.record_extension(tmp_path, name, 18_000)
+    assert convergence.next_run(mode, tmp_path).name == "cunet-x0.5"  # the seed pair: 6,000 steps at 0.2 s
+    checkpoint("cunet-x0.5", 18_000, 0.2)
+    checkpoint("cunet-x0.5-seed1", 18_000, 0.2)
+    assert convergence.next_run(mode, tmp_path).name == "cunet-x1"  # 5,500 steps at 0.6 s before 6,000 at 1.5 s
+    checkpoint("cunet-x1", 18_000, 0.6)
+    assert convergence.next_run(mode, tmp_path) is runs["unet2d-x1"]
 
 
 def test_a_second_launch_leaves_a_running_queue_alone(tmp_path, capsys):
