@@ -572,7 +572,7 @@ def work(mode_name: str, folder: Path) -> None:
             return
         done, total = steps_done(folder, run), planned_steps(run, folder)
         target = min(total, (done // mode.settings.score_every + 1) * mode.settings.score_every)
-        print(f"\n=== {run.name}: step {done} -> {target} (of {total}) ===", flush=True)
+        print(f"\n{STAGE_MARK}{run.name}: step {done} -> {target} (of {total}) ===", flush=True)
         train(make_config(**train_options(run, mode.settings, folder, target)))
 
 
@@ -600,12 +600,25 @@ def pace(run: ConvergenceRun, own: dict[str, float], runs: list[ConvergenceRun])
     return (own[donor], f" (pace of {donor})") if donor else (None, "")
 
 
+STAGE_MARK = "=== "  # how the queue's log announces each training stage
+
+
+def queue_state(folder: Path) -> str:
+    """Whether a queue is running on `folder`, and the training stage its log announced last."""
+    if not queue_is_running(folder):
+        return "queue: not running (`make convergence` resumes it)"
+    log = folder / LOG_FILE
+    stages = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(STAGE_MARK)] if (
+        log.is_file()) else []  # fmt: skip
+    return "queue: running" + (f"; its latest stage: {stages[-1].strip('= ')}" if stages else "")
+
+
 def status_lines(mode_name: str, folder: Path) -> list[str]:
     """Each run's step, latest scores and estimated hours left (its median seconds per step so far)."""
 
     mode = MODES[mode_name]
     points = read_points(folder)
-    lines = [f"runs folder: {folder}"]
+    lines = [f"runs folder: {folder}", queue_state(folder)]
     rows = [judged_row(run, folder, points) for run in mode.runs]
     step_time = step_times(mode, folder)
     point_cost: dict[str, float] = {}

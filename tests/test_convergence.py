@@ -81,6 +81,7 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     convergence.main(["--mode", "tiny", "--runs", str(tmp_path), "--status"])
     status = capsys.readouterr().out
     assert "unet2d-x1" in status and "6/6" in status and "FID" in status and "h left" in status
+    assert "queue: not running (`make convergence` resumes it)" in status
     assert "scoring left" in status and "not counting" not in status.split("scoring left")[1]  # every run scored
 
     results = tmp_path / "results"
@@ -156,6 +157,8 @@ def test_a_second_launch_leaves_a_running_queue_alone(tmp_path, capsys):
         assert stopped.value.code == 0
         assert "already being run" in capsys.readouterr().out
         assert convergence.launch_in_background("tiny", folder) is None
+        (folder / convergence.LOG_FILE).write_text("\n=== cunet-x1: step 2 -> 4 (of 4) ===\ntraining:  50%|\r")
+        assert convergence.queue_state(folder) == "queue: running; its latest stage: cunet-x1: step 2 -> 4 (of 4)"
     assert not convergence.read_points(folder), "nothing was trained"
 
 
