@@ -699,17 +699,18 @@ def converged(row: dict[str, Any], spread: float | None, fraction: float) -> boo
     return abs(earlier["fid"] - final["fid"]) <= spread
 
 
-def spread_at_first_plan(rows: list[dict[str, Any]]) -> tuple[int, float] | None:
-    """The seed spread at the runs' first planned steps, once a seed pair has been extended past them (the spread
-    that judged the extended runs; None before)."""
-    extended = [row for row in rows if row["planned_steps"] > row["first_planned_steps"]]
-    if not extended:
-        return None
-    step = min(row["first_planned_steps"] for row in extended)
-    at_step = [{**row, "steps": step, "planned_steps": step, "points": [p for p in row["points"] if p["step"] <= step]}
-               for row in rows if any(p["step"] == step for p in row["points"])]  # fmt: skip
-    spread = seed_spread(at_step)
-    return (step, spread) if spread is not None else None
+def seed_spread_by_step(rows: list[dict[str, Any]]) -> dict[int, float]:
+    """The seed spread at every step where two seeds of one model were both scored (the largest over models): the
+    threshold the criterion uses at each end a pair reaches, and how much that threshold itself moves."""
+    fids: dict[tuple[int, tuple[str, str, str]], list[float]] = {}
+    for row in rows:
+        for point in row["points"]:
+            fids.setdefault((point["step"], model_key(row)), []).append(point["fid"])
+    by_step: dict[int, float] = {}
+    for (step, _), values in sorted(fids.items()):
+        if len(values) > 1:
+            by_step[step] = max(by_step.get(step, 0.0), max(values) - min(values))
+    return by_step
 
 
 def judgements(mode: Mode, folder: Path) -> tuple[dict[str, dict[str, Any]], float | None]:
@@ -782,15 +783,17 @@ def convergence_lines(rows: list[dict[str, Any]], fraction: float) -> list[str]:
     converged."""
     spread = seed_spread(rows)
     if spread is None:
+        measured = seed_spread_by_step(rows)
+        last = f"; the last measured: {measured[max(measured)]:.2f} at step {max(measured)}" if measured else ""
         lines = ["convergence: not judged now (the seed spread needs both seeds of one model finished at their "
-                 "planned steps)"]  # fmt: skip
+                 f"planned steps{last})"]  # fmt: skip
     else:
         lines = [f"convergence (FID at {fraction:.0%} of the steps within the seed spread "
                  f"{spread:.2f} of the final FID):"]  # fmt: skip
     for row in rows:
         verdict = converged(row, spread, fraction)
         if verdict is None and row["planned_steps"] > row["first_planned_steps"]:
-            lines.append(f"  {row['name']}: extended to {row['planned_steps']} steps (not converged at "
+            lines.append(f"  {row['name']}: extended to {row['planned_steps']} steps (first planned "
                          f"{row['first_planned_steps']}); at step {row['steps']}")  # fmt: skip
         if verdict is None:
             continue  # not finished
@@ -846,6 +849,7 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
     study_path = folder / STEP_AWARE_FILE
     study = json.loads(study_path.read_text()) if study_path.is_file() else None
     return {"mode": mode_name, "settings": asdict(mode.settings), "runs": rows, "seed_spread_fid": spread,
+            "seed_spread_by_step": seed_spread_by_step(rows),
             "verdicts": verdicts(rows, spread, mode.settings.sampling_steps), "step_aware": study,
             "timing": timing, "judge": judge_metadata(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d")}  # fmt: skip
@@ -949,12 +953,12 @@ def report_section(results: dict[str, Any], folder: Path) -> list[str]:
     lines.append(f"\nSeed spread of the final FID: {spread:.2f}." if spread is not None else
                  f"\nNo seed pair is finished at its planned steps now: convergence (FID at {fraction:.0%} of the "
                  f"steps within the seed spread of the final FID) is judged when one is.")  # fmt: skip
-    earlier = spread_at_first_plan(results["runs"])
-    if earlier is not None:
-        step, was = earlier
-        lines.append(f"At {step:,} steps (the runs' first plan) the seed spread was {was:.2f}; the runs that "
-                     f"moved more than that since {fraction:.0%} of their steps were extended with their "
-                     "seeds.")  # fmt: skip
+    if results["seed_spread_by_step"] and any(row["planned_steps"] > row["first_planned_steps"]
+                                               for row in results["runs"]):  # fmt: skip
+        measured = ", ".join(f"{int(step):,}: {value:.2f}" for step, value in results["seed_spread_by_step"].items())
+        lines.append(f"Seed spread at each step both seeds were scored: {measured}. A judgement uses the spread "
+                     "at the seed pair's planned end at that time; the runs that moved more than it since "
+                     f"{fraction:.0%} of their steps were extended with their seeds.")  # fmt: skip
     lines += verdict_lines(results["verdicts"])
     plot(results, folder / PLOT_FILE)
     lines.append(f"\n![FID against training hours]({paths.shown(folder / PLOT_FILE)})\n")

@@ -99,17 +99,19 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     assert "`unet2d-x1`: finished at step 6 (extended from 4); not judged yet" in section
 
 
-def test_the_spread_that_judged_extended_runs_is_still_reported():
-    def row(name, seed, fids, planned=6):
-        return {"name": name, "network": "cunet", "width": "x0.5", "objective": "edm", "seed": seed,
+def test_the_seed_spread_at_every_step_both_seeds_were_scored_is_reported():
+    def row(name, seed, fids, planned=6, width="x0.5"):
+        return {"name": name, "network": "cunet", "width": width, "objective": "edm", "seed": seed,
                 "first_planned_steps": 4, "planned_steps": planned, "steps": max(fids),
                 "points": [{"step": step, "fid": fid} for step, fid in fids.items()]}  # fmt: skip
 
-    rows = [row("a", 0, {2: 9.0, 4: 5.0}, planned=4), row("b", 1, {2: 8.0, 4: 5.5}, planned=4)]
-    assert convergence.spread_at_first_plan(rows) is None  # nothing extended: the current spread says it all
-    rows = [row("a", 0, {2: 9.0, 4: 5.0, 6: 4.0}), row("b", 1, {2: 8.0, 4: 5.5})]  # extended to 6, one still on
+    rows = [row("a", 0, {2: 9.0, 4: 5.0, 6: 4.0}), row("b", 1, {2: 8.0, 4: 5.5}),  # extended to 6, one still on
+            row("c", 0, {2: 7.0, 4: 6.0, 6: 5.0}, width="x1")]  # no second seed: in no spread  # fmt: skip
     assert convergence.seed_spread(rows) is None
-    assert convergence.spread_at_first_plan(rows) == (4, pytest.approx(0.5))
+    assert convergence.seed_spread_by_step(rows) == {2: pytest.approx(1.0), 4: pytest.approx(0.5)}
+    status = "\n".join(convergence.convergence_lines(rows, 0.7))
+    assert "the last measured: 0.50 at step 4" in status
+    assert "a: extended to 6 steps (first planned 4); at step 6" in status
 
 
 def test_an_unstarted_run_borrows_the_pace_of_its_network_and_width():
@@ -266,11 +268,11 @@ def test_status_judges_finished_runs_once_a_seed_spread_exists_and_says_how_to_e
     assert lines[1].startswith("  cunet-x1: not converged (final FID 3.00 at step 12000): the queue extends it")
     assert lines[2] == "  unet2d-x1: converged (final FID 3.00 at step 12000)"
     convergence.extend("cpu", tmp_path, "cunet-x1", 18_000)
-    assert lines_for(points)[1] == "  cunet-x1: extended to 18000 steps (not converged at 12000); at step 12000"
+    assert lines_for(points)[1] == "  cunet-x1: extended to 18000 steps (first planned 12000); at step 12000"
     convergence.extend("cpu", tmp_path, "unet2d-x0.5-seed1", 18_000)  # the only seed pair trains on: no spread now,
     lines = lines_for(points)  # yet the extended runs are still listed
     assert lines[0].startswith("convergence: not judged now") and len(lines) == 3
-    assert lines[2] == "  unet2d-x0.5-seed1: extended to 18000 steps (not converged at 12000); at step 12000"
+    assert lines[2] == "  unet2d-x0.5-seed1: extended to 18000 steps (first planned 12000); at step 12000"
 
 
 def test_the_queue_extends_unconverged_runs_with_their_seeds_and_measures_only_settled_ones(tmp_path):
