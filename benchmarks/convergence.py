@@ -686,8 +686,13 @@ def seed_spread(rows: list[dict[str, Any]]) -> float | None:
     for row in rows:
         if row["points"] and row["steps"] >= row["planned_steps"]:
             by_model.setdefault(model_key(row), []).append(row["points"][-1]["fid"])
-    spreads = [max(fids) - min(fids) for fids in by_model.values() if len(fids) > 1]
-    return max(spreads) if spreads else None
+    return widest_seed_gap(by_model)
+
+
+def widest_seed_gap(fids_by_model: dict[tuple[str, str, str], list[float]]) -> float | None:
+    """The largest FID difference between two seeds of one model (None where no model has two)."""
+    gaps = [max(fids) - min(fids) for fids in fids_by_model.values() if len(fids) > 1]
+    return max(gaps) if gaps else None
 
 
 def converged(row: dict[str, Any], spread: float | None, fraction: float) -> bool | None:
@@ -702,15 +707,12 @@ def converged(row: dict[str, Any], spread: float | None, fraction: float) -> boo
 def seed_spread_by_step(rows: list[dict[str, Any]]) -> dict[int, float]:
     """The seed spread at every step where two seeds of one model were both scored (the largest over models): the
     threshold the criterion uses at each end a pair reaches, and how much that threshold itself moves."""
-    fids: dict[tuple[int, tuple[str, str, str]], list[float]] = {}
+    by_step: dict[int, dict[tuple[str, str, str], list[float]]] = {}
     for row in rows:
         for point in row["points"]:
-            fids.setdefault((point["step"], model_key(row)), []).append(point["fid"])
-    by_step: dict[int, float] = {}
-    for (step, _), values in sorted(fids.items()):
-        if len(values) > 1:
-            by_step[step] = max(by_step.get(step, 0.0), max(values) - min(values))
-    return by_step
+            by_step.setdefault(point["step"], {}).setdefault(model_key(row), []).append(point["fid"])
+    gaps = {step: widest_seed_gap(fids_by_model) for step, fids_by_model in sorted(by_step.items())}
+    return {step: gap for step, gap in gaps.items() if gap is not None}
 
 
 def judgements(mode: Mode, folder: Path) -> tuple[dict[str, dict[str, Any]], float | None]:
