@@ -60,6 +60,7 @@ DEFAULT_RUNS = Path("~/.cache/diffusers-cunet/runs")
 POINTS_FILE = "points.jsonl"  # one scored checkpoint a line, appended
 EXTENSIONS_FILE = "extensions.json"  # steps a run was extended to, by name
 LOCK_FILE = "queue.lock"
+RESTORED_FILE = "restored.json"  # where a new runs folder's points came from (the published results), and the params
 TIMING_FILE = "timing.json"  # sampling seconds per image of the finished models, measured side by side
 STEP_AWARE_FILE = "step_aware.json"  # block skipping, feature reuse on the finished x1 cUNet (benchmarks.step_aware)
 STEP_AWARE_PLOT = "convergence_step_aware.png"
@@ -226,17 +227,20 @@ def steps_done(folder: Path, run: ConvergenceRun) -> int:
 
 
 def read_points(folder: Path) -> list[dict[str, Any]]:
-    """The scored points so far, in the order they were scored (a line cut short by a kill is passed over)."""
+    """The scored points so far, in the order they were scored, the latest of each `point_key` (a line cut short by a
+    kill is passed over)."""
     path = folder / POINTS_FILE
     if not path.is_file():
         return []
-    points = []
+    latest: dict[tuple, dict[str, Any]] = {}
     for line in path.read_text().splitlines():
         try:
-            points.append(json.loads(line))
+            point = json.loads(line)
         except json.JSONDecodeError:
             continue  # the last line of a process killed while appending
-    return points
+        latest.pop(point_key(point), None)  # a point measured again (a retrained run's) replaces the earlier one
+        latest[point_key(point)] = point
+    return list(latest.values())
 
 
 def append_point(folder: Path, point: dict[str, Any]) -> None:
@@ -255,6 +259,54 @@ def point_key(point: dict[str, Any]) -> tuple:
     """What a point measured: the run, step, kind (`checkpoint`, `guided`, `sweep` or `full`) and sampling setting."""
     return (point["run"], point["step"], point.get("kind", "checkpoint"), point.get("guidance_scale", 1.0),
             point.get("sampling_steps"), point.get("samples"))  # fmt: skip
+
+
+def restore_published(mode_name: str, folder: Path, results_file: Path) -> int:
+    """A runs folder with no points yet (a new machine: checkpoints are never committed) takes up the results published
+    for `mode_name` in `results_file`: every point (the regular ones marked `restored`), the extensions, the timing
+    and the step-aware study, and each run's parameter count (`restored.json`). Runs whose weights are still needed
+    retrain from step 0, and each restored point they pass is checked against the retrained run
+    (`score_new_checkpoints`). Nothing is restored from results of another mode or scoring protocol. Returns the
+    number of points restored."""
+    from diffusers_cunet.atomic_write import replace_text
+
+    if read_points(folder) or not results_file.is_file():
+        return 0
+    published = json.loads(results_file.read_text())
+    settings = MODES[mode_name].settings
+    if published.get("mode") != mode_name or published.get("settings") != json.loads(json.dumps(asdict(settings))):
+        print(f"{results_file} holds results of another mode or protocol: nothing restored", flush=True)
+        return 0
+    plain = {"kind": "checkpoint", "guidance_scale": 1.0, "sampling_steps": settings.sampling_steps,
+             "samples": settings.samples}  # fmt: skip
+    points = []
+    for row in published["runs"]:
+        points += [{"run": row["name"], **plain, **point, "restored": True} for point in row["points"]]
+        points += [*row["guided"], *row["sweep"], *([row["final"]] if row["final"] else [])]
+        if row["planned_steps"] > row["first_planned_steps"]:
+            record_extension(folder, row["name"], row["planned_steps"])
+    for name, data in ((TIMING_FILE, published.get("timing")), (STEP_AWARE_FILE, published.get("step_aware"))):
+        if data:
+            replace_text(folder / name, json.dumps(data, indent=2))
+    params = {row["name"]: row["params"] for row in published["runs"]}
+    record = {"from": str(results_file), "published": published["date"], "params": params}
+    replace_text(folder / RESTORED_FILE, json.dumps(record, indent=2))
+    replace_text(folder / POINTS_FILE, "".join(json.dumps(point) + "\n" for point in points))
+    print(f"new runs folder: {len(points)} points of {len(published['runs'])} runs restored from {results_file} "
+          f"(published {published['date']}); runs whose weights are needed retrain from their newest checkpoint, "
+          "each restored point checked against the retrained run's held-out error", flush=True)  # fmt: skip
+    return len(points)
+
+
+def recorded_steps(run: ConvergenceRun, points: list[dict[str, Any]]) -> int:
+    """The last step of `run` with a regular point (scored here, or restored from the published results)."""
+    return max((p["step"] for p in points if p["run"] == run.name and p.get("kind", "checkpoint") == "checkpoint"),
+               default=0)  # fmt: skip
+
+
+def weights_needed(run: ConvergenceRun, settings: ConvergenceSettings) -> bool:
+    """Whether the queue loads `run`'s final weights after its training: to time it side by side, or to study it."""
+    return run.final_measurements or (settings.study_step_aware and run.name in STUDIED)
 
 
 def final_tasks(run: ConvergenceRun, settings: ConvergenceSettings) -> list[dict[str, Any]]:
@@ -296,10 +348,15 @@ def next_run(mode: Mode, folder: Path) -> ConvergenceRun | None:
     one with the least training time left first: the cheapest seed pair gives the spread every extended run is
     judged by, and each run finished sooner is judged sooner while the last one finishes when it would anyway (the
     x1 cUNet, which the release waits for, is then not held behind the x1 UNet2DModel). Otherwise the unfinished run
-    with the fewest steps in the first group that has one, so a group's runs advance together."""
+    with the fewest steps in the first group that has one, so a group's runs advance together. A run finished on
+    record (its points restored) but whose weights were lost trains again only where they are needed, after all
+    others."""
+    points = read_points(folder)
     unfinished = [run for run in mode.runs if steps_done(folder, run) < planned_steps(run, folder)]
-    if not unfinished:
-        return None
+    learning = [run for run in unfinished if recorded_steps(run, points) < planned_steps(run, folder)]
+    if not learning:
+        return next((run for run in unfinished if weights_needed(run, mode.settings)), None)
+    unfinished = learning
     extended = [run for run in unfinished if planned_steps(run, folder) > run.steps]
     if extended:
         per_step = step_times(mode, folder)
@@ -379,7 +436,9 @@ def score_final_tasks(run: ConvergenceRun, folder: Path, scorer: Scorer, step: i
     if not todo:
         return
     output = folder / run.name
-    checkpoint = next(path for path in list_checkpoints(output) if path.name == f"checkpoint-{step}")
+    checkpoint = next((path for path in list_checkpoints(output) if path.name == f"checkpoint-{step}"), None)
+    if checkpoint is None:
+        return  # lost with a machine: measured once the run has retrained to `step`
     unet = load_ema(checkpoint, run.model_type)
     noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
     for task in todo:
@@ -406,8 +465,9 @@ def time_finished_runs(mode: Mode, folder: Path) -> None:
     runs = [run for run in mode.runs if run.final_measurements]
     steps = {run.name: steps_done(folder, run) for run in runs}
     rows, spread = judgements(mode, folder)
-    if not all(settled(run, rows[run.name], spread, mode) for run in runs):
-        return
+    if not all(settled(run, rows[run.name], spread, mode) and steps[run.name] >= rows[run.name]["steps"]
+               for run in runs):  # fmt: skip
+        return  # a run is still training, or retraining its lost weights
     path = folder / TIMING_FILE
     if path.is_file() and json.loads(path.read_text()).get("steps") == steps:
         return
@@ -455,8 +515,9 @@ def study_step_aware(mode_name: str, folder: Path) -> None:
     if not mode.settings.study_step_aware or set(runs) != set(STUDIED):
         return
     rows, spread = judgements(mode, folder)
-    if not all(settled(run, rows[run.name], spread, mode) for run in runs.values()):
-        return
+    if not all(settled(run, rows[run.name], spread, mode) and steps_done(folder, run) >= rows[run.name]["steps"]
+               for run in runs.values()):  # fmt: skip
+        return  # a run is still training, or retraining its lost weights
     path = folder / STEP_AWARE_FILE
     if path.is_file() and "verdicts" in json.loads(path.read_text()):
         return
@@ -476,20 +537,40 @@ def scored_step(step: int, run: ConvergenceRun, folder: Path, settings: Converge
     return step % settings.score_every == 0 or step == planned_steps(run, folder)
 
 
+def reproduced(published: dict[str, Any], held_out_error: float | None) -> bool:
+    """Whether a retrained checkpoint is the one a published point scored: the same held-out denoising error (the
+    same weights give the same error on the same seeded noise; a run that diverged in any bit moves it)."""
+    expected = published.get("held_out_error")
+    return None not in (expected, held_out_error) and math.isclose(expected, held_out_error, rel_tol=1e-9)
+
+
 def score_new_checkpoints(run: ConvergenceRun, folder: Path, scorer: Scorer) -> None:
-    """Score every scoring-step checkpoint of `run` that has no point yet, oldest first, appending each point."""
+    """Score every scoring-step checkpoint of `run` that has no point yet, or only a restored one that the retrained
+    checkpoint does not reproduce, oldest first, appending each point."""
     from training.checkpointing import checkpoint_step, list_checkpoints, read_run_record
 
     from .common import load_ema
 
-    scored = {point["step"] for point in read_points(folder)
+    scored = {point["step"]: point for point in read_points(folder)
               if point["run"] == run.name and point.get("kind", "checkpoint") == "checkpoint"}  # fmt: skip
     output = folder / run.name
     noise_config = json.loads((output / "scheduler" / "scheduler_config.json").read_text())
     for checkpoint in list_checkpoints(output):
         step = checkpoint_step(checkpoint)
-        if step in scored or not scored_step(step, run, folder, scorer.settings):
+        known = scored.get(step)
+        if known and not known.get("restored") or not scored_step(step, run, folder, scorer.settings):
             continue
+        if known and reproduced(known, held_out_at(output, step)):
+            append_point(folder, {**{k: v for k, v in known.items() if k != "restored"}, "reproduced": True})
+            print(f"{run.name} step {step}: retrained to the published held-out error {known['held_out_error']!r}: "
+                  f"its published point (FID {known['fid']:.2f}) stands", flush=True)  # fmt: skip
+            continue
+        if known:
+            print(
+                f"{run.name} step {step}: the retrained run differs from the published one (held-out error "
+                f"{held_out_at(output, step)!r} against {known.get('held_out_error')!r}): scored anew",
+                flush=True,
+            )
         started = time.perf_counter()
         unet = load_ema(checkpoint, run.model_type)
         record = read_run_record(checkpoint)
@@ -552,6 +633,7 @@ def work(mode_name: str, folder: Path) -> None:
     from training.options import make_config
 
     mode = MODES[mode_name]
+    restore_published(mode_name, folder, paths.PUBLISHED_RESULTS / RESULTS_FILE)
     scorer = None
     while True:
         for run in mode.runs:  # scores missed by a process stopped between a stage and its scoring
@@ -646,6 +728,8 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
                   f"recall {latest['recall']:.3f}, class accuracy {latest['class_accuracy']:.3f} at step "
                   f"{latest['step']}") if latest else "not scored yet"  # fmt: skip
         timing = f"{per_step:.2f} s/step{borrowed}, {left:.1f} h left" if per_step else "no step timed yet"
+        if recorded_steps(run, points) > done:  # a new machine: the published points stand, the weights retrain
+            timing += f" (weights lost: retraining; scored to step {recorded_steps(run, points)} before)"
         lines.append(f"{run.name:<18} step {done:>6}/{total:<6} {timing}; {scores}")
     untimed_text = f", not counting {', '.join(unknown_training)} (no run of their network and width timed yet)" if (
         unknown_training) else ""  # fmt: skip
@@ -821,6 +905,8 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
     points = read_points(folder)
     timing_path = folder / TIMING_FILE
     timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    restored_path = folder / RESTORED_FILE
+    restored = json.loads(restored_path.read_text())["params"] if restored_path.is_file() else {}
     rows = []
     for run in mode.runs:
         own = [point for point in points if point["run"] == run.name]
@@ -834,9 +920,9 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
         guided = sorted((p for p in at_end if p["kind"] == "guided"), key=lambda p: p["guidance_scale"])
         row = {
             **judged, "block_out_channels": list(run.block_out_channels),
-            "params": count_parameters(load_ema(kept[-1], run.model_type)) if kept else None,
-            "points": [{**{key: p.get(key) for key in POINT_FIELDS},
-                        "train_seconds_median": median_step_time(step_seconds, p["step"])} for p in regular],
+            "params": count_parameters(load_ema(kept[-1], run.model_type)) if kept else restored.get(run.name),
+            "points": [{**{key: p.get(key) for key in POINT_FIELDS}, "train_seconds_median":
+                        median_step_time(step_seconds, p["step"]) or p.get("train_seconds_median")} for p in regular],
             "guided": guided, "sweep": [p for p in at_end if p["kind"] == "sweep"],
             "final": next((p for p in at_end if p["kind"] == "full"), None),
             "recommended_guidance_scale": recommended_point(guided, regular[-1])["guidance_scale"] if guided else None,

@@ -98,6 +98,34 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     assert "| `unet2d-x1` |" in section
     assert "`unet2d-x1`: finished at step 6 (extended from 4); not judged yet" in section
 
+    # a new machine: the runs folder is gone, the published results are not; the relaunch takes them up, retrains
+    # the runs whose weights are needed (all three: each is timed) and keeps each published point it reproduces
+    fresh = tmp_path / "new-machine"
+    restored = convergence.restore_published(
+        "tiny", convergence.runs_folder(fresh, "tiny"), results / convergence.RESULTS_FILE
+    )
+    published = sum(
+        len(row["points"]) + len(row["guided"]) + len(row["sweep"]) + bool(row["final"]) for row in collected["runs"]
+    )
+    assert restored == published == 7 + 3 * 2 + 2  # regular points; guided, sweep (each run), full (x1 pair)
+    assert (
+        convergence.restore_published(
+            "tiny", convergence.runs_folder(fresh, "tiny"), results / convergence.RESULTS_FILE
+        )
+        == 0
+    )
+    capsys.readouterr()
+    convergence.main(["--mode", "tiny", "--runs", str(fresh)])
+    out = capsys.readouterr().out
+    assert out.count("its published point") == 7 and "scored anew" not in out  # 2 + 2 + 3 steps, none scored again
+    again = fresh / "results"
+    convergence.main(["--mode", "tiny", "--runs", str(fresh), "--results", str(again)])
+    recollected = json.loads((again / convergence.RESULTS_FILE).read_text())
+    for before, after in zip(collected["runs"], recollected["runs"]):
+        assert [p["fid"] for p in after["points"]] == [p["fid"] for p in before["points"]]
+        assert after["params"] == before["params"] and after["final"] == before["final"]
+    assert recollected["timing"] == collected["timing"]  # measured once: the restored timing stands
+
 
 def test_the_seed_spread_at_every_step_both_seeds_were_scored_is_reported():
     def row(name, seed, fids, planned=6, width="x0.5"):
@@ -305,3 +333,31 @@ def test_the_queue_extends_unconverged_runs_with_their_seeds_and_measures_only_s
     assert convergence.planned_steps(runs["cunet-x1"], tmp_path) == 24_000  # 27,000 capped at 2x the plan
     score("cunet-x1", {20_000: 1.4, 22_000: 1.2, 24_000: 0.9})
     assert convergence.extend_unconverged("cpu", tmp_path) == [] and settled("cunet-x1")  # at its cap: measured
+
+
+def test_the_published_cpu_results_restore_a_new_runs_folder(tmp_path):
+    """What a new machine's relaunch does with the committed results: every published point kept, the extensions
+    taken up, the next run one that still learns (the runs finished on record retrain for their weights last)."""
+    mode = convergence.MODES["cpu"]
+    published_file = ROOT / "benchmarks" / "results" / convergence.RESULTS_FILE
+    published = json.loads(published_file.read_text())
+    restored = convergence.restore_published("cpu", tmp_path, published_file)
+    assert restored == sum(len(row["points"]) + len(row["guided"]) + len(row["sweep"]) + bool(row["final"])
+                           for row in published["runs"])  # fmt: skip
+    runs = {run.name: run for run in mode.runs}
+    points = convergence.read_points(tmp_path)
+    for row in published["runs"]:
+        assert convergence.planned_steps(runs[row["name"]], tmp_path) == row["planned_steps"]
+        assert convergence.recorded_steps(runs[row["name"]], points) == row["steps"]
+    learning = [run for run in mode.runs
+                if convergence.recorded_steps(run, points) < convergence.planned_steps(run, tmp_path)]  # fmt: skip
+    chosen = convergence.next_run(mode, tmp_path)
+    assert chosen in learning if learning else convergence.weights_needed(chosen, mode.settings)
+    assert "cunet-x0.5-seed1" not in {run.name for run in learning} | {chosen.name}  # finished, its weights unneeded
+    collected = convergence.collect("cpu", tmp_path)
+    for before, after in zip(published["runs"], collected["runs"]):
+        assert after["params"] == before["params"] and after["points"] == before["points"]
+        assert after["guided"] == before["guided"] and after["converged"] == before["converged"]
+    assert collected["seed_spread_by_step"] == {
+        int(step): gap for step, gap in published["seed_spread_by_step"].items()
+    }
