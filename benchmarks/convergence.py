@@ -659,15 +659,20 @@ def work(mode_name: str, folder: Path) -> None:
 
 
 def step_times(mode: Mode, folder: Path) -> dict[str, float]:
-    """Each trained run's median seconds per optimizer step so far (its newest checkpoint's run record), by name."""
+    """Each trained run's median seconds per optimizer step so far (its newest checkpoint's run record), by name; for
+    a run with no checkpoint (its weights lost with a machine), that of its last restored point."""
     from training.checkpointing import list_checkpoints, read_run_record
 
+    points = read_points(folder)
     found = {}
     for run in mode.runs:
         kept = list_checkpoints(folder / run.name)
         seconds = sorted(read_run_record(kept[-1]).get("step_seconds", []) if kept else [])
+        timed = [p for p in points if p["run"] == run.name and p.get("train_seconds_median")]
         if seconds:
             found[run.name] = seconds[len(seconds) // 2]
+        elif timed:
+            found[run.name] = timed[-1]["train_seconds_median"] / timed[-1]["step"]
     return found
 
 
@@ -713,8 +718,11 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
     unknown_training, unknown_scoring = [], []
     for run, row in zip(mode.runs, rows):
         done, total = steps_done(folder, run), planned_steps(run, folder)
+        lost = recorded_steps(run, points) > done  # a new machine: the published points stand, the weights do not
+        finished_on_record = lost and recorded_steps(run, points) >= total and not weights_needed(run, mode.settings)
+        trained_to = done if finished_on_record else total  # nothing loads its weights: it never trains again
         per_step, borrowed = pace(run, step_time, mode.runs)
-        left = (total - done) * per_step / 3600 if per_step else None
+        left = (trained_to - done) * per_step / 3600 if per_step else None
         hours_left += left or 0.0
         if per_step is None:
             unknown_training.append(run.name)
@@ -728,8 +736,9 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
                   f"recall {latest['recall']:.3f}, class accuracy {latest['class_accuracy']:.3f} at step "
                   f"{latest['step']}") if latest else "not scored yet"  # fmt: skip
         timing = f"{per_step:.2f} s/step{borrowed}, {left:.1f} h left" if per_step else "no step timed yet"
-        if recorded_steps(run, points) > done:  # a new machine: the published points stand, the weights retrain
-            timing += f" (weights lost: retraining; scored to step {recorded_steps(run, points)} before)"
+        if lost:
+            again = "not needed again" if finished_on_record else "retrains them"
+            timing += f" (weights lost, {again}; scored to step {recorded_steps(run, points)} before)"
         lines.append(f"{run.name:<18} step {done:>6}/{total:<6} {timing}; {scores}")
     untimed_text = f", not counting {', '.join(unknown_training)} (no run of their network and width timed yet)" if (
         unknown_training) else ""  # fmt: skip
@@ -742,7 +751,7 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
 
 
 POINT_FIELDS = ("step", "train_seconds", "fid", "kid_mean", "kid_std", "precision", "recall", "class_accuracy",
-                "held_out_error", "sampling_s_per_image")  # fmt: skip
+                "held_out_error", "sampling_s_per_image", "scoring_seconds")  # fmt: skip
 
 
 def median_step_time(step_seconds: list[float], step: int) -> float | None:

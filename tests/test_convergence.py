@@ -356,8 +356,14 @@ def test_the_published_cpu_results_restore_a_new_runs_folder(tmp_path):
     assert "cunet-x0.5-seed1" not in {run.name for run in learning} | {chosen.name}  # finished, its weights unneeded
     collected = convergence.collect("cpu", tmp_path)
     for before, after in zip(published["runs"], collected["runs"]):
-        assert after["params"] == before["params"] and after["points"] == before["points"]
+        assert after["params"] == before["params"]
+        assert [{key: p[key] for key in old} for p, old in zip(after["points"], before["points"])] == before["points"]
         assert after["guided"] == before["guided"] and after["converged"] == before["converged"]
     assert collected["seed_spread_by_step"] == {
         int(step): gap for step, gap in published["seed_spread_by_step"].items()
     }
+    status = {line.split()[0]: line for line in convergence.status_lines("cpu", tmp_path)[2:] if "step" in line}
+    for row in published["runs"]:
+        again = "not needed again" if row["name"] == "cunet-x0.5-seed1" else "retrains them"
+        assert f"(weights lost, {again}; scored to step {row['steps']} before)" in status[row["name"]]
+    assert " 0.0 h left" in status["cunet-x0.5-seed1"] and " 0.0 h left" not in status["cunet-x1"]
