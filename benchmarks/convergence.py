@@ -293,7 +293,7 @@ def restore_published(mode_name: str, folder: Path, results_file: Path) -> int:
     replace_text(folder / RESTORED_FILE, json.dumps(record, indent=2))
     replace_text(folder / POINTS_FILE, "".join(json.dumps(point) + "\n" for point in points))
     print(f"new runs folder: {len(points)} points of {len(published['runs'])} runs restored from {results_file} "
-          f"(published {published['date']}); runs whose weights are needed retrain from their newest checkpoint, "
+          f"(published {published['date']}); runs whose weights are needed retrain from step 0, "
           "each restored point checked against the retrained run's held-out error", flush=True)  # fmt: skip
     return len(points)
 
@@ -307,6 +307,17 @@ def recorded_steps(run: ConvergenceRun, points: list[dict[str, Any]]) -> int:
 def weights_needed(run: ConvergenceRun, settings: ConvergenceSettings) -> bool:
     """Whether the queue loads `run`'s final weights after its training: to time it side by side, or to study it."""
     return run.final_measurements or (settings.study_step_aware and run.name in STUDIED)
+
+
+def trains_again(
+    run: ConvergenceRun, folder: Path, points: list[dict[str, Any]], settings: ConvergenceSettings
+) -> bool:
+    """Whether `run` has training ahead: short of its planned steps, unless it finished on record (its points
+    restored on a new machine) and nothing loads its weights."""
+    planned = planned_steps(run, folder)
+    if steps_done(folder, run) >= planned:
+        return False
+    return recorded_steps(run, points) < planned or weights_needed(run, settings)
 
 
 def final_tasks(run: ConvergenceRun, settings: ConvergenceSettings) -> list[dict[str, Any]]:
@@ -352,10 +363,10 @@ def next_run(mode: Mode, folder: Path) -> ConvergenceRun | None:
     record (its points restored) but whose weights were lost trains again only where they are needed, after all
     others."""
     points = read_points(folder)
-    unfinished = [run for run in mode.runs if steps_done(folder, run) < planned_steps(run, folder)]
+    unfinished = [run for run in mode.runs if trains_again(run, folder, points, mode.settings)]
     learning = [run for run in unfinished if recorded_steps(run, points) < planned_steps(run, folder)]
     if not learning:
-        return next((run for run in unfinished if weights_needed(run, mode.settings)), None)
+        return unfinished[0] if unfinished else None  # only weights to recover
     unfinished = learning
     extended = [run for run in unfinished if planned_steps(run, folder) > run.steps]
     if extended:
@@ -560,7 +571,8 @@ def score_new_checkpoints(run: ConvergenceRun, folder: Path, scorer: Scorer) -> 
         known = scored.get(step)
         if known and not known.get("restored") or not scored_step(step, run, folder, scorer.settings):
             continue
-        if known and reproduced(known, held_out_at(output, step)):
+        held_out = held_out_at(output, step)
+        if known and reproduced(known, held_out):
             append_point(folder, {**{k: v for k, v in known.items() if k != "restored"}, "reproduced": True})
             print(f"{run.name} step {step}: retrained to the published held-out error {known['held_out_error']!r}: "
                   f"its published point (FID {known['fid']:.2f}) stands", flush=True)  # fmt: skip
@@ -568,14 +580,14 @@ def score_new_checkpoints(run: ConvergenceRun, folder: Path, scorer: Scorer) -> 
         if known:
             print(
                 f"{run.name} step {step}: the retrained run differs from the published one (held-out error "
-                f"{held_out_at(output, step)!r} against {known.get('held_out_error')!r}): scored anew",
+                f"{held_out!r} against {known.get('held_out_error')!r}): scored anew",
                 flush=True,
             )
         started = time.perf_counter()
         unet = load_ema(checkpoint, run.model_type)
         record = read_run_record(checkpoint)
         point = {"run": run.name, "step": step, "kind": "checkpoint", "train_seconds": record["train_time"],
-                 "held_out_error": held_out_at(output, step), **scorer.score(unet, noise_config)}  # fmt: skip
+                 "held_out_error": held_out, **scorer.score(unet, noise_config)}  # fmt: skip
         point["scoring_seconds"] = time.perf_counter() - started
         append_point(folder, point)
         print(f"{run.name} step {step}: FID {point['fid']:.2f} (floor {scorer.floor['fid']:.2f}), class accuracy "
@@ -718,11 +730,9 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
     unknown_training, unknown_scoring = [], []
     for run, row in zip(mode.runs, rows):
         done, total = steps_done(folder, run), planned_steps(run, folder)
-        lost = recorded_steps(run, points) > done  # a new machine: the published points stand, the weights do not
-        finished_on_record = lost and recorded_steps(run, points) >= total and not weights_needed(run, mode.settings)
-        trained_to = done if finished_on_record else total  # nothing loads its weights: it never trains again
+        ahead = total - done if trains_again(run, folder, points, mode.settings) else 0
         per_step, borrowed = pace(run, step_time, mode.runs)
-        left = (trained_to - done) * per_step / 3600 if per_step else None
+        left = ahead * per_step / 3600 if per_step else None
         hours_left += left or 0.0
         if per_step is None:
             unknown_training.append(run.name)
@@ -736,8 +746,8 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
                   f"recall {latest['recall']:.3f}, class accuracy {latest['class_accuracy']:.3f} at step "
                   f"{latest['step']}") if latest else "not scored yet"  # fmt: skip
         timing = f"{per_step:.2f} s/step{borrowed}, {left:.1f} h left" if per_step else "no step timed yet"
-        if lost:
-            again = "not needed again" if finished_on_record else "retrains them"
+        if recorded_steps(run, points) > done:  # a new machine: the published points stand, the weights do not
+            again = "retrains them" if ahead else "not needed again"
             timing += f" (weights lost, {again}; scored to step {recorded_steps(run, points)} before)"
         lines.append(f"{run.name:<18} step {done:>6}/{total:<6} {timing}; {scores}")
     untimed_text = f", not counting {', '.join(unknown_training)} (no run of their network and width timed yet)" if (
