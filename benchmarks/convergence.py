@@ -706,10 +706,25 @@ def queue_state(folder: Path) -> str:
     """Whether a queue is running on `folder`, and the training stage its log announced last."""
     if not queue_is_running(folder):
         return "queue: not running (`make convergence` resumes it)"
-    log = folder / LOG_FILE
-    stages = [line for line in log.read_text(errors="replace").splitlines() if line.startswith(STAGE_MARK)] if (
-        log.is_file()) else []  # fmt: skip
-    return "queue: running" + (f"; its latest stage: {stages[-1].strip('= ')}" if stages else "")
+    stage = last_stage_line(folder / LOG_FILE)
+    return "queue: running" + (f"; its latest stage: {stage.strip('= ')}" if stage else "")
+
+
+def last_stage_line(log: Path, window: int = 1 << 16) -> str | None:
+    """The last line of the queue's log that announces a stage (None where none does), read from the end in growing
+    windows: the log grows by megabytes of progress bars over the queue's life, the last stage is near its end."""
+    if not log.is_file():
+        return None
+    with log.open("rb") as file:
+        size = file.seek(0, os.SEEK_END)
+        while True:
+            start = max(0, size - window)
+            file.seek(start)
+            lines = file.read().decode(errors="replace").splitlines()[1 if start else 0 :]  # the first may be cut
+            stages = [line for line in lines if line.startswith(STAGE_MARK)]
+            if stages or not start:
+                return stages[-1] if stages else None
+            window *= 4
 
 
 def status_lines(mode_name: str, folder: Path) -> list[str]:

@@ -367,3 +367,15 @@ def test_the_published_cpu_results_restore_a_new_runs_folder(tmp_path):
         again = "not needed again" if row["name"] == "cunet-x0.5-seed1" else "retrains them"
         assert f"(weights lost, {again}; scored to step {row['steps']} before)" in status[row["name"]]
     assert " 0.0 h left" in status["cunet-x0.5-seed1"] and " 0.0 h left" not in status["cunet-x1"]
+
+
+def test_the_last_stage_line_is_found_from_the_end_of_a_long_log(tmp_path):
+    log = tmp_path / convergence.LOG_FILE
+    assert convergence.last_stage_line(log) is None
+    bars = "training:  50%|#####     | 1000/2000\r" * 3000  # ~120 kB of progress bars after each stage line
+    log.write_text(f"=== a: step 0 -> 2 (of 4) ===\n{bars}\n=== a: step 2 -> 4 (of 4) ===\n{bars}\nscored\n")
+    assert convergence.last_stage_line(log, window=100) == "=== a: step 2 -> 4 (of 4) ==="
+    log.write_text(f"=== b: step 0 -> 2 (of 4) ===\n{bars}")  # the only stage line at the very start
+    assert convergence.last_stage_line(log, window=100) == "=== b: step 0 -> 2 (of 4) ==="
+    log.write_text(bars)
+    assert convergence.last_stage_line(log, window=100) is None
