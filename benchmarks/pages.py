@@ -151,11 +151,12 @@ def shipped_model(results: Path) -> list[str]:
     if data is None:
         return ["The shipped model has not been measured yet (`python -m training.release`)."]
     plain, best, floor = data["scale_1"], data["recommended"], data["floor"]
-    protocol = data.get("full_protocol")
-    fid = protocol or plain
+    fid = data.get("full_protocol") or plain
+    training = data["training"]
+    ending = " (interim)" if not training.get("settled") else " (converged)" if training["converged"] else " (its cap)"
     return [
-        f"The shipped model (`{data['folder']}`): the convergence run `{data['training']['run']}` at step "
-        f"{data['training']['step']:,}{'' if protocol else ' (interim)'}; FID {fid['fid']:.2f} at guidance scale 1 "
+        f"The shipped model (`{data['folder']}`): the convergence run `{training['run']}` at step "
+        f"{training['step']:,}{ending}; FID {fid['fid']:.2f} at guidance scale 1 "
         f"on {fid['samples']:,} samples (floor {floor['fid']:.2f}), class accuracy {plain['class_accuracy']:.1%} at "
         f"scale 1 and {best['class_accuracy']:.1%} at the recommended {data['recommended_guidance_scale']:g}; "
         f"{data['cost']['params_ratio']:.2f}x the parameters and {data['cost']['gflops_ratio']:.2f}x the FLOPs of "

@@ -115,7 +115,24 @@ def test_the_card_is_what_the_results_render(tmp_path):
     assert (copy / "README.md").read_text() == (SHIPPED / "README.md").read_text()
     card = (SHIPPED / "README.md").read_text()
     assert f"{results['scale_1']['fid']:.2f}" in card and "library_name: diffusers" in card
-    assert f"step {results['training']['step']}" in card or results["training"]["step"] >= 12_000
+    assert f"step {results['training']['step']:,} of" in card
+    assert ("Interim checkpoint" in card) != bool(results["training"].get("settled"))
+
+
+def test_the_card_says_how_the_run_ended(tmp_path):
+    """The published convergence results decide what the card calls a checkpoint: interim before its run settles,
+    else the run's end, converged by the criterion or at its step cap."""
+    assert not release.convergence_state("cunet-x0.5", 12_000)["settled"]  # passed on the way to 24,000
+    state = release.convergence_state("cunet-x0.5", 24_000)
+    assert state["settled"] and state["converged"] and state["planned_steps"] == 24_000
+    with pytest.raises(SystemExit, match="'cunet-x9' is not a run"):
+        release.convergence_state("cunet-x9", 2_000)
+    results = json.loads(release.RESULTS.read_text())
+    shutil.copytree(SHIPPED, tmp_path / "folder")
+    for converged, words in ((True, "converged by the benchmark's criterion"), (False, "without meeting")):
+        results["training"].update(state, converged=converged)
+        card = release.render_card(results, tmp_path / "folder").read_text()
+        assert words in card and "Interim" not in card and f"{state['seed_spread_fid']:.2f}" in card
 
 
 def test_packaging_a_checkpoint(tmp_path):

@@ -160,6 +160,22 @@ def measure(folder: Path = SHIPPED, full_samples: int = FULL_SAMPLES, guided_sam
     }  # fmt: skip
 
 
+def convergence_state(run: str, step: int, results_file: Path | None = None) -> dict[str, Any]:
+    """What the convergence benchmark's published results say of `run` at `step`: its planned steps, whether that step
+    is its settled end (converged by the criterion, or at its step cap) and the seed spread that judged it. `settled`
+    is False where the results have not reached that step: the card then calls the checkpoint interim."""
+    from benchmarks import convergence, paths
+
+    published = json.loads((results_file or paths.PUBLISHED_RESULTS / convergence.RESULTS_FILE).read_text())
+    row = next((row for row in published["runs"] if row["name"] == run), None)
+    if row is None:
+        raise SystemExit(f"{run!r} is not a run of the published convergence results: package a convergence run")
+    at_end = row["steps"] == step
+    return {"planned_steps": row["planned_steps"], "settled": at_end and bool(row["settled"]),
+            "converged": row["converged"] if at_end else None, "seed_spread_fid": published["seed_spread_fid"],
+            "convergence_fraction": published["settings"]["convergence_fraction"]}  # fmt: skip
+
+
 def training_command(record: dict[str, Any]) -> str:
     """The `train.py` command that trains the shipped run (from the convergence benchmark's options for it)."""
     from benchmarks import convergence
@@ -225,6 +241,7 @@ def main(argv: list[str] | None = None) -> None:
                                "images_seen": record["images_seen"]}  # fmt: skip
         # recorded with the measurements: the card never depends on today's defaults of the benchmark
         results["training"]["command"] = training_command(results["training"])
+        results["training"].update(convergence_state(results["training"]["run"], results["training"]["step"]))
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=2))
     results = json.loads(args.results.read_text())
