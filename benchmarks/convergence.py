@@ -787,6 +787,15 @@ def median_step_time(step_seconds: list[float], step: int) -> float | None:
     return statistics.median(step_seconds[:step]) * step
 
 
+def wall_seconds(point: dict[str, Any], step_seconds: list[float]) -> float:
+    """A point's training wall time (`train_seconds`). A published point that a retrained run reproduced reads the
+    retrained run's clock (its step times to there), so that the points of a run on a new machine read one clock
+    as far as the retrained run has come, instead of the lost run's to one step and the new run's from the next."""
+    if point.get("reproduced") and len(step_seconds) >= point["step"]:
+        return math.fsum(step_seconds[: point["step"]])
+    return point["train_seconds"]
+
+
 def model_key(row: dict[str, Any]) -> tuple[str, str, str]:
     """What seeds of one model share: network, width and objective (of a `judged_row`)."""
     return row["network"], row["width"], row.get("objective", "edm")
@@ -955,8 +964,9 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
         row = {
             **judged, "block_out_channels": list(run.block_out_channels),
             "params": count_parameters(load_ema(kept[-1], run.model_type)) if kept else restored.get(run.name),
-            "points": [{**{key: p.get(key) for key in POINT_FIELDS}, "train_seconds_median":
-                        median_step_time(step_seconds, p["step"]) or p.get("train_seconds_median")} for p in regular],
+            "points": [{**{key: p.get(key) for key in POINT_FIELDS}, "train_seconds": wall_seconds(p, step_seconds),
+                        "train_seconds_median": median_step_time(step_seconds, p["step"])
+                        or p.get("train_seconds_median")} for p in regular],
             "guided": guided, "sweep": [p for p in at_end if p["kind"] == "sweep"],
             "final": next((p for p in at_end if p["kind"] == "full"), None),
             "recommended_guidance_scale": recommended_point(guided, regular[-1])["guidance_scale"] if guided else None,

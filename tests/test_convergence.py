@@ -5,6 +5,7 @@ lock against a second launch; extending a run; --status."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 from conftest import ROOT, needs_data
 
 from benchmarks import convergence
-from training.checkpointing import RUN_RECORD_FILE
+from training.checkpointing import RUN_RECORD_FILE, list_checkpoints, read_run_record
 from training.export import read_run_values
 from training.options import loss_weight_warmup_steps, make_config
 
@@ -123,6 +124,12 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     recollected = json.loads((again / convergence.RESULTS_FILE).read_text())
     for before, after in zip(collected["runs"], recollected["runs"]):
         assert [p["fid"] for p in after["points"]] == [p["fid"] for p in before["points"]]
+        retrained = read_run_record(list_checkpoints(convergence.runs_folder(fresh, "tiny") / after["name"])[-1])
+        retrained = retrained["step_seconds"]
+        # one clock: the retrained run's wall time at every point it reproduced
+        assert [p["train_seconds"] for p in after["points"]] == [
+            math.fsum(retrained[: p["step"]]) for p in after["points"]
+        ]
         assert after["params"] == before["params"] and after["final"] == before["final"]
     assert recollected["timing"] == collected["timing"]  # measured once: the restored timing stands
 
