@@ -60,6 +60,17 @@ def test_the_pages_have_examples():
     assert sum(name == "README.md" for name, _ in PYTHON_BLOCKS) >= 3  # load, swap schedulers: the first things
 
 
+def test_the_quick_start_samples_the_shipped_model_as_its_card_recommends():
+    """The README's first example uses the shipped model's measured recommended guidance scale and sampler steps
+    (`benchmarks/results/release.json`): a new release with another recommended scale changes it."""
+    import json
+
+    release = json.loads((ROOT / "benchmarks" / "results" / "release.json").read_text())
+    first = next(code for page, code in PYTHON_BLOCKS if page == "README.md" and "cunet-fashion-mnist" in code)
+    assert float(re.search(r"guidance_scale=([\d.]+)", first).group(1)) == release["recommended_guidance_scale"]
+    assert int(re.search(r"num_inference_steps=(\d+)", first).group(1)) == release["sampling_steps"]
+
+
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)), ids=lambda i: f"{PYTHON_BLOCKS[i][0]}-{i}")
 def test_python_example_runs_as_written(index, user_folder):
     page, code = PYTHON_BLOCKS[index]
