@@ -8,28 +8,34 @@ training. `make sample` runs it with the defaults.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # `training` is a folder of the repository, not an installed package
 
-from training.release import GRID_COLUMNS, RESULTS, SAMPLING_STEPS, SHIPPED, class_grid  # noqa: E402
+from diffusers_cunet.card_settings import recommended_settings  # noqa: E402
+from training.release import GRID_COLUMNS, SAMPLING_STEPS, SHIPPED, class_grid  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    recommended = json.loads(RESULTS.read_text())["recommended_guidance_scale"] if RESULTS.is_file() else 1.0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipeline", default=str(SHIPPED), help="a saved pipeline folder or Hub id")
     parser.add_argument("--classes", nargs="+", default=None, help="class names (default: every class)")
-    parser.add_argument("--guidance_scale", type=float, default=recommended,
-                        help=f"classifier-free guidance (default {recommended:g}: the recommended scale)")  # fmt: skip
-    parser.add_argument("--steps", type=int, default=SAMPLING_STEPS, help="sampler steps")
+    parser.add_argument("--guidance_scale", type=float, default=None,
+                        help="classifier-free guidance (default: the card's recommended scale, else 1)")  # fmt: skip
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"sampler steps (default: the card's recommendation, else {SAMPLING_STEPS})")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--columns", type=int, default=GRID_COLUMNS, help="samples per class")
     parser.add_argument("--output", type=Path, default=ROOT / "outputs" / "samples.png")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    recommended = recommended_settings(args.pipeline)
+    if args.guidance_scale is None:
+        args.guidance_scale = recommended.get("guidance_scale", 1.0)
+    if args.steps is None:
+        args.steps = recommended.get("num_inference_steps", SAMPLING_STEPS)
+    return args
 
 
 def main(argv: list[str] | None = None) -> Path:

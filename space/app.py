@@ -26,6 +26,7 @@ import gradio as gr  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from diffusers_cunet.card_settings import recommended_settings  # noqa: E402
 from diffusers_cunet.pipelines import ContinuousUNetPipeline  # noqa: E402
 from diffusers_cunet.pipelines.scheduler_support import scheduler_for, supported_schedulers  # noqa: E402
 from diffusers_cunet.shipped import shipped_model  # noqa: E402
@@ -157,14 +158,25 @@ def generate(source: str, classes: list[str], guidance_scale: float, scheduler_n
         return [], "", [], f"**Cannot do that:** {error}"
 
 
-def describe(source: str) -> tuple[Any, Any, str]:
-    """The class and scheduler choices of the model at `source` (after the folder box changes)."""
+def describe(source: str) -> tuple[Any, ...]:
+    """The class and scheduler choices, guidance scale and steps of the model at `source` (after the folder box
+    changes)."""
     try:
         pipeline = load(source)
     except RequestError as error:
-        return gr.update(choices=[], value=[]), gr.update(choices=[], value=None), f"**Cannot do that:** {error}"
+        nothing = gr.update(choices=[], value=[]), gr.update(choices=[], value=None), gr.update(), gr.update()
+        return *nothing, f"**Cannot do that:** {error}"
     names = list(schedulers(pipeline))
-    return gr.update(choices=class_names(pipeline), value=[]), gr.update(choices=names, value=names[0]), ""
+    scale, steps = recommended(source)
+    return (gr.update(choices=class_names(pipeline), value=[]), gr.update(choices=names, value=names[0]),
+            gr.update(value=scale), gr.update(value=steps), "")  # fmt: skip
+
+
+def recommended(source: str) -> tuple[float, int]:
+    """The guidance scale and steps the page starts from: what the model's card recommends, else no guidance and
+    `DEFAULT_STEPS`."""
+    settings = recommended_settings(source)
+    return settings.get("guidance_scale", 1.0), settings.get("num_inference_steps", DEFAULT_STEPS)
 
 
 def build(default_source: str | None = None, compare: str = "") -> gr.Blocks:
@@ -174,6 +186,7 @@ def build(default_source: str | None = None, compare: str = "") -> gr.Blocks:
         source = os.path.relpath(source)  # `pretrained/cunet-fashion-mnist` in the page, not this machine's path
     pipeline = load(source)
     names = list(schedulers(pipeline))
+    recommended_scale, recommended_steps = recommended(source)
     with gr.Blocks(title="Continuous U-Net (diffusers-cunet)", analytics_enabled=False) as demo:
         gr.Markdown(
             "# Continuous U-Net\nA diffusion U-Net whose residual stacks are neural-ODE blocks "
@@ -184,11 +197,11 @@ def build(default_source: str | None = None, compare: str = "") -> gr.Blocks:
                 folder = gr.Textbox(value=source, label="pipeline (folder or Hub id)", elem_id="pipeline")
                 classes = gr.CheckboxGroup(choices=class_names(pipeline), label="classes (none ticked: every class)",
                                            elem_id="classes")  # fmt: skip
-                scale = gr.Slider(0, MAX_SCALE, value=3.0 if pipeline.labels else 1.0, step=0.5,
+                scale = gr.Slider(0, MAX_SCALE, value=recommended_scale, step=0.5,
                                   label="guidance scale (1: none)", elem_id="scale")  # fmt: skip
                 scheduler = gr.Dropdown(choices=names, value=names[0], label="scheduler",
                                         elem_id="scheduler")  # fmt: skip
-                steps = gr.Number(value=DEFAULT_STEPS, precision=0, label="steps", elem_id="steps")
+                steps = gr.Number(value=recommended_steps, precision=0, label="steps", elem_id="steps")
                 seed = gr.Number(value=0, precision=0, label="seed", elem_id="seed")
                 count = gr.Number(value=2, precision=0, label="images per class", elem_id="count")
                 other = gr.Textbox(
@@ -204,7 +217,7 @@ def build(default_source: str | None = None, compare: str = "") -> gr.Blocks:
                 message = gr.Markdown(elem_id="message")
         button.click(generate, [folder, classes, scale, scheduler, steps, seed, count, other],
                      [gallery, timing, compared, message], concurrency_limit=CONCURRENT_REQUESTS)  # fmt: skip
-        folder.submit(describe, [folder], [classes, scheduler, message])
+        folder.submit(describe, [folder], [classes, scheduler, scale, steps, message])
     return demo.queue(default_concurrency_limit=CONCURRENT_REQUESTS)
 
 

@@ -64,6 +64,18 @@ def test_it_samples_the_shipped_model_and_says_what_it_cost(app):
     np.testing.assert_array_equal(pixels(again[0][0]), pixels(images[0][0]))  # the seed decides the images
 
 
+def test_the_page_starts_from_what_the_models_card_recommends(app, tmp_path):
+    import json
+
+    release = json.loads((ROOT / "benchmarks" / "results" / "release.json").read_text())
+    assert app.recommended(SHIPPED) == (release["recommended_guidance_scale"], release["sampling_steps"])
+    bare = tmp_path / "bare"  # the same model saved without its card: no guidance, the app's steps
+    app.load(SHIPPED).save_pretrained(bare)
+    classes, scheduler, scale, steps, message = app.describe(str(bare))
+    assert (scale["value"], steps["value"], message) == (1.0, app.DEFAULT_STEPS, "")
+    assert classes["choices"] and scheduler["value"] == "EDMDPMSolverMultistepScheduler"
+
+
 def test_only_the_schedulers_the_table_allows_are_offered(app):
     offered = app.schedulers(app.load(SHIPPED))
     assert list(offered)[0] == "EDMDPMSolverMultistepScheduler"  # the one it was saved with first

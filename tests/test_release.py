@@ -107,6 +107,40 @@ def test_make_sample_draws_classes_by_name(tmp_path, capsys):
         sample_script.main(["--classes", "Sock", "--output", str(tmp_path / "no.png")])
 
 
+def test_the_card_recommends_the_measured_settings_where_tools_read_them(tmp_path, offline, monkeypatch):
+    """The card's front matter carries the measured recommended scale and steps (the Hub's `inference: parameters:`);
+    `sample.py` and the app start from them, for a folder or a cached Hub id; no card, no recommendation."""
+    import huggingface_hub
+    from conftest import lay_out_hub_cache
+
+    from diffusers_cunet.card_settings import recommended_settings
+
+    results = json.loads(release.RESULTS.read_text())
+    measured = {"guidance_scale": results["recommended_guidance_scale"],
+                "num_inference_steps": results["sampling_steps"]}  # fmt: skip
+    assert recommended_settings(SHIPPED) == measured
+    cache = tmp_path / "hub"
+    lay_out_hub_cache(cache, release.REPO_ID, ContinuousUNetPipeline.from_pretrained(SHIPPED))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    assert recommended_settings(release.REPO_ID) == {}  # a pipeline's download holds no card
+    snapshot = next((cache / f"models--{release.REPO_ID.replace('/', '--')}" / "snapshots").iterdir())
+    shutil.copy(SHIPPED / "README.md", snapshot / "README.md")
+    assert recommended_settings(release.REPO_ID) == measured  # its card cached beside it
+    bare = tmp_path / "bare"
+    ContinuousUNetPipeline.from_pretrained(SHIPPED).save_pretrained(bare)
+    assert recommended_settings(bare) == {}
+    (bare / "README.md").write_text("---\nlicense: mit\n---\n# a card that recommends nothing\n")
+    assert recommended_settings(bare) == {}
+
+    sys.path.insert(0, str(ROOT))
+    import sample as sample_script
+
+    args = sample_script.parse_args([])
+    assert (args.guidance_scale, args.steps) == (measured["guidance_scale"], measured["num_inference_steps"])
+    args = sample_script.parse_args(["--pipeline", str(bare), "--guidance_scale", "2.5"])
+    assert (args.guidance_scale, args.steps) == (2.5, release.SAMPLING_STEPS)
+
+
 def test_the_card_is_what_the_results_render(tmp_path):
     results = json.loads(release.RESULTS.read_text())
     copy = tmp_path / "folder"

@@ -203,8 +203,11 @@ def render_card(results: dict[str, Any], folder: Path = SHIPPED) -> Path:
     metrics = [("FID (judge features)", "fid", full["fid"]), ("KID", "kid", full["kid_mean"]),
                ("precision", "precision", full["precision"]), ("recall", "recall", full["recall"]),
                ("class accuracy at the recommended scale", "accuracy", accuracy)]  # fmt: skip
+    from diffusers_cunet.card_settings import card_parameters
+
     card_data = ModelCardData(
         library_name="diffusers", license="apache-2.0", datasets=[HUB_DATASET],
+        **card_parameters(results["recommended_guidance_scale"], results["sampling_steps"]),
         tags=["diffusers", "diffusers-cunet", "continuous-unet", "neural-ode", "class-conditional-image-generation"],
         model_name=REPO_ID.split("/")[-1],
         eval_results=[EvalResult(task_type="image-generation", dataset_type=HUB_DATASET, dataset_name="Fashion-MNIST",
