@@ -150,14 +150,14 @@ def shipped_model(results: Path) -> list[str]:
     data = read(results, RELEASE_FILE)
     if data is None:
         return ["The shipped model has not been measured yet (`python -m training.release`)."]
-    plain, best, floor = data["scale_1"], data["recommended"], data["floor"]
-    fid = data.get("full_protocol") or plain
+    best, floor = data["recommended"], data["floor"]
+    fid = data.get("full_protocol") or data["scale_1"]  # FID and accuracy at scale 1 of the same samples
     training = data["training"]
     ending = " (interim)" if not training.get("settled") else " (converged)" if training["converged"] else " (its cap)"
     return [
         f"The shipped model (`{data['folder']}`): the convergence run `{training['run']}` at step "
         f"{training['step']:,}{ending}; FID {fid['fid']:.2f} at guidance scale 1 "
-        f"on {fid['samples']:,} samples (floor {floor['fid']:.2f}), class accuracy {plain['class_accuracy']:.1%} at "
+        f"on {fid['samples']:,} samples (floor {floor['fid']:.2f}), class accuracy {fid['class_accuracy']:.1%} at "
         f"scale 1 and {best['class_accuracy']:.1%} at the recommended {data['recommended_guidance_scale']:g}; "
         f"{data['cost']['params_ratio']:.2f}x the parameters and {data['cost']['gflops_ratio']:.2f}x the FLOPs of "
         f"the UNet2DModel trained the same way (its card has every score)."
