@@ -11,6 +11,7 @@ import random
 import resource
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,8 +30,18 @@ RUN = ["--max_train_steps", str(STEPS), "--max_train_samples", "96", "--checkpoi
        "--checkpoints_total_limit", "3", "--num_validation_images", "2"]  # fmt: skip
 
 
+def _own_tqdm_lock() -> None:
+    """Give this forked child tqdm locks of its own. tqdm's write lock includes a cross-process semaphore that a fork
+    shares: a child SIGKILLed while drawing its progress bar dies holding it, and every later child (and the test
+    process) would wait for it forever."""
+    tqdm.std.TqdmDefaultWriteLock.th_lock = threading.RLock()
+    tqdm.std.TqdmDefaultWriteLock.mp_lock = multiprocessing.RLock()
+    tqdm.tqdm.set_lock(tqdm.std.TqdmDefaultWriteLock())
+
+
 def _train_in_child(output: str, extra: list[str], file_limit: int | None) -> None:
     """The body of a forked trainer: optionally under a file-size limit; its error (if any) goes to a file."""
+    _own_tqdm_lock()
     torch.set_num_threads(1)
     if file_limit is not None:
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing
