@@ -54,18 +54,7 @@ def _train_in_child(output: str, extra: list[str], file_limit: int | None) -> No
     os._exit(0)
 
 
-def without_tqdm_monitor() -> None:
-    """Stop tqdm's monitor thread in this process and start no other: it takes tqdm's write lock every few seconds,
-    and a fork at that instant leaves the child a copy of the lock that nobody releases (the child then hangs in its
-    first progress bar; seen once in CI, a 120 s stall per hung child)."""
-    tqdm.tqdm.monitor_interval = 0
-    if tqdm.tqdm.monitor is not None:
-        tqdm.tqdm.monitor.exit()
-        tqdm.tqdm.monitor = None
-
-
 def start(output: Path, *extra: str, file_limit: int | None = None):
-    without_tqdm_monitor()
     process = FORK.Process(target=_train_in_child, args=(str(output), list(extra), file_limit))
     process.start()
     return process
