@@ -341,6 +341,24 @@ def scoring_cost(task: dict[str, Any], settings: ConvergenceSettings) -> float:
     return task["samples"] / settings.samples * task["sampling_steps"] / settings.sampling_steps * guided
 
 
+def regular_point_seconds(points: list[dict[str, Any]], settings: ConvergenceSettings) -> dict[str, float]:
+    """Each run's scoring seconds per regular point (each timed point's seconds over its `scoring_cost`), by name: the
+    least over its points, as timeit keeps the fastest repeat: the work is the same, and a point scored while
+    other work shared the two cores (a test run, a release's own measurements) took up to 12x longer. A run with no
+    timed point: its sampling seconds per image times the samples."""
+    found: dict[str, float] = {}
+    sampling: dict[str, list[float]] = {}
+    for point in points:
+        if point.get("scoring_seconds"):
+            seconds = point["scoring_seconds"] / scoring_cost(point, settings)
+            found[point["run"]] = min(seconds, found.get(point["run"], math.inf))
+        elif point.get("sampling_s_per_image") and point.get("kind", "checkpoint") == "checkpoint":
+            sampling.setdefault(point["run"], []).append(point["sampling_s_per_image"])
+    for run, seconds in sampling.items():  # a point restored from the results file has no scoring time: sampling is
+        found.setdefault(run, min(seconds) * settings.samples)  # nearly all of it (cunet-x1: 176 s of 181)
+    return found
+
+
 def scoring_left(run: ConvergenceRun, folder: Path, settings: ConvergenceSettings,
                  points: list[dict[str, Any]]) -> float:  # fmt: skip
     """The scoring still ahead of `run`, in regular points: its unscored scoring steps and end-of-run measurements."""
@@ -476,8 +494,7 @@ def time_finished_runs(mode: Mode, folder: Path) -> None:
     runs = [run for run in mode.runs if run.final_measurements]
     steps = {run.name: steps_done(folder, run) for run in runs}
     rows, spread = judgements(mode, folder)
-    if not all(settled(run, rows[run.name], spread, mode) and steps[run.name] >= rows[run.name]["steps"]
-               for run in runs):  # fmt: skip
+    if not all(finished_with_weights(run, rows[run.name], spread, mode, folder) for run in runs):
         return  # a run is still training, or retraining its lost weights
     path = folder / TIMING_FILE
     if path.is_file() and json.loads(path.read_text()).get("steps") == steps:
@@ -512,10 +529,23 @@ def time_finished_runs(mode: Mode, folder: Path) -> None:
     print(f"sampling seconds per image, side by side: {json.dumps(medians)}", flush=True)
 
 
+def finished_with_weights(run: ConvergenceRun, row: dict[str, Any], spread: float | None, mode: Mode,
+                          folder: Path) -> bool:  # fmt: skip
+    """Whether `run` has settled and its checkpoint of the last scored step is here (not lost with a machine, or
+    retrained since): the models the timing and the step-aware study load."""
+    return settled(run, row, spread, mode) and steps_done(folder, run) >= row["steps"]
+
+
+def narrow_scored(study: dict[str, Any], narrow: str) -> bool:
+    """Whether the step-aware study holds its row of the narrower cUNet."""
+    return any(row["label"] == f"{narrow} default" for row in study.get("rows", []))
+
+
 def study_step_aware(mode_name: str, folder: Path) -> None:
-    """Issue 36's item 6b, once the x1 and x0.5 cUNets have finished: block skipping searched on the x1 cUNet and
-    scored with feature reuse, fewer sampler steps and the x0.5 cUNet beside it (`benchmarks.step_aware.study`,
-    resumable: every scored setting is kept in `step_aware.json`; done when it holds verdicts)."""
+    """Issue 36's item 6b, once the x1 cUNet has finished: block skipping searched on it and scored with feature reuse
+    and fewer sampler steps beside it (`benchmarks.step_aware.study`, resumable: every scored setting is kept in
+    `step_aware.json`); the x0.5 cUNet joins as soon as its weights are here too (it settled long before, but a new
+    machine retrains its weights after every run that still learns: the x1 study does not wait ~10 h for it)."""
     from training.loop import exported, train
     from training.options import make_config
 
@@ -525,20 +555,23 @@ def study_step_aware(mode_name: str, folder: Path) -> None:
     runs = {run.name: run for run in mode.runs if run.name in STUDIED}
     if not mode.settings.study_step_aware or set(runs) != set(STUDIED):
         return
-    rows, spread = judgements(mode, folder)
-    if not all(settled(run, rows[run.name], spread, mode) and steps_done(folder, run) >= rows[run.name]["steps"]
-               for run in runs.values()):  # fmt: skip
-        return  # a run is still training, or retraining its lost weights
-    path = folder / STEP_AWARE_FILE
-    if path.is_file() and "verdicts" in json.loads(path.read_text()):
-        return
-    for run in runs.values():  # the pipeline folder holds the last step's export (a kill may have come between)
-        steps = planned_steps(run, folder)
-        if not exported(folder / run.name, steps):
-            train(make_config(**train_options(run, mode.settings, folder, steps)))
     subject, narrow = STUDIED
-    subjects = step_aware.Subjects({name: folder / name for name in STUDIED}, subject, None, narrow)
-    print(f"\n=== step-aware study of {subject} (beside {narrow}) ===", flush=True)
+    rows, spread = judgements(mode, folder)
+    ready = [name for name in STUDIED if finished_with_weights(runs[name], rows[name], spread, mode, folder)]
+    if subject not in ready:
+        return  # the x1 cUNet is still training, or retraining its lost weights
+    path = folder / STEP_AWARE_FILE
+    if path.is_file():
+        study = json.loads(path.read_text())
+        if "verdicts" in study and (narrow not in ready or narrow_scored(study, narrow)):
+            return
+    for name in ready:  # the pipeline folder holds the last step's export (a kill may have come between)
+        steps = planned_steps(runs[name], folder)
+        if not exported(folder / name, steps):
+            train(make_config(**train_options(runs[name], mode.settings, folder, steps)))
+    subjects = step_aware.Subjects({name: folder / name for name in ready}, subject, None, narrow)
+    beside = f" (beside {narrow})" if narrow in ready else f" ({narrow} joins once its weights are retrained)"
+    print(f"\n=== step-aware study of {subject}{beside} ===", flush=True)
     step_aware.study(mode_name, subjects, mode.settings.sampling_steps, mode.settings.test_images, path)
 
 
@@ -735,11 +768,7 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
     lines = [f"runs folder: {folder}", queue_state(folder)]
     rows = [judged_row(run, folder, points) for run in mode.runs]
     step_time = step_times(mode, folder)
-    point_cost: dict[str, float] = {}
-    for run in mode.runs:
-        costs = [p["scoring_seconds"] for p in points if p["run"] == run.name and p.get("scoring_seconds")]
-        if costs:
-            point_cost[run.name] = costs[-1]  # its last point's: what the next one costs
+    point_cost = regular_point_seconds(points, mode.settings)
 
     hours_left = scoring_hours = 0.0
     unknown_training, unknown_scoring = [], []
@@ -770,7 +799,7 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
     lines.append(f"training left (at each run's pace): {hours_left:.1f} h{untimed_text}")
     unscored_text = f", not counting {', '.join(unknown_scoring)} (no run of their network and width scored yet)" if (
         unknown_scoring) else ""  # fmt: skip
-    lines.append(f"scoring left (at each run's last point's cost, its end-of-run measurements included): "
+    lines.append(f"scoring left (at each run's fastest point, its end-of-run measurements included): "
                  f"{scoring_hours:.1f} h{unscored_text}")  # fmt: skip
     return lines + convergence_lines(rows, mode.settings.convergence_fraction)
 
@@ -1098,23 +1127,25 @@ def report_section(results: dict[str, Any], folder: Path) -> list[str]:
 
 
 def step_aware_lines(study: dict[str, Any] | None, folder: Path) -> list[str]:
-    """The step-aware study of the finished x1 cUNet (item 6b), or that it comes when the x1 and x0.5 cUNets are
-    done."""
+    """The step-aware study of the finished x1 cUNet (item 6b), or that it comes when the x1 cUNet is done."""
     from . import step_aware
 
     subject, narrow = STUDIED
     lines = ["\n### Step-aware compute on the converged x1 cUNet\n"]
     if not study or "verdicts" not in study:
         return lines + [
-            f"Not run yet: it starts when `{subject}` and `{narrow}` have settled (finished and judged "
-            "converged, or at their step cap; the queue runs it)."
+            f"Not run yet: it starts when `{subject}` has settled (finished and judged converged, or at its step "
+            "cap; the queue runs it)."
         ]
     settings = study["settings"]
+    pending = "" if narrow_scored(study, narrow) else (
+        " (its row comes once the queue has retrained its weights, lost with an earlier machine)")  # fmt: skip
     lines += [
         f"`{subject}` at its last step, EDM DPM-Solver++ {settings['sampling_steps']} steps, labels balanced, "
         f"guidance scale 1: block skips searched on {settings['search_samples']} samples per schedule, then every "
         f"setting scored on {settings['final_samples']:,} samples (the default and the searched skips on two seeds), "
-        f"against the honest alternatives at fewer FLOPs: fewer sampler steps and the x0.5 cUNet (`{narrow}`).\n",
+        f"against the honest alternatives at fewer FLOPs: fewer sampler steps and the x0.5 cUNet (`{narrow}`)"
+        f"{pending}.\n",
         *step_aware.settings_table(study),
         *step_aware.search_lines(study),
     ]

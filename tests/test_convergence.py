@@ -253,7 +253,7 @@ def test_the_seed_spread_pairs_seeds_of_one_objective_only():
     assert convergence.seed_spread(rows) == pytest.approx(0.5)
 
 
-def test_the_step_aware_study_waits_for_both_cunets_and_renders_when_done(tmp_path):
+def test_the_step_aware_study_waits_for_the_x1_cunet_and_renders_when_done(tmp_path):
     folder = convergence.runs_folder(tmp_path, "cpu")
     convergence.study_step_aware("cpu", folder)  # nothing finished: nothing run, nothing written
     assert not (folder / convergence.STEP_AWARE_FILE).exists()
@@ -279,6 +279,20 @@ def test_scoring_left_counts_unscored_steps_and_end_of_run_measurements_by_their
     assert convergence.scoring_left(x1, tmp_path, settings, scored) == pytest.approx(4 + 4 + 3 + 5)
     convergence.extend("cpu", tmp_path, "cunet-x1", 13_000)  # an extended run: a point at 12,000 and one at its end
     assert convergence.scoring_left(x1, tmp_path, settings, scored[:2]) == pytest.approx(5 + 6 + 3 + 5)
+
+
+def test_scoring_seconds_per_point_are_the_least_disturbed_timing_per_unit_of_cost():
+    settings = convergence.MODES["cpu"].settings
+    plain = {"kind": "checkpoint", "guidance_scale": 1.0, "sampling_steps": 20, "samples": 2000}
+    points = [
+        {**plain, "run": "cunet-x1", "step": 16_000, "scoring_seconds": 181.0},
+        {**plain, "run": "cunet-x1", "kind": "guided", "guidance_scale": 2.0, "scoring_seconds": 4715.0},  # shared CPU
+        {**plain, "run": "cunet-x1", "kind": "sweep", "sampling_steps": 10, "scoring_seconds": 80.0},  # 0.5 units
+        {**plain, "run": "unet2d-x1", "step": 12_000, "sampling_s_per_image": 0.2},  # restored: no scoring time
+        {**plain, "run": "unet2d-x1", "step": 10_000, "sampling_s_per_image": 0.25},
+    ]
+    seconds = convergence.regular_point_seconds(points, settings)
+    assert seconds == {"cunet-x1": pytest.approx(160.0), "unet2d-x1": pytest.approx(0.2 * 2000)}
 
 
 def test_status_judges_finished_runs_once_a_seed_spread_exists_and_says_how_to_extend(tmp_path):
