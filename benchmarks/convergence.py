@@ -104,15 +104,16 @@ class ConvergenceSettings:
     grid_images: int = 20  # the exported sample grid of each stage (two per class)
     seed: int = 0  # of sampling: every point of every run sees the same noise and labels
     # at the end of each run, on its last checkpoint: guided scales (the recommended one is chosen from them), the
-    # recipe's sampler at other step counts, and (runs with `full_protocol`) 10,000 samples against the test images
+    # recipe's sampler at other step counts, and (runs with `full_protocol`) 10,000 samples against the test images.
+    # The sweep is dense below the recipe's 20 steps: the converged x1 cUNet's FID is lowest there (6 / 8 / 10 / 20 /
+    # 50 steps: 0.96 / 0.69 / 0.81 / 1.64 / 1.82, 2026-12-07), so each network is also seen near its best
     final_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
-    final_sweep: tuple[int, ...] = (10, 50)
+    final_sweep: tuple[int, ...] = (6, 8, 10, 15, 50)
     full_samples: int = 10_000
-    # sampling seconds per image of the x1 and x0.5 pairs once settled, side by side in one process, in
-    # batches of `timing_images`: 64, where both x1 networks sample fastest per image on 2 CPU cores (one forward
-    # pass at batch 16 / 64 / 250: UNet2DModel 7.5 / 6.7 / 9.0 ms an image, cUNet 3.0 / 2.7 / 2.9, 2026-12-06), so
-    # neither is timed where it is slow (at 250 the ratio would favour the cUNet: 0.32 against 0.41)
-    timing_steps: tuple[int, ...] = (10, 20, 50)
+    # sampling seconds per image of the x1 and x0.5 pairs once settled (at the recipe's steps and the sweep's), side
+    # by side in one process, in batches of `timing_images`: 64, where both x1 networks sample fastest per image on 2
+    # CPU cores (one forward pass at batch 16 / 64 / 250: UNet2DModel 7.5 / 6.7 / 9.0 ms an image, cUNet 3.0 / 2.7 /
+    # 2.9, 2026-12-06), so neither is timed where it is slow (at 250 the ratio would favour the cUNet: 0.32 / 0.41)
     timing_images: int = 64
     timing_repeats: int = 5
     convergence_fraction: float = 0.7  # FID here within the seed spread of the final FID: converged
@@ -123,6 +124,11 @@ class ConvergenceSettings:
     # block skipping and feature reuse searched on the finished x1 cUNet, against fewer sampler steps and the x0.5
     # cUNet at equal FLOPs (benchmarks.step_aware's study in this mode; ~1 h on 2 CPU cores)
     study_step_aware: bool = True
+
+    @property
+    def timing_steps(self) -> list[int]:
+        """The sampler step counts the settled runs are timed at: the recipe's and the sweep's."""
+        return sorted({self.sampling_steps, *self.final_sweep})
 
 
 @dataclass
@@ -177,7 +183,6 @@ MODES = {
             final_scales=(2.0,),
             final_sweep=(3,),
             full_samples=24,
-            timing_steps=(2,),
             timing_images=2,
             timing_repeats=1,
             study_step_aware=False,  # benchmarks.step_aware's tiny mode tests the study itself
@@ -1018,7 +1023,8 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
 
 def plot(results: dict[str, Any], path: Path) -> Path:
     """FID against training hours, one line per run (left), and, for the finished runs, FID against sampling
-    seconds per image at 10/20/50 sampler steps (right; the times measured side by side), the floor beside."""
+    seconds per image at the recipe's and the sweep's sampler steps (right; the times measured side by side), the
+    floor beside."""
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     for row in (row for row in results["runs"] if row["points"]):  # started, scored at least once
@@ -1042,7 +1048,9 @@ def plot(results: dict[str, Any], path: Path) -> Path:
             axis.legend(fontsize=7)
     left.set(xlabel="training hours (2 CPU cores)", ylabel="FID (judge features, 2,000 samples)",
              title="FID against training time")  # fmt: skip
-    right.set(xlabel="sampling seconds per image", ylabel="FID", title="settled runs: 10/20/50 sampler steps")
+    steps = sorted({results["settings"]["sampling_steps"], *results["settings"]["final_sweep"]})
+    right.set(xlabel="sampling seconds per image", ylabel="FID",
+              title=f"settled runs: {'/'.join(map(str, steps))} sampler steps")  # fmt: skip
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -1120,10 +1128,43 @@ def report_section(results: dict[str, Any], folder: Path) -> list[str]:
         lines.append(f"Seed spread at each step both seeds were scored: {measured}. A judgement uses the spread "
                      "at the seed pair's planned end at that time; the runs that moved more than it since "
                      f"{fraction:.0%} of their steps were extended with their seeds.")  # fmt: skip
+    lines += end_of_run_lines(results)
     lines += verdict_lines(results["verdicts"])
     plot(results, folder / PLOT_FILE)
     lines.append(f"\n![FID against training hours]({paths.shown(folder / PLOT_FILE)})\n")
     return lines + step_aware_lines(results.get("step_aware"), folder)
+
+
+def end_of_run_lines(results: dict[str, Any]) -> list[str]:
+    """Each settled run's end-of-run measurements (`final_tasks`) beside its last regular point: the sampler-step
+    sweep, the guided scales (the recommended one marked) and the 10,000-sample protocol ([] before any)."""
+    settings = results["settings"]
+    measured = [row for row in results["runs"] if row["guided"] or row["sweep"] or row["final"]]
+    if not measured:
+        return []
+    lines = [
+        "\n### End-of-run measurements\n",
+        "Each settled run's last checkpoint (EMA weights), labels uniform, EDM DPM-Solver++ at the steps given, "
+        f"{settings['samples']:,} samples (the last row {settings['full_samples']:,}: the standard protocol) against "
+        f"the {settings['test_images']:,} test images (sampling times: the verdicts', measured side by side; each "
+        "measurement's own shared the CPU with other work at times).\n",
+        "| run | guidance scale | sampler steps | samples | FID | KID | precision | recall | class accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in measured:
+        last = {**row["points"][-1], "guidance_scale": 1.0, "sampling_steps": settings["sampling_steps"],
+                "samples": settings["samples"]}  # fmt: skip
+        sweep = sorted(row["sweep"], key=lambda point: point["sampling_steps"])
+        for point in [*sorted([last, *sweep], key=lambda point: point["sampling_steps"]), *row["guided"],
+                      *([row["final"]] if row["final"] else [])]:  # fmt: skip
+            scale = f"{point['guidance_scale']:g}"
+            if point["guidance_scale"] == row["recommended_guidance_scale"] and (point in row["guided"] or (
+                    point is last)):  # fmt: skip
+                scale += " (recommended)"
+            lines.append(f"| `{row['name']}` | {scale} | {point['sampling_steps']} | {point['samples']:,} | "
+                         f"{point['fid']:.2f} | {point['kid_mean']:.3f} | {point['precision']:.3f} | "
+                         f"{point['recall']:.3f} | {point['class_accuracy']:.1%} |")  # fmt: skip
+    return lines
 
 
 def step_aware_lines(study: dict[str, Any] | None, folder: Path) -> list[str]:

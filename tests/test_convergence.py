@@ -98,6 +98,9 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     section = "\n".join(convergence.report_section(collected, results))  # its part of BENCHMARKS.md
     assert "| `unet2d-x1` |" in section
     assert "`unet2d-x1`: finished at step 6 (extended from 4); not judged yet" in section
+    assert f"| `unet2d-x1` | 1 | 3 | {settings.samples:,} |" in section  # the end-of-run sweep, at step 6
+    assert f"| `unet2d-x1` | 1 | {settings.sampling_steps} | {settings.full_samples:,} |" in section  # the protocol
+    assert section.count("(recommended)") == len(MODE.runs)  # one guidance scale marked for each run
 
     # a new machine: the runs folder is gone, the published results are not; the relaunch takes them up, retrains
     # the runs whose weights are needed (all three: each is timed) and keeps each published point it reproduces
@@ -268,17 +271,19 @@ def test_scoring_left_counts_unscored_steps_and_end_of_run_measurements_by_their
     mode = convergence.MODES["cpu"]
     settings, (x1, _, _, seed1) = mode.settings, mode.runs[:4]
     # 12,000 steps scored every 2,000: 6 points; at the end 1.5 / 2 / 3 guided (2 points each: twice the batch),
-    # 10 and 50 sampler steps (0.5 + 2.5), and 10,000 samples (5) for the x1 pair; a seed run has none of those
-    assert convergence.scoring_left(x1, tmp_path, settings, []) == pytest.approx(6 + 6 + 3 + 5)
+    # 6, 8, 10, 15 and 50 sampler steps (0.3 + 0.4 + 0.5 + 0.75 + 2.5), and 10,000 samples (5) for the x1 pair; a seed
+    # run has none of those
+    sweep = 4.45
+    assert convergence.scoring_left(x1, tmp_path, settings, []) == pytest.approx(6 + 6 + sweep + 5)
     assert convergence.scoring_left(seed1, tmp_path, settings, []) == 6
     scored = [{"run": "cunet-x1", "step": step, "kind": "checkpoint", "guidance_scale": 1.0, "sampling_steps": 20,
                "samples": 2000} for step in (2000, 4000)]  # fmt: skip
     scored.append({"run": "cunet-x1", "step": 12_000, "kind": "guided", "guidance_scale": 2.0, "sampling_steps": 20,
                    "samples": 2000})  # fmt: skip
     scored.append({**scored[0], "run": "unet2d-x1"})  # another run's point counts for nothing here
-    assert convergence.scoring_left(x1, tmp_path, settings, scored) == pytest.approx(4 + 4 + 3 + 5)
+    assert convergence.scoring_left(x1, tmp_path, settings, scored) == pytest.approx(4 + 4 + sweep + 5)
     convergence.extend("cpu", tmp_path, "cunet-x1", 13_000)  # an extended run: a point at 12,000 and one at its end
-    assert convergence.scoring_left(x1, tmp_path, settings, scored[:2]) == pytest.approx(5 + 6 + 3 + 5)
+    assert convergence.scoring_left(x1, tmp_path, settings, scored[:2]) == pytest.approx(5 + 6 + sweep + 5)
 
 
 def test_scoring_seconds_per_point_are_the_least_disturbed_timing_per_unit_of_cost():
