@@ -158,7 +158,8 @@ def shipped_model(results: Path) -> list[str]:
         f"The shipped model (`{data['folder']}`): the convergence run `{training['run']}` at step "
         f"{training['step']:,}{ending}; FID {fid['fid']:.2f} at guidance scale 1 "
         f"on {fid['samples']:,} samples (floor {floor['fid']:.2f}), class accuracy {fid['class_accuracy']:.1%} at "
-        f"scale 1 and {best['class_accuracy']:.1%} at the recommended {data['recommended_guidance_scale']:g}; "
+        f"scale 1 and {best['class_accuracy']:.1%} (FID {best['fid']:.2f} on {best['samples']:,} samples) at the "
+        f"recommended scale {data['recommended_guidance_scale']:g} and {data['recommended_steps']} sampler steps; "
         f"{data['cost']['params_ratio']:.2f}x the parameters and {data['cost']['gflops_ratio']:.2f}x the FLOPs of "
         f"the UNet2DModel trained the same way (its card has every score)."
     ]

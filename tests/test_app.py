@@ -68,7 +68,7 @@ def test_the_page_starts_from_what_the_models_card_recommends(app, tmp_path):
     import json
 
     release = json.loads((ROOT / "benchmarks" / "results" / "release.json").read_text())
-    assert app.recommended(SHIPPED) == (release["recommended_guidance_scale"], release["sampling_steps"])
+    assert app.recommended(SHIPPED) == (release["recommended_guidance_scale"], release["recommended_steps"])
     bare = tmp_path / "bare"  # the same model saved without its card: no guidance, the app's steps
     app.load(SHIPPED).save_pretrained(bare)
     classes, scheduler, scale, steps, message = app.describe(str(bare))

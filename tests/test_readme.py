@@ -68,7 +68,7 @@ def test_the_quick_start_samples_the_shipped_model_as_its_card_recommends():
     release = json.loads((ROOT / "benchmarks" / "results" / "release.json").read_text())
     first = next(code for page, code in PYTHON_BLOCKS if page == "README.md" and "cunet-fashion-mnist" in code)
     assert float(re.search(r"guidance_scale=([\d.]+)", first).group(1)) == release["recommended_guidance_scale"]
-    assert int(re.search(r"num_inference_steps=(\d+)", first).group(1)) == release["sampling_steps"]
+    assert int(re.search(r"num_inference_steps=(\d+)", first).group(1)) == release["recommended_steps"]
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)), ids=lambda i: f"{PYTHON_BLOCKS[i][0]}-{i}")

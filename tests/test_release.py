@@ -117,7 +117,7 @@ def test_the_card_recommends_the_measured_settings_where_tools_read_them(tmp_pat
 
     results = json.loads(release.RESULTS.read_text())
     measured = {"guidance_scale": results["recommended_guidance_scale"],
-                "num_inference_steps": results["sampling_steps"]}  # fmt: skip
+                "num_inference_steps": results["recommended_steps"]}  # fmt: skip
     assert recommended_settings(SHIPPED) == measured
     cache = tmp_path / "hub"
     lay_out_hub_cache(cache, release.REPO_ID, ContinuousUNetPipeline.from_pretrained(SHIPPED))
@@ -151,6 +151,16 @@ def test_the_card_is_what_the_results_render(tmp_path):
     assert f"{results['scale_1']['fid']:.2f}" in card and "library_name: diffusers" in card
     assert f"step {results['training']['step']:,} of" in card
     assert ("Interim checkpoint" in card) != bool(results["training"].get("settled"))
+    assert f"num_inference_steps={results['recommended_steps']}," in card  # its example samples as it recommends
+    for point in results["step_sweep"]:  # the recommended scale at fewer steps, each a row
+        assert f"| {point['sampling_steps']} | {point['fid']:.2f} | {point['kid_mean']:.4f} |" in card
+
+
+def test_the_recommended_steps_have_the_lowest_fid_at_the_recommended_scale():
+    at_recipe = {"sampling_steps": 20, "fid": 0.85}
+    tied = [{"sampling_steps": 10, "fid": 0.7}, {"sampling_steps": 8, "fid": 0.7}]
+    assert release.recommended_steps_point(at_recipe, tied)["sampling_steps"] == 8  # a tie: the fewer steps
+    assert release.recommended_steps_point(at_recipe, [{"sampling_steps": 8, "fid": 0.9}]) is at_recipe
 
 
 def test_the_card_says_how_the_run_ended(tmp_path):

@@ -2,6 +2,7 @@
 (`pretrained/cunet-fashion-mnist/`), measured on that folder, with a card generated from the measurements.
 
     python -m training.release --checkpoint RUN/checkpoint-N     # package, measure (tens of minutes on 2 cores), card
+    python -m training.release --steps                           # only the step recommendation (minutes), card
     python -m training.release --card                            # the card and grid again, from the results file
 
 The folder: fp16 safetensors (3.4 MB; every loader gives fp32 unless asked otherwise), `model_index.json`, the code
@@ -9,8 +10,9 @@ files that load it without the package, the EDM DPM-Solver++ scheduler, the clas
 every class and the card. The measurements (`benchmarks/results/release.json`, the card's one source): FID, KID,
 precision and recall of 10,000 samples against the 10,000 test images in the judge's features, class accuracy at
 guidance scale 1 and at each guided scale (2,000 samples), the recommended scale (the most accurate whose FID is no
-worse than scale 1's), seconds and network evaluations per image on this CPU, and the parameters and GFLOPs beside
-a UNet2DModel of the same widths.
+worse than scale 1's, at the recipe's 20 sampler steps), the recommended steps (that scale at 20 steps and fewer: the
+lowest FID), seconds and network evaluations per image on this CPU, and the parameters and GFLOPs beside a
+UNet2DModel of the same widths.
 """
 
 from __future__ import annotations
@@ -35,6 +37,9 @@ HUB_DATASET = "zalando-datasets/fashion_mnist"
 GRID_FILE = "samples.png"
 SAMPLING_STEPS = 20  # EDM DPM-Solver++: the recipe's sampler
 GUIDANCE_SCALES = (1.5, 2.0, 3.0)
+# fewer sampler steps tried at the recommended scale: the converged x1 cUNet's FID at scale 1 is lowest at 8-10 steps
+# (6 / 8 / 10 / 12 / 15 / 20 / 50 steps: 0.96 / 0.69 / 0.81 / 1.03 / 1.38 / 1.64 / 1.82; 2026-12-07)
+STEP_CANDIDATES = (8, 10)
 FULL_SAMPLES = 10_000  # the standard protocol: as many samples as test images
 GUIDED_SAMPLES = 2_000
 # an interim checkpoint (shipped until the run converges) is measured more cheaply: no 10,000-sample protocol
@@ -122,34 +127,68 @@ def cost_beside_unet2d(unet) -> dict[str, Any]:
             "gflops_ratio": ours["gflops"] / theirs["gflops"]}  # fmt: skip
 
 
-def measure(folder: Path = SHIPPED, full_samples: int = FULL_SAMPLES, guided_samples: int = GUIDED_SAMPLES,
-            scales: tuple[float, ...] = GUIDANCE_SCALES, steps: int = SAMPLING_STEPS) -> dict[str, Any]:  # fmt: skip
-    """Every number of the card, measured on the shipped folder as a user loads it (fp32)."""
-    from diffusers_cunet.pipelines import ContinuousUNetPipeline
-    from evaluation.fashion_judge import judge_metadata, load_judge
-    from evaluation.fashion_scores import class_conditional_scores, sample_scores, test_image_features
-    from training.fashion_mnist import split_tensors
+class FolderScorer:
+    """The judge's scores of samples from the pipeline folder as a user loads it (fp32), the judge and the test
+    images' features loaded once."""
 
-    pipeline = ContinuousUNetPipeline.from_pretrained(folder)
-    judge = load_judge()
-    test = test_image_features()
-    floor_count = full_samples or guided_samples  # as many real training images as the main row has samples
-    floor = sample_scores(judge, None, split_tensors("train")[0][:floor_count], real_features=test)
+    def __init__(self, folder: Path):
+        from diffusers_cunet.pipelines import ContinuousUNetPipeline
+        from evaluation.fashion_judge import load_judge
+        from evaluation.fashion_scores import test_image_features
 
-    def scored(count: int, scale: float) -> dict[str, Any]:  # in the card's format: `seconds_per_image`
-        print(f"release: {count:,} samples at guidance scale {scale:g} ...", flush=True)  # minutes each on 2 cores
-        scores = class_conditional_scores(pipeline, judge, test, count, steps, guidance_scale=scale)
+        self.pipeline = ContinuousUNetPipeline.from_pretrained(folder)
+        self.judge = load_judge()
+        self.test = test_image_features()
+
+    def scored(self, count: int, scale: float, steps: int = SAMPLING_STEPS) -> dict[str, Any]:
+        """`count` samples at guidance `scale` in `steps` sampler steps, in the card's format (`seconds_per_image`)."""
+        from evaluation.fashion_scores import class_conditional_scores
+
+        print(f"release: {count:,} samples at guidance scale {scale:g}, {steps} steps ...", flush=True)  # minutes
+        scores = class_conditional_scores(self.pipeline, self.judge, self.test, count, steps, guidance_scale=scale)
         print(f"release: FID {scores['fid']:.2f}, class accuracy {scores['class_accuracy']:.1%}", flush=True)
         return {**scores, "seconds_per_image": scores.pop("sampling_s_per_image")}
 
-    full = scored(full_samples, 1.0) if full_samples else None
-    plain = scored(guided_samples, 1.0)
-    guided = [scored(guided_samples, scale) for scale in scales]
+
+def recommended_steps_point(at_recipe: dict[str, Any], fewer: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of the recommended scale's points at the recipe's steps and at fewer steps, the one with the lowest FID (the
+    fewer steps where two tie): the steps the card recommends."""
+    return min([at_recipe, *fewer], key=lambda point: (point["fid"], point["sampling_steps"]))
+
+
+def recommend_steps(scorer: FolderScorer, results: dict[str, Any], samples: int = GUIDED_SAMPLES,
+                    candidates: tuple[int, ...] = STEP_CANDIDATES) -> dict[str, Any]:  # fmt: skip
+    """`results` with the recommended scale measured at each of `candidates` sampler steps (`step_sweep`) and the
+    recommendation moved to the steps with the lowest FID (`recommended_steps`, `recommended`)."""
+    scale = results["recommended_guidance_scale"]
+    at_recipe = next(p for p in [results["scale_1"], *results["guided"]] if p["guidance_scale"] == scale)
+    fewer = [scorer.scored(samples, scale, steps) for steps in candidates]
+    recommended = recommended_steps_point(at_recipe, fewer)
+    return {**results, "step_sweep": fewer, "recommended_steps": recommended["sampling_steps"],
+            "recommended": recommended}  # fmt: skip
+
+
+def measure(folder: Path = SHIPPED, full_samples: int = FULL_SAMPLES, guided_samples: int = GUIDED_SAMPLES,
+            scales: tuple[float, ...] = GUIDANCE_SCALES, steps: int = SAMPLING_STEPS,
+            candidates: tuple[int, ...] = STEP_CANDIDATES) -> dict[str, Any]:  # fmt: skip
+    """Every number of the card, measured on the shipped folder as a user loads it (fp32): the guidance scales at the
+    recipe's steps (the recommended scale chosen there), then that scale at fewer steps (`recommend_steps`)."""
+    from evaluation.fashion_judge import judge_metadata
+    from evaluation.fashion_scores import sample_scores
+    from training.fashion_mnist import split_tensors
+
+    scorer = FolderScorer(folder)
+    pipeline = scorer.pipeline
+    floor_count = full_samples or guided_samples  # as many real training images as the main row has samples
+    floor = sample_scores(scorer.judge, None, split_tensors("train")[0][:floor_count], real_features=scorer.test)
+    full = scorer.scored(full_samples, 1.0, steps) if full_samples else None
+    plain = scorer.scored(guided_samples, 1.0, steps)
+    guided = [scorer.scored(guided_samples, scale, steps) for scale in scales]
     from benchmarks.convergence import recommended_point
 
     recommended = recommended_point(guided, plain)
     unet = pipeline.unet
-    return {
+    results = {
         "folder": str(folder.relative_to(ROOT)) if folder.is_relative_to(ROOT) else str(folder),
         "scheduler": type(pipeline.scheduler).__name__, "sampling_steps": steps,
         "full_protocol": full, "scale_1": plain, "guided": guided,
@@ -160,6 +199,7 @@ def measure(folder: Path = SHIPPED, full_samples: int = FULL_SAMPLES, guided_sam
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
         "date": time.strftime("%Y-%m-%d"),
     }  # fmt: skip
+    return recommend_steps(scorer, results, guided_samples, candidates)
 
 
 def convergence_state(run: str, step: int, results_file: Path | None = None) -> dict[str, Any]:
@@ -209,7 +249,7 @@ def render_card(results: dict[str, Any], folder: Path = SHIPPED) -> Path:
 
     card_data = ModelCardData(
         library_name="diffusers", license="apache-2.0", datasets=[HUB_DATASET],
-        **card_parameters(results["recommended_guidance_scale"], results["sampling_steps"]),
+        **card_parameters(results["recommended_guidance_scale"], results["recommended_steps"]),
         tags=["diffusers", "diffusers-cunet", "continuous-unet", "neural-ode", "class-conditional-image-generation"],
         model_name=REPO_ID.split("/")[-1],
         eval_results=[EvalResult(task_type="image-generation", dataset_type=HUB_DATASET, dataset_name="Fashion-MNIST",
@@ -228,13 +268,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, help="a training checkpoint of the cUNet x1 convergence run")
     parser.add_argument("--card", action="store_true", help="only render the card and grid from the results file")
+    parser.add_argument("--steps", action="store_true", help="measure the recommended scale at fewer sampler "
+                        f"steps ({', '.join(map(str, STEP_CANDIDATES))}) on the packaged folder, recommend the "
+                        "steps with the lowest FID, then the card (for a release measured before that)")  # fmt: skip
     parser.add_argument("--interim", action="store_true", help="measure an interim checkpoint cheaply: "
                         f"{INTERIM['guided_samples']} samples per scale, no 10,000-sample protocol")  # fmt: skip
     parser.add_argument("--output", type=Path, default=SHIPPED)
     parser.add_argument("--results", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    if args.checkpoint is None and not args.card:
-        parser.error("give --checkpoint (package and measure) or --card")
+    if args.checkpoint is None and not (args.card or args.steps):
+        parser.error("give --checkpoint (package and measure), --steps or --card")
     if args.checkpoint is not None:
         from training.checkpointing import checkpoint_step, read_run_record
 
@@ -249,12 +292,15 @@ def main(argv: list[str] | None = None) -> None:
         results["training"].update(convergence_state(results["training"]["run"], results["training"]["step"]))
         args.results.parent.mkdir(parents=True, exist_ok=True)
         args.results.write_text(json.dumps(results, indent=2))
+    elif args.steps:
+        results = recommend_steps(FolderScorer(args.output), json.loads(args.results.read_text()))
+        args.results.write_text(json.dumps(results, indent=2))
     results = json.loads(args.results.read_text())
     from diffusers_cunet.pipelines import ContinuousUNetPipeline
 
     pipeline = ContinuousUNetPipeline.from_pretrained(args.output)
-    class_grid(pipeline, list(range(10)), results["recommended_guidance_scale"], SAMPLING_STEPS, 0, GRID_COLUMNS,
-               args.output / GRID_FILE)  # fmt: skip
+    class_grid(pipeline, list(range(10)), results["recommended_guidance_scale"], results["recommended_steps"], 0,
+               GRID_COLUMNS, args.output / GRID_FILE)  # fmt: skip
     print(f"card: {render_card(results, args.output)}")
 
 
