@@ -300,6 +300,26 @@ def test_scoring_seconds_per_point_are_the_least_disturbed_timing_per_unit_of_co
     assert seconds == {"cunet-x1": pytest.approx(160.0), "unet2d-x1": pytest.approx(0.2 * 2000)}
 
 
+def test_the_end_of_run_table_says_where_fewer_sampler_steps_score_better():
+    settings = {"samples": 2000, "full_samples": 10_000, "test_images": 10_000, "sampling_steps": 20}
+    scores = {"kid_mean": 0.02, "precision": 0.9, "recall": 0.85, "class_accuracy": 0.88}
+
+    def point(steps: int, fid: float, scale: float = 1.0, samples: int = 2000) -> dict:
+        return {"sampling_steps": steps, "fid": fid, "guidance_scale": scale, "samples": samples, **scores}
+
+    row = {"name": "cunet-x1", "points": [{"step": 18_000, "fid": 1.64, **scores}], "recommended_guidance_scale": 1.5,
+           "sweep": [point(50, 1.82), point(8, 0.69)], "guided": [point(20, 0.85, 1.5)], "final": None}  # fmt: skip
+    lines = convergence.end_of_run_lines({"settings": settings, "runs": [row]})
+    table = [line for line in lines if line.startswith("| `cunet-x1`")]
+    assert [line.split(" | ")[2] for line in table] == ["8", "20", "50", "20"]  # the sweep in order, then guided
+    assert "| 1.5 (recommended) | 20 |" in table[-1]
+    said = "- `cunet-x1` at scale 1: the lowest FID with 8 sampler steps (0.69, against 1.64 at the recipe's 20)."
+    assert said in lines
+    row["sweep"] = [point(50, 1.82)]  # the recipe's steps are the best: nothing to say
+    lines = convergence.end_of_run_lines({"settings": settings, "runs": [row]})
+    assert not any(line.startswith("- ") for line in lines)
+
+
 def test_status_judges_finished_runs_once_a_seed_spread_exists_and_says_how_to_extend(tmp_path):
     mode = convergence.MODES["cpu"]
 
