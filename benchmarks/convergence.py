@@ -105,8 +105,8 @@ class ConvergenceSettings:
     seed: int = 0  # of sampling: every point of every run sees the same noise and labels
     # at the end of each run, on its last checkpoint: guided scales (the recommended one is chosen from them), the
     # recipe's sampler at other step counts, and (runs with `full_protocol`) 10,000 samples against the test images.
-    # The sweep is dense below the recipe's 20 steps: the converged x1 cUNet's FID is lowest there (6 / 8 / 10 / 20 /
-    # 50 steps: 0.96 / 0.69 / 0.81 / 1.64 / 1.82, 2026-12-07), so each network is also seen near its best
+    # The sweep is dense below the recipe's 20 steps: the converged x1 cUNet's FID is lowest there (BENCHMARKS.md's
+    # end-of-run table: 0.69 at 8 steps against 1.64 at 20, 2026-12-07), so each network is also seen near its best
     final_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
     final_sweep: tuple[int, ...] = (6, 8, 10, 15, 50)
     full_samples: int = 10_000
@@ -1048,7 +1048,7 @@ def plot(results: dict[str, Any], path: Path) -> Path:
             axis.legend(fontsize=7)
     left.set(xlabel="training hours (2 CPU cores)", ylabel="FID (judge features, 2,000 samples)",
              title="FID against training time")  # fmt: skip
-    steps = sorted({results["settings"]["sampling_steps"], *results["settings"]["final_sweep"]})
+    steps = ConvergenceSettings(**results["settings"]).timing_steps
     right.set(xlabel="sampling seconds per image", ylabel="FID",
               title=f"settled runs: {'/'.join(map(str, steps))} sampler steps")  # fmt: skip
     fig.tight_layout()
@@ -1154,8 +1154,7 @@ def end_of_run_lines(results: dict[str, Any]) -> list[str]:
     for row in measured:
         last = {**row["points"][-1], "guidance_scale": 1.0, "sampling_steps": settings["sampling_steps"],
                 "samples": settings["samples"]}  # fmt: skip
-        sweep = sorted(row["sweep"], key=lambda point: point["sampling_steps"])
-        for point in [*sorted([last, *sweep], key=lambda point: point["sampling_steps"]), *row["guided"],
+        for point in [*sorted([last, *row["sweep"]], key=lambda point: point["sampling_steps"]), *row["guided"],
                       *([row["final"]] if row["final"] else [])]:  # fmt: skip
             scale = f"{point['guidance_scale']:g}"
             if point["guidance_scale"] == row["recommended_guidance_scale"] and (point in row["guided"] or (

@@ -159,8 +159,8 @@ def test_the_card_is_what_the_results_render(tmp_path):
 def test_the_recommended_steps_have_the_lowest_fid_at_the_recommended_scale():
     at_recipe = {"sampling_steps": 20, "fid": 0.85}
     tied = [{"sampling_steps": 10, "fid": 0.7}, {"sampling_steps": 8, "fid": 0.7}]
-    assert release.recommended_steps_point(at_recipe, tied)["sampling_steps"] == 8  # a tie: the fewer steps
-    assert release.recommended_steps_point(at_recipe, [{"sampling_steps": 8, "fid": 0.9}]) is at_recipe
+    assert release.recommended_steps_point([*tied, at_recipe])["sampling_steps"] == 8  # a tie: the fewer steps
+    assert release.recommended_steps_point([{"sampling_steps": 8, "fid": 0.9}, at_recipe]) is at_recipe
 
 
 def test_the_card_says_how_the_run_ended(tmp_path):

@@ -38,7 +38,7 @@ GRID_FILE = "samples.png"
 SAMPLING_STEPS = 20  # EDM DPM-Solver++: the recipe's sampler
 GUIDANCE_SCALES = (1.5, 2.0, 3.0)
 # fewer sampler steps tried at the recommended scale: the converged x1 cUNet's FID at scale 1 is lowest at 8-10 steps
-# (6 / 8 / 10 / 12 / 15 / 20 / 50 steps: 0.96 / 0.69 / 0.81 / 1.03 / 1.38 / 1.64 / 1.82; 2026-12-07)
+# (BENCHMARKS.md, the convergence section's end-of-run sweep)
 STEP_CANDIDATES = (8, 10)
 FULL_SAMPLES = 10_000  # the standard protocol: as many samples as test images
 GUIDED_SAMPLES = 2_000
@@ -150,21 +150,23 @@ class FolderScorer:
         return {**scores, "seconds_per_image": scores.pop("sampling_s_per_image")}
 
 
-def recommended_steps_point(at_recipe: dict[str, Any], fewer: list[dict[str, Any]]) -> dict[str, Any]:
+def recommended_steps_point(sweep: list[dict[str, Any]]) -> dict[str, Any]:
     """Of the recommended scale's points at the recipe's steps and at fewer steps, the one with the lowest FID (the
     fewer steps where two tie): the steps the card recommends."""
-    return min([at_recipe, *fewer], key=lambda point: (point["fid"], point["sampling_steps"]))
+    return min(sweep, key=lambda point: (point["fid"], point["sampling_steps"]))
 
 
 def recommend_steps(scorer: FolderScorer, results: dict[str, Any], samples: int = GUIDED_SAMPLES,
                     candidates: tuple[int, ...] = STEP_CANDIDATES) -> dict[str, Any]:  # fmt: skip
-    """`results` with the recommended scale measured at each of `candidates` sampler steps (`step_sweep`) and the
-    recommendation moved to the steps with the lowest FID (`recommended_steps`, `recommended`)."""
+    """`results` with the recommended scale measured at each of `candidates` sampler steps, beside its point at the
+    recipe's steps (`step_sweep`, fewest steps first), and the recommendation moved to the steps with the lowest FID
+    (`recommended_steps`, `recommended`)."""
     scale = results["recommended_guidance_scale"]
     at_recipe = next(p for p in [results["scale_1"], *results["guided"]] if p["guidance_scale"] == scale)
     fewer = [scorer.scored(samples, scale, steps) for steps in candidates]
-    recommended = recommended_steps_point(at_recipe, fewer)
-    return {**results, "step_sweep": fewer, "recommended_steps": recommended["sampling_steps"],
+    sweep = sorted([*fewer, at_recipe], key=lambda point: point["sampling_steps"])
+    recommended = recommended_steps_point(sweep)
+    return {**results, "step_sweep": sweep, "recommended_steps": recommended["sampling_steps"],
             "recommended": recommended}  # fmt: skip
 
 
