@@ -16,6 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 RECIPE_OBJECTIVE = "edm"
+NOT_TIMED = (
+    "not timed yet (the runs measured at their end are timed side by side in one process once all of them "
+    "have settled)"
+)
 FDM_STEP_TARGET = 0.6  # issue 36: EDM-FDM reaches plain EDM's final FID in at most this share of EDM's steps
 
 
@@ -46,6 +50,11 @@ def seconds_to_fid(row: dict[str, Any], target: float) -> tuple[float, bool] | N
     """Training seconds until the run's scored FID first reaches `target` (see `first_crossing`)."""
     points = row["points"]
     return first_crossing([training_seconds(p) for p in points], [p["fid"] for p in points], target)
+
+
+def timed(*rows: dict[str, Any]) -> bool:
+    """Whether the side-by-side sampling times of every one of `rows` are in (missing before all have settled)."""
+    return all(row.get("seconds_per_image") for row in rows)
 
 
 def sampling_curve(row: dict[str, Any], recipe_steps: int) -> list[tuple[float, float]]:
@@ -92,7 +101,7 @@ def costs_to_fid(cunet: dict[str, Any], unet2d: dict[str, Any], target: float, r
     sample = {name: sampling_seconds_to_fid(row, target, recipe_steps)
               for name, row in (("cunet", cunet), ("unet2d", unet2d))}  # fmt: skip
     return {"target_fid": target, "train_seconds": train, "train_time_ratio": ratio(train["cunet"], train["unet2d"]),
-            "sampling_seconds_per_image": sample,
+            "sampling_timed": timed(cunet, unet2d), "sampling_seconds_per_image": sample,
             "sampling_time_ratio": ratio(sample["cunet"], sample["unet2d"])}  # fmt: skip
 
 
@@ -107,6 +116,7 @@ def pair_verdict(cunet: dict[str, Any], unet2d: dict[str, Any], spread: float | 
         "cunet_fid": final_fid(cunet), "unet2d_fid": target, "seed_spread_fid": spread,
         "outcome": outcome(final_fid(cunet), target, spread),
         "train_seconds_to_unet2d_fid": strict["train_seconds"], "train_time_ratio": strict["train_time_ratio"],
+        "sampling_timed": strict["sampling_timed"],
         "sampling_seconds_per_image_at_unet2d_fid": strict["sampling_seconds_per_image"],
         "sampling_time_ratio": strict["sampling_time_ratio"],
         "within_spread": costs_to_fid(cunet, unet2d, target + spread, recipe_steps) if spread is not None else None,
@@ -121,6 +131,7 @@ def as_good_as(unet2d: dict[str, Any], cunets: list[dict[str, Any]], recipe_step
     as_good = [{
         "run": row["name"], "fid": final_fid(row), "params_ratio": ratio(row.get("params"), unet2d.get("params")),
         "train_time_ratio": ratio(seconds_to_fid(row, target), seconds_to_fid(unet2d, target)),
+        "sampling_timed": timed(row, unet2d),
         "sampling_time_ratio": ratio(recipe_seconds_per_image(row, recipe_steps),
                                      recipe_seconds_per_image(unet2d, recipe_steps)),
     } for row in cunets if final_fid(row) <= target]  # fmt: skip
@@ -192,12 +203,20 @@ def times(value: float | None) -> str:
 def within_spread_text(costs: dict[str, Any] | None) -> str:
     if costs is None:
         return ""
-    train, sample = costs["train_seconds"], costs["sampling_seconds_per_image"]
+    train = costs["train_seconds"]
+    sample = (sampling_text(True, costs["sampling_seconds_per_image"], costs["sampling_time_ratio"])
+              if costs["sampling_timed"] else "not timed yet")  # fmt: skip
     return (f" To within the seed spread of it (FID <= {costs['target_fid']:.2f}): training cUNet "
             f"{hours(train['cunet'])}, UNet2DModel {hours(train['unet2d'])} ({times(costs['train_time_ratio'])}); "
-            f"sampling cUNet "
-            f"{per_image(sample['cunet'])}, UNet2DModel {per_image(sample['unet2d'])} "
-            f"({times(costs['sampling_time_ratio'])}).")  # fmt: skip
+            f"sampling {sample}.")  # fmt: skip
+
+
+def sampling_text(timed_in: bool, sample: dict[str, Any], sample_ratio: float | None) -> str:
+    """Each network's sampling seconds per image to a target FID and the cUNet's share (`costs_to_fid`), or that
+    the side-by-side times are not in yet."""
+    if not timed_in:
+        return NOT_TIMED
+    return f"cUNet {per_image(sample['cunet'])}, UNet2DModel {per_image(sample['unet2d'])} ({times(sample_ratio)})"
 
 
 def verdict_lines(found: dict[str, Any]) -> list[str]:
@@ -213,19 +232,21 @@ def verdict_lines(found: dict[str, Any]) -> list[str]:
     for pair in found["same_width"]:
         spread = pair["seed_spread_fid"]
         spread_text = f"seed spread {spread:.2f}" if spread is not None else "no seed spread measured yet"
-        train, sample = pair["train_seconds_to_unet2d_fid"], pair["sampling_seconds_per_image_at_unet2d_fid"]
+        train = pair["train_seconds_to_unet2d_fid"]
+        sample = sampling_text(pair["sampling_timed"], pair["sampling_seconds_per_image_at_unet2d_fid"],
+                               pair["sampling_time_ratio"])  # fmt: skip
         lines.append(
             f"- **{pair['width']}** (same objective, same steps): the cUNet's final FID **{pair['cunet_fid']:.2f}** "
             f"against the UNet2DModel's **{pair['unet2d_fid']:.2f}** ({spread_text}): **{pair['outcome']}**. "
             f"Training time to the UNet2DModel's final FID: cUNet {hours(train['cunet'])}, UNet2DModel "
             f"{hours(train['unet2d'])} ({times(pair['train_time_ratio'])}). Sampling time per image at that FID: "
-            f"cUNet {per_image(sample['cunet'])}, UNet2DModel {per_image(sample['unet2d'])} "
-            f"({times(pair['sampling_time_ratio'])}); parameters {times(pair['params_ratio'])}."
+            f"{sample}; parameters {times(pair['params_ratio'])}."
             + within_spread_text(pair.get("within_spread"))
         )  # fmt: skip
     for entry in found["across_widths"]:
         good = ", ".join(f"`{c['run']}` (FID {c['fid']:.2f}; parameters {times(c['params_ratio'])}, training time "
-                         f"{times(c['train_time_ratio'])}, sampling time {times(c['sampling_time_ratio'])})"
+                         f"{times(c['train_time_ratio'])}, sampling time "
+                         f"{times(c['sampling_time_ratio']) if c['sampling_timed'] else 'not timed yet'})"
                          for c in entry["cunets_at_least_as_good"]) or "none: every cUNet's FID is higher"  # fmt: skip
         lines.append(f"- `{entry['unet2d']}` (FID {entry['fid']:.2f}): cUNets at least as good: {good}.")
     for entry in found["fdm"]:

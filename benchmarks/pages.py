@@ -112,7 +112,7 @@ def convergence_row(data: dict[str, Any]) -> list[str]:
 def convergence_verdict_rows(pair: dict[str, Any]) -> list[str]:
     """The x1 verdict at convergence (`convergence_verdicts.pair_verdict`): final FID, training time to the
     UNet2DModel's final FID, sampling time per image at that FID."""
-    from .convergence_verdicts import hours, per_image, times
+    from .convergence_verdicts import hours, times
 
     spread = pair["seed_spread_fid"]
     spread_text = f"seed spread {spread:.2f}" if spread is not None else "no seed spread yet"
@@ -128,9 +128,21 @@ def convergence_verdict_rows(pair: dict[str, Any]) -> list[str]:
         f"{pair['outcome']}) | {pair['cunet_fid']:.2f} | {pair['unet2d_fid']:.2f} | |",
         f"| ... training time to the UNet2DModel's {target} (2 CPU cores) | {hours(train['cunet'])} | "
         f"{hours(train['unet2d'])} | **{times(train_ratio)}** |",
-        f"| ... sampling time per image at that FID | {per_image(sample['cunet'])} | {per_image(sample['unet2d'])} | "
-        f"**{times(sample_ratio)}** |",
+        sampling_row(pair["sampling_timed"], sample, sample_ratio),
     ]
+
+
+def sampling_row(timed: bool, sample: dict[str, Any], sample_ratio: float | None) -> str:
+    """The README row of sampling seconds per image at the verdict's FID (its cells say so while untimed)."""
+    from .convergence_verdicts import per_image, times
+
+    if not timed:
+        return (
+            "| ... sampling time per image at that FID (timed side by side once every run has settled) | "
+            "not timed yet | not timed yet | |"
+        )
+    return (f"| ... sampling time per image at that FID | {per_image(sample['cunet'])} | "
+            f"{per_image(sample['unet2d'])} | **{times(sample_ratio)}** |")  # fmt: skip
 
 
 def results_table(results: Path) -> list[str]:

@@ -107,3 +107,15 @@ def test_fdm_is_set_against_the_same_cunets_plain_edm_run_and_is_no_seed():
     assert entry["step_ratio"] == pytest.approx(2.5 / 4) and not entry["meets_target"]  # 0.625x > 0.6x
     text = "\n".join(verdict_lines({"same_width": [], "across_widths": [], "fdm": [entry]}))
     assert "at step 2 against EDM's 4 (0.62x; target <= 0.6x: not met)" in text and "None yet" not in text
+
+
+def test_sampling_times_not_in_yet_are_said_to_be_untimed_not_unreached():
+    untimed = [{**CUNET, "seconds_per_image": {}}, {**UNET2D, "seconds_per_image": {}}]
+    found = verdicts(untimed, spread=0.6, recipe_steps=RECIPE_STEPS)
+    (pair,) = found["same_width"]
+    assert not pair["sampling_timed"] and pair["within_spread"]["sampling_timed"] is False
+    assert pair["train_time_ratio"] == pytest.approx(250 / 900)  # training times do not wait for the timing
+    text = "\n".join(verdict_lines(found))
+    assert "Sampling time per image at that FID: not timed yet (" in text and "sampling not timed yet." in text
+    assert "not reached" not in text and "sampling time not timed yet)" in text
+    assert verdicts([CUNET, UNET2D], 0.6, RECIPE_STEPS)["same_width"][0]["sampling_timed"]

@@ -153,3 +153,9 @@ def test_the_convergence_verdict_replaces_the_in_progress_row_once_the_pair_is_f
     # 4.3 never reaches 3.4, but is within the spread of it: the times are to within the spread (FID <= 4.40)
     assert "training time to the UNet2DModel's final FID within the seed spread (<= 4.40)" in rows
     assert "sampling time per image at that FID" in rows and "never" not in rows
+    assert "not timed yet" not in rows
+    for name in finished:  # before the side-by-side timing: the row says so instead of "not reached"
+        runs[name]["seconds_per_image"] = None
+    untimed = pair_verdict(runs["cunet-x1"], runs["unet2d-x1"], 1.0, 20)
+    rows = "\n".join(pages.convergence_row({**data, "verdicts": {"same_width": [untimed]}}))
+    assert "| not timed yet | not timed yet | |" in rows and "not reached" not in rows
