@@ -47,7 +47,7 @@ import torch
 from training.plotting import pyplot
 
 from . import paths
-from .convergence_verdicts import sampling_curve, verdict_lines, verdicts
+from .convergence_verdicts import sampling_curve, sweep_fids, verdict_lines, verdicts
 from .fashion import EULER1
 from .fashion import RESULTS_FILE as FASHION_RESULTS_FILE
 from .guidance import GUIDED
@@ -1022,23 +1022,35 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
 
 
 def plot(results: dict[str, Any], path: Path) -> Path:
-    """FID against training hours, one line per run (left), and, for the finished runs, FID against sampling
-    seconds per image at the recipe's and the sweep's sampler steps (right; the times measured side by side), the
-    floor beside."""
+    """Save `figure` (the metric's floor read from the results folder `path` is in) to `path`."""
     plt = pyplot()
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig = figure(results, metric_floor(path.parent))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def figure(results: dict[str, Any], floor: dict[str, Any] | None) -> Any:
+    """FID against training hours, one line per run (left), and, for the settled runs, FID against sampling
+    seconds per image at the recipe's and the sweep's sampler steps (right; the times measured side by side; until
+    they are in, FID against the sampler steps themselves), the floor beside."""
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(10, 3.6))
+    recipe_steps = results["settings"]["sampling_steps"]
+    timed_in = any(sampling_curve(row, recipe_steps) for row in results["runs"] if row["points"])
     for row in (row for row in results["runs"] if row["points"]):  # started, scored at least once
         style = dict(marker="o", linestyle="-" if row["network"] == "cunet" else "--")
-        left.plot([(p.get("train_seconds_median") or p["train_seconds"]) / 3600 for p in row["points"]],
-                  [p["fid"] for p in row["points"]],
-                  label=row["name"], **style)  # fmt: skip
-        pairs = sampling_curve(row, results["settings"]["sampling_steps"])  # the sweep and the recipe's steps
+        (drawn,) = left.plot([(p.get("train_seconds_median") or p["train_seconds"]) / 3600 for p in row["points"]],
+                             [p["fid"] for p in row["points"]],
+                             label=row["name"], **style)  # fmt: skip
+        style["color"] = drawn.get_color()  # each run one colour in both panels
+        if timed_in:
+            pairs = sampling_curve(row, recipe_steps)  # the sweep and the recipe's steps
+        else:
+            pairs = sorted(sweep_fids(row, recipe_steps).items()) if row.get("sweep") else []
         if pairs:
             right.plot(*zip(*pairs), label=row["name"], **style)
-    if not right.lines:
-        right.text(0.5, 0.5, "not timed yet: the settled runs are\ntimed side by side in one process",
-                   ha="center", va="center", transform=right.transAxes, color="grey")  # fmt: skip
-    floor = metric_floor(path.parent)
+    sampler_steps = sorted({x for line in right.lines for x in line.get_xdata()})  # before the floor's line
     for axis in (left, right):
         if floor is not None:  # how far from real images the scores are, on the same judge
             axis.axhline(floor["fid"], color="grey", linestyle=":", label=f"floor (real images): {floor['fid']:.2f}")
@@ -1048,14 +1060,18 @@ def plot(results: dict[str, Any], path: Path) -> Path:
             axis.legend(fontsize=7)
     left.set(xlabel="training hours (2 CPU cores)", ylabel="FID (judge features, 2,000 samples)",
              title="FID against training time")  # fmt: skip
-    steps = ConvergenceSettings(**results["settings"]).timing_steps
-    right.set(xlabel="sampling seconds per image", ylabel="FID",
-              title=f"settled runs: {'/'.join(map(str, steps))} sampler steps")  # fmt: skip
+    if timed_in:
+        steps = ConvergenceSettings(**results["settings"]).timing_steps
+        right.set(xlabel="sampling seconds per image", ylabel="FID",
+                  title=f"settled runs: {'/'.join(map(str, steps))} sampler steps")  # fmt: skip
+    else:
+        right.set_xscale("log")
+        right.set_xticks(sampler_steps, [f"{x:g}" for x in sampler_steps])
+        right.minorticks_off()
+        right.set(xlabel="sampler steps (EDM DPM-Solver++, guidance scale 1)", ylabel="FID",
+                  title="settled runs (sampling times not in yet)")  # fmt: skip
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
 # ------------------------------------------------------------------------------ its section of the report
@@ -1131,7 +1147,8 @@ def report_section(results: dict[str, Any], folder: Path) -> list[str]:
     lines += end_of_run_lines(results)
     lines += verdict_lines(results["verdicts"])
     plot(results, folder / PLOT_FILE)
-    lines.append(f"\n![FID against training hours]({paths.shown(folder / PLOT_FILE)})\n")
+    caption = "FID against training hours; settled runs: FID against sampling time (sampler steps until timed)"
+    lines.append(f"\n![{caption}]({paths.shown(folder / PLOT_FILE)})\n")
     return lines + step_aware_lines(results.get("step_aware"), folder)
 
 

@@ -57,12 +57,17 @@ def timed(*rows: dict[str, Any]) -> bool:
     return all(row.get("seconds_per_image") for row in rows)
 
 
+def sweep_fids(row: dict[str, Any], recipe_steps: int) -> dict[int, float]:
+    """FID by sampler step count of a settled run: its sweep and the recipe's own steps (its last point)."""
+    fids = {point["sampling_steps"]: point["fid"] for point in row.get("sweep", [])}
+    return {**fids, recipe_steps: final_fid(row)}
+
+
 def sampling_curve(row: dict[str, Any], recipe_steps: int) -> list[tuple[float, float]]:
     """(seconds per image, FID) at each sampler step count the settled run was scored and timed at: the sweep
     and the recipe's own steps (its last point)."""
     times = row.get("seconds_per_image") or {}
-    fids = {point["sampling_steps"]: point["fid"] for point in row.get("sweep", [])}
-    fids[recipe_steps] = final_fid(row)
+    fids = sweep_fids(row, recipe_steps)
     return sorted((times[str(steps)], fid) for steps, fid in fids.items() if str(steps) in times)
 
 

@@ -425,3 +425,34 @@ def test_the_last_stage_line_is_found_from_the_end_of_a_long_log(tmp_path):
     assert convergence.last_stage_line(log, window=100) == "=== b: step 0 -> 2 (of 4) ==="
     log.write_text(bars)
     assert convergence.last_stage_line(log, window=100) is None
+
+
+def test_the_plot_sets_fid_against_sampling_time_or_until_timed_against_sampler_steps():
+    """The right panel shows each settled run's sweep against its side-by-side sampling times; before those are in,
+    against the sampler steps themselves (ticks at the steps scored), not an empty panel."""
+    from dataclasses import asdict
+
+    from training.plotting import pyplot
+
+    def row(name, network, fid, sweep, seconds=None):
+        return {"name": name, "network": network, "points": [{"step": 2, "train_seconds": 60.0, "fid": fid}],
+                "sweep": [{"sampling_steps": steps, "fid": value} for steps, value in sweep],
+                "seconds_per_image": seconds}  # fmt: skip
+
+    settings = asdict(MODE.settings)
+    recipe = settings["sampling_steps"]
+    runs = [row("cunet-x1", "cunet", 3.0, [(1, 5.0), (10, 2.5)]), row("unet2d-x1", "unet2d", 2.0, [])]
+    fig = convergence.figure({"settings": settings, "runs": runs}, {"fid": 0.2})
+    right = fig.axes[1]
+    assert "sampler steps" in right.get_xlabel()
+    assert list(right.get_xticks()) == sorted({1, 10, recipe})  # the floor's line adds no tick
+    (line,) = [line for line in right.lines if line.get_label() == "cunet-x1"]  # the unswept run is not drawn
+    assert list(line.get_ydata()) == [fid for _, fid in sorted({1: 5.0, 10: 2.5, recipe: 3.0}.items())]
+    pyplot().close(fig)
+    runs[0]["seconds_per_image"] = {"1": 0.01, "10": 0.1, str(recipe): 0.2}
+    fig = convergence.figure({"settings": settings, "runs": runs}, None)
+    right = fig.axes[1]
+    assert right.get_xlabel() == "sampling seconds per image"
+    (line,) = right.lines
+    assert sorted(line.get_xdata()) == sorted({0.01, 0.1, 0.2})
+    pyplot().close(fig)
