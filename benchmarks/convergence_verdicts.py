@@ -125,6 +125,9 @@ def pair_verdict(cunet: dict[str, Any], unet2d: dict[str, Any], spread: float | 
         "sampling_seconds_per_image_at_unet2d_fid": strict["sampling_seconds_per_image"],
         "sampling_time_ratio": strict["sampling_time_ratio"],
         "within_spread": costs_to_fid(cunet, unet2d, target + spread, recipe_steps) if spread is not None else None,
+        # a cUNet that levels off above: what each pays for the quality both reach, the cUNet's own final FID
+        "at_cunet_fid": costs_to_fid(cunet, unet2d, final_fid(cunet), recipe_steps)
+        if final_fid(cunet) > target else None,
         "params_ratio": ratio(cunet.get("params"), unet2d.get("params")),
     }  # fmt: skip
 
@@ -205,13 +208,14 @@ def times(value: float | None) -> str:
     return f"{value:.2f}x" if value is not None else "-"
 
 
-def within_spread_text(costs: dict[str, Any] | None) -> str:
+def costs_text(target: str, costs: dict[str, Any] | None) -> str:
+    """A sentence on the costs to one more target FID (`costs_to_fid`; nothing where there is none)."""
     if costs is None:
         return ""
     train = costs["train_seconds"]
     sample = (sampling_text(True, costs["sampling_seconds_per_image"], costs["sampling_time_ratio"])
               if costs["sampling_timed"] else "not timed yet")  # fmt: skip
-    return (f" To within the seed spread of it (FID <= {costs['target_fid']:.2f}): training cUNet "
+    return (f" {target} (FID <= {costs['target_fid']:.2f}): training cUNet "
             f"{hours(train['cunet'])}, UNet2DModel {hours(train['unet2d'])} ({times(costs['train_time_ratio'])}); "
             f"sampling {sample}.")  # fmt: skip
 
@@ -246,7 +250,8 @@ def verdict_lines(found: dict[str, Any]) -> list[str]:
             f"Training time to the UNet2DModel's final FID: cUNet {hours(train['cunet'])}, UNet2DModel "
             f"{hours(train['unet2d'])} ({times(pair['train_time_ratio'])}). Sampling time per image at that FID: "
             f"{sample}; parameters {times(pair['params_ratio'])}."
-            + within_spread_text(pair.get("within_spread"))
+            + costs_text("To within the seed spread of it", pair.get("within_spread"))
+            + costs_text("To the cUNet's own final FID, the quality both reach", pair.get("at_cunet_fid"))
         )  # fmt: skip
     for entry in found["across_widths"]:
         good = ", ".join(f"`{c['run']}` (FID {c['fid']:.2f}; parameters {times(c['params_ratio'])}, training time "

@@ -78,6 +78,16 @@ def test_a_losing_cunet_is_said_plainly_and_unsettled_runs_give_no_verdict():
     assert found["across_widths"][0]["cunets_at_least_as_good"] == []
     text = "\n".join(verdict_lines(found))
     assert "cUNet never (within its steps)" in text and "none: every cUNet's FID is higher" in text
+    # what each pays for the quality both reach, the cUNet's final 12.0: the cUNet at its 200 s point, the
+    # UNet2DModel already at its first (300 s, only a bound)
+    both = pair["at_cunet_fid"]
+    assert both["target_fid"] == 12.0 and both["train_seconds"] == {"cunet": (200, False), "unet2d": (300, True)}
+    assert both["train_time_ratio"] == pytest.approx(200 / 300)
+    assert (
+        "To the cUNet's own final FID, the quality both reach (FID <= 12.00): training cUNet 0.06 h, "
+        "UNet2DModel <= 0.08 h (0.67x)" in text
+    )
+    assert found_pair_at_cunet_fid(CUNET, UNET2D) is None  # a cUNet at least as good needs no such line
     unfinished = row("cunet-x1", "cunet", "x1", [(100, 9.0), (200, 8.0)], done=False)
     assert verdicts([unfinished, UNET2D], 0.6, RECIPE_STEPS)["same_width"] == []
     # finished its plan but not judged converged yet (the queue may extend it): no verdict either
@@ -87,6 +97,10 @@ def test_a_losing_cunet_is_said_plainly_and_unsettled_runs_give_no_verdict():
         "fdm": [],
     }
     assert "None yet" in "\n".join(verdict_lines(verdicts([unfinished, UNET2D], 0.6, RECIPE_STEPS)))
+
+
+def found_pair_at_cunet_fid(cunet, unet2d):
+    return verdicts([cunet, unet2d], spread=0.6, recipe_steps=RECIPE_STEPS)["same_width"][0]["at_cunet_fid"]
 
 
 def test_fdm_is_set_against_the_same_cunets_plain_edm_run_and_is_no_seed():

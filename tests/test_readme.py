@@ -152,6 +152,12 @@ def test_the_convergence_verdict_replaces_the_in_progress_row_once_the_pair_is_f
     assert "seed spread 1.00; the cUNet's is within the seed spread) | 4.30 | 3.40 |" in rows
     # 4.3 never reaches 3.4, but is within the spread of it: the times are to within the spread (FID <= 4.40)
     assert "training time to the UNet2DModel's final FID within the seed spread (<= 4.40)" in rows
+    worse = pair_verdict(runs["cunet-x1"], runs["unet2d-x1"], 0.5, 20)  # 4.3 against 3.4, beyond the spread
+    worse_rows = "\n".join(pages.convergence_row({**data, "verdicts": {"same_width": [worse]}}))
+    # neither 3.4 nor 3.9 is reached by the cUNet: the row gives the costs to the FID both reach, its own 4.3
+    assert "the cUNet's is worse) | 4.30 | 3.40 |" in worse_rows
+    assert "training time to the cUNet's own final FID (4.30), the quality both reach" in worse_rows
+    assert "| 0.69 h | 1.62 h | **0.43x** |" in worse_rows  # 2,500 s; 4,000 + 2,200 x 4.6 / 5.5 = 5,840 s
     assert "sampling time per image at that FID" in rows and "never" not in rows
     assert "not timed yet" not in rows
     for name in finished:  # before the side-by-side timing: the row says so instead of "not reached"

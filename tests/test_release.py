@@ -179,6 +179,30 @@ def test_the_card_says_how_the_run_ended(tmp_path):
         assert words in card and "Interim" not in card and f"{state['seed_spread_fid']:.2f}" in card
 
 
+def test_the_card_sets_the_model_against_the_unet2dmodel_trained_the_same_way(tmp_path):
+    """Once the UNet2DModel of the same widths has settled, the card gives the published verdict (the FIDs, which is
+    lower, what the cUNet pays for its own final FID) and, where the cUNet loses, says so; before, that it comes."""
+    published = json.loads((ROOT / "benchmarks" / "results" / "convergence.json").read_text())
+    versus = release.versus_unet2d("cunet-x1")
+    pair = next((pair for pair in published["verdicts"]["same_width"] if pair["cunet"] == "cunet-x1"), None)
+    assert (versus is None) == (pair is None)
+    results = json.loads(release.RESULTS.read_text())
+    shutil.copytree(SHIPPED, tmp_path / "folder")
+    worse = {"cunet": "cunet-x1", "unet2d": "unet2d-x1", "cunet_fid": 1.64, "unet2d_fid": 0.85, "samples": 2000,
+             "seed_spread_fid": 0.55, "outcome": "worse", "params_ratio": 0.43,
+             "at_cunet_fid": {"train_time_ratio": 0.76}}  # fmt: skip
+    results["versus_unet2d"] = worse
+    card = release.render_card(results, tmp_path / "folder").read_text()
+    assert "FID 1.64 against 0.85 (2,000 samples each" in card and "this model's FID is **worse**" in card
+    assert "the UNet2DModel is the better choice" in card and "0.76x the training time" in card
+    results["versus_unet2d"] = {**worse, "cunet_fid": 0.8, "outcome": "within the seed spread", "at_cunet_fid": None}
+    card = release.render_card(results, tmp_path / "folder").read_text()
+    assert "**within the seed spread**." in card and "better choice" not in card and "training time the" not in card
+    results["versus_unet2d"] = None
+    card = release.render_card(results, tmp_path / "folder").read_text()
+    assert "comes when the UNet2DModel's run has settled" in card
+
+
 def test_packaging_a_checkpoint(tmp_path):
     run = tmp_path / "run"
     train(run, "--max_train_steps", "2", "--checkpointing_steps", "2", "--class_column", "label",

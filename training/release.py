@@ -220,6 +220,17 @@ def convergence_state(run: str, step: int, results_file: Path | None = None) -> 
             "convergence_fraction": published["settings"]["convergence_fraction"]}  # fmt: skip
 
 
+def versus_unet2d(run: str, results_file: Path | None = None) -> dict[str, Any] | None:
+    """The published convergence verdict setting `run` against the UNet2DModel of its width, trained the same way
+    (`convergence_verdicts.pair_verdict`, with the samples each FID is of); None before both have settled."""
+    from benchmarks import convergence, paths
+
+    published = json.loads((results_file or paths.PUBLISHED_RESULTS / convergence.RESULTS_FILE).read_text())
+    pair = next((pair for pair in (published.get("verdicts") or {}).get("same_width", []) if pair["cunet"] == run),
+                None)  # fmt: skip
+    return {**pair, "samples": published["settings"]["samples"]} if pair else None
+
+
 def training_command(record: dict[str, Any]) -> str:
     """The `train.py` command that trains the shipped run (from the convergence benchmark's options for it)."""
     from benchmarks import convergence
@@ -269,7 +280,12 @@ def render_card(results: dict[str, Any], folder: Path = SHIPPED) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, help="a training checkpoint of the cUNet x1 convergence run")
-    parser.add_argument("--card", action="store_true", help="only render the card and grid from the results file")
+    parser.add_argument(
+        "--card",
+        action="store_true",
+        help="only render the card and grid from the results file (the "
+        "comparison with the UNet2DModel read afresh from the published convergence results)",
+    )
     parser.add_argument("--steps", action="store_true", help="measure the recommended scale at fewer sampler "
                         f"steps ({', '.join(map(str, STEP_CANDIDATES))}) on the packaged folder, recommend the "
                         "steps with the lowest FID, then the card (for a release measured before that)")  # fmt: skip
@@ -292,12 +308,14 @@ def main(argv: list[str] | None = None) -> None:
         # recorded with the measurements: the card never depends on today's defaults of the benchmark
         results["training"]["command"] = training_command(results["training"])
         results["training"].update(convergence_state(results["training"]["run"], results["training"]["step"]))
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(results, indent=2))
     elif args.steps:
         results = recommend_steps(FolderScorer(args.output), json.loads(args.results.read_text()))
-        args.results.write_text(json.dumps(results, indent=2))
-    results = json.loads(args.results.read_text())
+    else:
+        results = json.loads(args.results.read_text())
+    # the comparison comes with the UNet2DModel's end, which may be later than the cUNet's: read afresh each time
+    results["versus_unet2d"] = versus_unet2d(results["training"]["run"])
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2))
     from diffusers_cunet.pipelines import ContinuousUNetPipeline
 
     pipeline = ContinuousUNetPipeline.from_pretrained(args.output)
