@@ -487,23 +487,30 @@ def score_final_tasks(run: ConvergenceRun, folder: Path, scorer: Scorer, step: i
 
 
 def time_finished_runs(mode: Mode, folder: Path) -> None:
-    """Sampling seconds per image of the x1 and x0.5 pairs (the runs measured at their end) once all are settled,
-    side by side in one process (each step count, each repeat, every model in turn; the median kept), written to
-    `timing.json` once per set of final steps."""
+    """Sampling seconds per image of the settled runs measured at their end (the x1 and x0.5 pairs), side by side in
+    one process (each step count, each repeat, every model in turn; the median kept), written to `timing.json`: once
+    both networks have a settled run, and again, all of them in one process, each time another settles (so a pair's
+    verdict need not wait for the other width, and the final times are still of one process)."""
     from diffusers_cunet.pipelines import ContinuousUNetPipeline
     from training.checkpointing import list_checkpoints
 
     from .common import load_ema
     from .fashion import sampler
 
-    runs = [run for run in mode.runs if run.final_measurements]
-    steps = {run.name: steps_done(folder, run) for run in runs}
     rows, spread = judgements(mode, folder)
-    if not all(finished_with_weights(run, rows[run.name], spread, mode, folder) for run in runs):
-        return  # a run is still training, or retraining its lost weights
+    # a run still training, or retraining lost weights, is timed (with all the others again) once settled
+    runs = [
+        run
+        for run in mode.runs
+        if run.final_measurements and finished_with_weights(run, rows[run.name], spread, mode, folder)
+    ]
+    if len({run.model_type for run in runs}) < 2:
+        return  # no ratio without both networks
+    steps = {run.name: steps_done(folder, run) for run in runs}
     path = folder / TIMING_FILE
-    if path.is_file() and json.loads(path.read_text()).get("steps") == steps:
-        return
+    timed_steps = json.loads(path.read_text()).get("steps", {}) if path.is_file() else {}
+    if steps.items() <= timed_steps.items():
+        return  # each timed at this step already (restored ones too, while their lost weights are retrained)
     settings = mode.settings
     pipelines = {}
     for run in runs:

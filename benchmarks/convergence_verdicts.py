@@ -16,10 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 RECIPE_OBJECTIVE = "edm"
-NOT_TIMED = (
-    "not timed yet (the runs measured at their end are timed side by side in one process once all of them "
-    "have settled)"
-)
+NOT_TIMED = "not timed yet (settled runs are timed side by side in one process after their end-of-run measurements)"
 FDM_STEP_TARGET = 0.6  # issue 36: EDM-FDM reaches plain EDM's final FID in at most this share of EDM's steps
 
 
@@ -53,7 +50,7 @@ def seconds_to_fid(row: dict[str, Any], target: float) -> tuple[float, bool] | N
 
 
 def timed(*rows: dict[str, Any]) -> bool:
-    """Whether the side-by-side sampling times of every one of `rows` are in (missing before all have settled)."""
+    """Whether the side-by-side sampling times of every one of `rows` are in (`convergence.time_finished_runs`)."""
     return all(row.get("seconds_per_image") for row in rows)
 
 

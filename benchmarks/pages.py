@@ -146,7 +146,7 @@ def sampling_row(timed: bool, sample: dict[str, Any], sample_ratio: float | None
 
     if not timed:
         return (
-            "| ... sampling time per image at that FID (timed side by side once every run has settled) | "
+            "| ... sampling time per image at that FID (timed side by side after the end-of-run measurements) | "
             "not timed yet | not timed yet | |"
         )
     return (f"| ... sampling time per image at that FID | {per_image(sample['cunet'])} | "

@@ -60,6 +60,10 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     assert sum(len(steps) for steps in points_by_run(folder, "guided").values()) == len(MODE.runs)
     timing = json.loads((folder / convergence.TIMING_FILE).read_text())
     assert set(timing["seconds_per_image"]) == {run.name for run in MODE.runs} and timing["threads"] >= 1
+    # timed once the x1 pair had settled (its verdict need not wait for the x0.5 runs), then all again in one process
+    timed = [json.loads(line.split("side by side: ")[1]) for line in capsys.readouterr().out.splitlines()
+             if line.startswith("sampling seconds per image, side by side: ")]  # fmt: skip
+    assert [set(found) for found in timed] == [{"cunet-x1", "unet2d-x1"}, {run.name for run in MODE.runs}]
     point = [p for p in convergence.read_points(folder) if p["kind"] == "checkpoint"][-1]
     for key in ("fid", "kid_mean", "precision", "recall", "class_accuracy", "held_out_error", "train_seconds"):
         assert point[key] is not None and point[key] == point[key], key  # present and not NaN
