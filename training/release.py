@@ -204,13 +204,18 @@ def measure(folder: Path = SHIPPED, full_samples: int = FULL_SAMPLES, guided_sam
     return recommend_steps(scorer, results, guided_samples, candidates)
 
 
+def published_convergence(results_file: Path | None = None) -> dict[str, Any]:
+    """The convergence benchmark's published results (or `results_file`)."""
+    from benchmarks import convergence, paths
+
+    return json.loads((results_file or paths.PUBLISHED_RESULTS / convergence.RESULTS_FILE).read_text())
+
+
 def convergence_state(run: str, step: int, results_file: Path | None = None) -> dict[str, Any]:
     """What the convergence benchmark's published results say of `run` at `step`: its planned steps, whether that step
     is its settled end (converged by the criterion, or at its step cap) and the seed spread that judged it. `settled`
     is False where the results have not reached that step: the card then calls the checkpoint interim."""
-    from benchmarks import convergence, paths
-
-    published = json.loads((results_file or paths.PUBLISHED_RESULTS / convergence.RESULTS_FILE).read_text())
+    published = published_convergence(results_file)
     row = next((row for row in published["runs"] if row["name"] == run), None)
     if row is None:
         raise SystemExit(f"{run!r} is not a run of the published convergence results: package a convergence run")
@@ -223,9 +228,7 @@ def convergence_state(run: str, step: int, results_file: Path | None = None) -> 
 def versus_unet2d(run: str, results_file: Path | None = None) -> dict[str, Any] | None:
     """The published convergence verdict setting `run` against the UNet2DModel of its width, trained the same way
     (`convergence_verdicts.pair_verdict`, with the samples each FID is of); None before both have settled."""
-    from benchmarks import convergence, paths
-
-    published = json.loads((results_file or paths.PUBLISHED_RESULTS / convergence.RESULTS_FILE).read_text())
+    published = published_convergence(results_file)
     pair = next((pair for pair in (published.get("verdicts") or {}).get("same_width", []) if pair["cunet"] == run),
                 None)  # fmt: skip
     return {**pair, "samples": published["settings"]["samples"]} if pair else None
