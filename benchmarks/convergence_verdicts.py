@@ -16,7 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 RECIPE_OBJECTIVE = "edm"
-NOT_TIMED = "not timed yet (settled runs are timed side by side in one process after their end-of-run measurements)"
+UNTIMED = "not timed yet"  # every verdict cell and sentence on a sampling time that has not been measured
+NOT_TIMED = f"{UNTIMED} (settled runs are timed side by side in one process after their end-of-run measurements)"
 FDM_STEP_TARGET = 0.6  # issue 36: EDM-FDM reaches plain EDM's final FID in at most this share of EDM's steps
 
 
@@ -211,7 +212,7 @@ def costs_text(target: str, costs: dict[str, Any] | None) -> str:
         return ""
     train = costs["train_seconds"]
     sample = (sampling_text(True, costs["sampling_seconds_per_image"], costs["sampling_time_ratio"])
-              if costs["sampling_timed"] else "not timed yet")  # fmt: skip
+              if costs["sampling_timed"] else UNTIMED)  # fmt: skip
     return (f" {target} (FID <= {costs['target_fid']:.2f}): training cUNet "
             f"{hours(train['cunet'])}, UNet2DModel {hours(train['unet2d'])} ({times(costs['train_time_ratio'])}); "
             f"sampling {sample}.")  # fmt: skip
@@ -253,7 +254,7 @@ def verdict_lines(found: dict[str, Any]) -> list[str]:
     for entry in found["across_widths"]:
         good = ", ".join(f"`{c['run']}` (FID {c['fid']:.2f}; parameters {times(c['params_ratio'])}, training time "
                          f"{times(c['train_time_ratio'])}, sampling time "
-                         f"{times(c['sampling_time_ratio']) if c['sampling_timed'] else 'not timed yet'})"
+                         f"{times(c['sampling_time_ratio']) if c['sampling_timed'] else UNTIMED})"
                          for c in entry["cunets_at_least_as_good"]) or "none: every cUNet's FID is higher"  # fmt: skip
         lines.append(f"- `{entry['unet2d']}` (FID {entry['fid']:.2f}): cUNets at least as good: {good}.")
     for entry in found["fdm"]:

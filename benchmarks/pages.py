@@ -142,12 +142,12 @@ def convergence_verdict_rows(pair: dict[str, Any]) -> list[str]:
 
 def sampling_row(timed: bool, sample: dict[str, Any], sample_ratio: float | None) -> str:
     """The README row of sampling seconds per image at the verdict's FID (its cells say so while untimed)."""
-    from .convergence_verdicts import per_image, times
+    from .convergence_verdicts import UNTIMED, per_image, times
 
     if not timed:
         return (
             "| ... sampling time per image at that FID (timed side by side after the end-of-run measurements) | "
-            "not timed yet | not timed yet | |"
+            f"{UNTIMED} | {UNTIMED} | |"
         )
     return (f"| ... sampling time per image at that FID | {per_image(sample['cunet'])} | "
             f"{per_image(sample['unet2d'])} | **{times(sample_ratio)}** |")  # fmt: skip
