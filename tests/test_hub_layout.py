@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import ast
 import json
-import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from conftest import lay_out_hub_cache, make_tiny
 from diffusers import DDIMScheduler, DDPMPipeline, DiffusionPipeline
+from without_package import run_without_the_package
 
 from diffusers_cunet import ContinuousUNet2DModel
 from diffusers_cunet.hub_code import PIPELINE_CODE_FILE
@@ -116,11 +115,6 @@ def test_the_installed_package_loads_by_hub_id_without_running_shipped_code(tmp_
 NO_INSTALL = """
 import json, sys, torch
 from diffusers import AutoModel, DDPMPipeline, DiffusionPipeline, DDIMScheduler, DPMSolverMultistepScheduler
-try:
-    import diffusers_cunet
-    sys.exit("diffusers_cunet should not be importable here")
-except ImportError:
-    pass
 def images(pipe, **kwargs):
     pipe.set_progress_bar_config(disable=True)
     out = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=4, output_type="np",
@@ -152,11 +146,6 @@ print(json.dumps(result))
 RELOAD = """
 import json, sys, torch
 from diffusers import DiffusionPipeline
-try:
-    import diffusers_cunet
-    sys.exit("diffusers_cunet should not be importable here")
-except ImportError:
-    pass
 pipe = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
 pipe.set_progress_bar_config(disable=True)
 out = pipe(batch_size=2, generator=torch.Generator().manual_seed(0), num_inference_steps=4, output_type="np",
@@ -167,16 +156,22 @@ print(json.dumps([out.images.tolist(), out.ode_evaluations, cached.images.tolist
 """
 
 
-def run_without_the_package(tmp_path, script: str, *args: str) -> dict:
-    blocker = tmp_path / "blocked"
-    blocker.mkdir(exist_ok=True)
-    (blocker / "diffusers_cunet.py").write_text("raise ImportError('diffusers_cunet is not installed here')\n")
-    env = {**os.environ, "PYTHONPATH": str(blocker), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
-    env.pop("HF_HUB_CACHE", None)
-    run = subprocess.run([sys.executable, "-c", textwrap.dedent(script), *args], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
+def run_in_the_hub_cache(tmp_path, script: str, *args: str) -> Any:
+    """What `script` prints last, run without the package, offline, on the Hub cache under `tmp_path / "hf"`."""
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": None}
+    return run_without_the_package(script, *args, cwd=tmp_path, env=env)[0]
+
+
+def test_the_no_install_process_cannot_import_the_package(tmp_path):
+    script = """
+    import json
+    try:
+        import diffusers_cunet.pipelines
+        print(json.dumps("imported"))
+    except ImportError:
+        print(json.dumps("refused"))
+    """
+    assert run_without_the_package(script, cwd=tmp_path, env={}) == ["refused"]
 
 
 def test_no_install_loading_by_hub_id_resave_and_reload(tmp_path):
@@ -188,7 +183,7 @@ def test_no_install_loading_by_hub_id_resave_and_reload(tmp_path):
     steps = conditional_pipeline()
     lay_out_hub_cache(cache, "org/cunet-steps", steps)
     snapshot = next((cache / "models--org--cunet-cifar10" / "snapshots").iterdir())
-    result = run_without_the_package(tmp_path, NO_INSTALL, str(snapshot), str(tmp_path / "resaved"))
+    result = run_in_the_hub_cache(tmp_path, NO_INSTALL, str(snapshot), str(tmp_path / "resaved"))
 
     assert "trust_remote_code=True" in result["refusal"]
     # the reference: the same folder loaded with the package installed, sampled on the same seed
@@ -212,7 +207,7 @@ def test_no_install_loading_by_hub_id_resave_and_reload(tmp_path):
     assert index["_class_name"] == ["pipeline_cunet", "ContinuousUNetPipeline"] and "_name_or_path" not in index
     assert index["unet"] == ["modeling_cunet", "ContinuousUNet2DModel"]
     assert code_file_problems(resaved) == [] and (resaved / "solver_schedule.json").is_file()
-    reloaded = run_without_the_package(tmp_path, RELOAD, str(resaved))
+    reloaded = run_in_the_hub_cache(tmp_path, RELOAD, str(resaved))
     np.testing.assert_allclose(reloaded[0], images, rtol=0, atol=1e-6)
     assert reloaded[1] == evaluations
     # feature reuse in the shipped pipeline file gives the package's images and evaluation count

@@ -7,17 +7,15 @@ folder."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 from conftest import ROOT
 from training_helpers import train
+from without_package import run_without_the_package
 
 from diffusers_cunet import ContinuousUNet2DModel
 from diffusers_cunet.pipelines import ContinuousUNetPipeline
@@ -49,7 +47,6 @@ def test_the_folder_is_small_fp16_and_loads_as_fp32():
 
 LOAD_WITHOUT_PACKAGE = """
 import json, sys, torch
-sys.modules["diffusers_cunet"] = None  # this process cannot import the package
 from diffusers import DiffusionPipeline
 for folder in sys.argv[1:]:
     pipe = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
@@ -58,15 +55,6 @@ for folder in sys.argv[1:]:
                   generator=torch.Generator().manual_seed(0)).images
     print(json.dumps(images.tolist()))
 """
-
-
-def run_without_the_package(folders: list[str], env: dict[str, str]) -> list[np.ndarray]:
-    """Each folder's images from diffusers' loader running the shipped code, in one process without the package."""
-    script = textwrap.dedent(LOAD_WITHOUT_PACKAGE)
-    result = subprocess.run([sys.executable, "-c", script, *folders], capture_output=True, text=True, timeout=300,
-                            env={**os.environ, **env}, cwd="/")  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [np.array(json.loads(line)) for line in result.stdout.strip().splitlines()[-len(folders) :]]
 
 
 def test_the_same_images_every_way_it_loads(tmp_path):
@@ -81,8 +69,9 @@ def test_the_same_images_every_way_it_loads(tmp_path):
     np.testing.assert_allclose(sample(from_hub), ours, rtol=0, atol=1e-6)
     # the folder itself, and (offline, diffusers loads a repository's own pipeline file from its snapshot folder: see
     # the README) the Hub id's snapshot in the cache
-    for images in run_without_the_package([str(SHIPPED), str(snapshot)], env):
-        np.testing.assert_allclose(images, ours, rtol=0, atol=1e-6)
+    folders = [str(SHIPPED), str(snapshot)]
+    for images in run_without_the_package(LOAD_WITHOUT_PACKAGE, *folders, cwd="/", env=env, outputs=2, timeout=300):
+        np.testing.assert_allclose(np.array(images), ours, rtol=0, atol=1e-6)
 
 
 def test_every_allowed_scheduler_samples_it():
