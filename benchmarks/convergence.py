@@ -47,7 +47,7 @@ import torch
 from training.plotting import pyplot
 
 from . import paths
-from .convergence_verdicts import sampling_curve, sweep_fids, verdict_lines, verdicts
+from .convergence_verdicts import sampling_curve, sweep_fids, timed_sweep, verdict_lines, verdicts
 from .fashion import EULER1
 from .fashion import RESULTS_FILE as FASHION_RESULTS_FILE
 from .guidance import GUIDED
@@ -1038,6 +1038,15 @@ def plot(results: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def plain_log_ticks(axis: Any) -> None:
+    """Ticks of a log axis at 1, 2 and 5 times the powers of ten, written as plain numbers (0.5, not 5 x 10^-1)."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FormatStrFormatter("%g"))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def figure(results: dict[str, Any], floor: dict[str, Any] | None) -> Any:
     """FID against training hours, one line per run (left), and, for the settled runs, FID against sampling
     seconds per image at the recipe's and the sweep's sampler steps (right; the times measured side by side; until
@@ -1051,26 +1060,32 @@ def figure(results: dict[str, Any], floor: dict[str, Any] | None) -> Any:
                              [p["fid"] for p in row["points"]],
                              label=row["name"], **style)  # fmt: skip
         style["color"] = drawn.get_color()  # each run one colour in both panels
-        if timed_in:
-            pairs = sampling_curve(row, recipe_steps)  # the sweep and the recipe's steps
-        else:
-            pairs = sorted(sweep_fids(row, recipe_steps).items()) if row.get("sweep") else []
-        if pairs:
-            right.plot(*zip(*pairs), label=row["name"], **style)
+        if timed_in:  # the sweep and the recipe's steps, each point labelled with its step count
+            points = timed_sweep(row, recipe_steps)
+            if points:
+                right.plot([1000 * seconds for _, seconds, _ in points], [fid for _, _, fid in points],
+                           label=row["name"], **style)  # fmt: skip
+            for steps, seconds, fid in points:
+                right.annotate(str(steps), (1000 * seconds, fid), textcoords="offset points", xytext=(0, 5),
+                               ha="center", fontsize=6, color=style["color"])  # fmt: skip
+        elif row.get("sweep"):
+            right.plot(*zip(*sorted(sweep_fids(row, recipe_steps).items())), label=row["name"], **style)
     sampler_steps = sorted({x for line in right.lines for x in line.get_xdata()})  # before the floor's line
     for axis in (left, right):
         if floor is not None:  # how far from real images the scores are, on the same judge
             axis.axhline(floor["fid"], color="grey", linestyle=":", label=f"floor (real images): {floor['fid']:.2f}")
         axis.set_yscale("log")
+        plain_log_ticks(axis.yaxis)
         axis.grid(alpha=0.3)
         if axis.get_legend_handles_labels()[0]:
             axis.legend(fontsize=7)
     left.set(xlabel="training hours (2 CPU cores)", ylabel="FID (judge features, 2,000 samples)",
              title="FID against training time")  # fmt: skip
     if timed_in:
-        steps = ConvergenceSettings(**results["settings"]).timing_steps
-        right.set(xlabel="sampling seconds per image", ylabel="FID",
-                  title=f"settled runs: {'/'.join(map(str, steps))} sampler steps")  # fmt: skip
+        right.set_xscale("log")
+        plain_log_ticks(right.xaxis)
+        right.set(xlabel=f"sampling ms per image (batches of {results['settings']['timing_images']}, side by side)",
+                  ylabel="FID", title="settled runs, at each sampler step count (labels)")  # fmt: skip
     else:
         right.set_xscale("log")
         right.set_xticks(sampler_steps, [f"{x:g}" for x in sampler_steps])

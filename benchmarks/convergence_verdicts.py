@@ -61,12 +61,18 @@ def sweep_fids(row: dict[str, Any], recipe_steps: int) -> dict[int, float]:
     return {**fids, recipe_steps: final_fid(row)}
 
 
-def sampling_curve(row: dict[str, Any], recipe_steps: int) -> list[tuple[float, float]]:
-    """(seconds per image, FID) at each sampler step count the settled run was scored and timed at: the sweep
-    and the recipe's own steps (its last point)."""
+def timed_sweep(row: dict[str, Any], recipe_steps: int) -> list[tuple[int, float, float]]:
+    """(sampler steps, seconds per image, FID) at each step count the settled run was scored and timed at: the
+    sweep and the recipe's own steps (its last point), fastest first."""
     times = row.get("seconds_per_image") or {}
     fids = sweep_fids(row, recipe_steps)
-    return sorted((times[str(steps)], fid) for steps, fid in fids.items() if str(steps) in times)
+    return sorted(((steps, times[str(steps)], fid) for steps, fid in fids.items() if str(steps) in times),
+                  key=lambda point: point[1])  # fmt: skip
+
+
+def sampling_curve(row: dict[str, Any], recipe_steps: int) -> list[tuple[float, float]]:
+    """(seconds per image, FID) along `timed_sweep`."""
+    return [(seconds, fid) for _, seconds, fid in timed_sweep(row, recipe_steps)]
 
 
 def sampling_seconds_to_fid(row: dict[str, Any], target: float, recipe_steps: int) -> tuple[float, bool] | None:

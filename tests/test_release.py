@@ -184,6 +184,10 @@ def test_the_card_sets_the_model_against_the_unet2dmodel_trained_the_same_way(tm
     card = release.render_card(results, tmp_path / "folder").read_text()
     assert "FID 1.64 against 0.85 (2,000 samples each" in card and "this model's FID is **worse**" in card
     assert "the UNet2DModel is the better choice" in card and "0.76x the training time" in card
+    assert "Timed\nside by side" not in card  # untimed: no sampling sentence
+    results["versus_unet2d"] = {**worse, "sampling_timed": True, "sampling_time_ratio": 0.43}
+    card = release.render_card(results, tmp_path / "folder").read_text()
+    assert "final FID in 0.43x its sampling time per image" in card
     results["versus_unet2d"] = {**worse, "cunet_fid": 0.8, "outcome": "within the seed spread", "at_cunet_fid": None}
     card = release.render_card(results, tmp_path / "folder").read_text()
     assert "**within the seed spread**." in card and "better choice" not in card and "training time the" not in card
