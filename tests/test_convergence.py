@@ -396,11 +396,11 @@ def test_the_published_cpu_results_restore_a_new_runs_folder(tmp_path):
                            for row in published["runs"])  # fmt: skip
     runs = {run.name: run for run in mode.runs}
     points = convergence.read_points(tmp_path)
+    # a run published between its scoring points (its newest checkpoint past the last point) restarts from that point
+    last_point = {row["name"]: max((point["step"] for point in row["points"]), default=0) for row in published["runs"]}
     for row in published["runs"]:
         assert convergence.planned_steps(runs[row["name"]], tmp_path) == row["planned_steps"]
-        # a run published between its scoring points (its newest checkpoint past the last point) restarts there
-        last_point = max((point["step"] for point in row["points"]), default=0)
-        assert convergence.recorded_steps(runs[row["name"]], points) == last_point <= row["steps"]
+        assert convergence.recorded_steps(runs[row["name"]], points) == last_point[row["name"]] <= row["steps"]
     learning = [run for run in mode.runs
                 if convergence.recorded_steps(run, points) < convergence.planned_steps(run, tmp_path)]  # fmt: skip
     chosen = convergence.next_run(mode, tmp_path)
@@ -420,8 +420,7 @@ def test_the_published_cpu_results_restore_a_new_runs_folder(tmp_path):
             assert status[row["name"]].endswith("not scored yet") and "weights lost" not in status[row["name"]]
             continue
         again = "not needed again" if row["name"] == "cunet-x0.5-seed1" else "retrains them"
-        last_point = row["points"][-1]["step"]
-        assert f"(weights lost, {again}; scored to step {last_point} before)" in status[row["name"]]
+        assert f"(weights lost, {again}; scored to step {last_point[row['name']]} before)" in status[row["name"]]
     assert " 0.0 h left" in status["cunet-x0.5-seed1"] and " 0.0 h left" not in status["cunet-x1"]
 
 
