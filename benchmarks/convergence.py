@@ -309,20 +309,53 @@ def recorded_steps(run: ConvergenceRun, points: list[dict[str, Any]]) -> int:
                default=0)  # fmt: skip
 
 
-def weights_needed(run: ConvergenceRun, settings: ConvergenceSettings) -> bool:
-    """Whether the queue loads `run`'s final weights after its training: to time it side by side, or to study it."""
-    return run.final_measurements or (settings.study_step_aware and run.name in STUDIED)
+def timed_steps(folder: Path) -> dict[str, int]:
+    """The step each run was timed at, by name (`timing.json`)."""
+    path = folder / TIMING_FILE
+    return json.loads(path.read_text()).get("steps", {}) if path.is_file() else {}
 
 
-def trains_again(
-    run: ConvergenceRun, folder: Path, points: list[dict[str, Any]], settings: ConvergenceSettings
-) -> bool:
+def timing_partners(run: ConvergenceRun, mode: Mode) -> list[ConvergenceRun]:
+    """The runs `run`'s sampling time is set against: the other network's, of its width, measured at their end."""
+    return [other for other in mode.runs if other.final_measurements and other.model_type != run.model_type
+            and run_model(other)[1] == run_model(run)[1]]  # fmt: skip
+
+
+def timing_due(run: ConvergenceRun, mode: Mode, folder: Path) -> bool:
+    """Whether `run` is to be timed again: it, or a run it is set against, has no timing at its planned steps (a
+    pair's two runs are timed in one process, so both are needed)."""
+    if not run.final_measurements:
+        return False
+    timed = timed_steps(folder)
+    return any(timed.get(other.name) != planned_steps(other, folder) for other in [run, *timing_partners(run, mode)])
+
+
+def step_aware_done(name: str, folder: Path) -> bool:
+    """Whether the step-aware study holds `name`'s rows: the subject's (its verdicts written), the narrower cUNet's."""
+    path = folder / STEP_AWARE_FILE
+    if not path.is_file():
+        return False
+    study = json.loads(path.read_text())
+    return "verdicts" in study and (name != STUDIED[1] or narrow_scored(study, name))
+
+
+def weights_needed(run: ConvergenceRun, mode: Mode, folder: Path, points: list[dict[str, Any]]) -> bool:
+    """Whether anything still ahead loads `run`'s final weights: an end-of-run measurement not made, the side-by-side
+    timing, the step-aware study. A run finished on record (a new machine) retrains only where one does."""
+    total, done = planned_steps(run, folder), {point_key(point) for point in points}
+    measuring = any(point_key({"run": run.name, "step": total, **task}) not in done
+                    for task in final_tasks(run, mode.settings))  # fmt: skip
+    studying = mode.settings.study_step_aware and run.name in STUDIED and not step_aware_done(run.name, folder)
+    return measuring or timing_due(run, mode, folder) or studying
+
+
+def trains_again(run: ConvergenceRun, folder: Path, points: list[dict[str, Any]], mode: Mode) -> bool:
     """Whether `run` has training ahead: short of its planned steps, unless it finished on record (its points
     restored on a new machine) and nothing loads its weights."""
     planned = planned_steps(run, folder)
     if steps_done(folder, run) >= planned:
         return False
-    return recorded_steps(run, points) < planned or weights_needed(run, settings)
+    return recorded_steps(run, points) < planned or weights_needed(run, mode, folder, points)
 
 
 def final_tasks(run: ConvergenceRun, settings: ConvergenceSettings) -> list[dict[str, Any]]:
@@ -384,24 +417,23 @@ def next_run(mode: Mode, folder: Path) -> ConvergenceRun | None:
     x1 cUNet, which the release waits for, is then not held behind the x1 UNet2DModel). Otherwise the unfinished run
     with the fewest steps in the first group that has one, so a group's runs advance together. A run finished on
     record (its points restored) but whose weights were lost trains again only where they are needed, after all
-    others."""
+    others, the one with the least training left first (what it unblocks is measured sooner)."""
     points = read_points(folder)
-    unfinished = [run for run in mode.runs if trains_again(run, folder, points, mode.settings)]
+    per_step = step_times(mode, folder)
+
+    def seconds_left(run: ConvergenceRun) -> float:
+        seconds, _ = pace(run, per_step, mode.runs)
+        return (planned_steps(run, folder) - steps_done(folder, run)) * (seconds or math.inf)
+
+    unfinished = [run for run in mode.runs if trains_again(run, folder, points, mode)]
     learning = [run for run in unfinished if recorded_steps(run, points) < planned_steps(run, folder)]
     if not learning:
-        return unfinished[0] if unfinished else None  # only weights to recover
-    unfinished = learning
-    extended = [run for run in unfinished if planned_steps(run, folder) > run.steps]
+        return min(unfinished, key=seconds_left) if unfinished else None  # only weights to recover
+    extended = [run for run in learning if planned_steps(run, folder) > run.steps]
     if extended:
-        per_step = step_times(mode, folder)
-
-        def seconds_left(run: ConvergenceRun) -> float:
-            seconds, _ = pace(run, per_step, mode.runs)
-            return (planned_steps(run, folder) - steps_done(folder, run)) * (seconds or math.inf)
-
         return min(extended, key=seconds_left)
-    group = min(run.group for run in unfinished)
-    return min((run for run in unfinished if run.group == group), key=lambda run: steps_done(folder, run))
+    group = min(run.group for run in learning)
+    return min((run for run in learning if run.group == group), key=lambda run: steps_done(folder, run))
 
 
 def train_options(run: ConvergenceRun, settings: ConvergenceSettings, folder: Path, steps: int) -> dict[str, Any]:
@@ -490,7 +522,9 @@ def time_finished_runs(mode: Mode, folder: Path) -> None:
     """Sampling seconds per image of the settled runs measured at their end (the x1 and x0.5 pairs), side by side in
     one process (each step count, each repeat, every model in turn; the median kept), written to `timing.json`: once
     both networks have a settled run, and again, all of them in one process, each time another settles (so a pair's
-    verdict need not wait for the other width, and the final times are still of one process)."""
+    verdict need not wait for the other width, and the final times are still of one process). A run whose weights
+    were lost with a machine and are not needed again (`timing_due`: its pair was timed at its last step) keeps its
+    earlier times: a pair's two runs are always timed in one process, the two pairs then in two."""
     from diffusers_cunet.pipelines import ContinuousUNetPipeline
     from training.checkpointing import list_checkpoints
 
@@ -508,8 +542,8 @@ def time_finished_runs(mode: Mode, folder: Path) -> None:
         return  # no ratio without both networks
     steps = {run.name: steps_done(folder, run) for run in runs}
     path = folder / TIMING_FILE
-    timed_steps = json.loads(path.read_text()).get("steps", {}) if path.is_file() else {}
-    if steps.items() <= timed_steps.items():
+    earlier = json.loads(path.read_text()) if path.is_file() else {"steps": {}, "seconds_per_image": {}}
+    if steps.items() <= earlier["steps"].items():
         return  # each timed at this step already (restored ones too, while their lost weights are retrained)
     settings = mode.settings
     pipelines = {}
@@ -533,6 +567,9 @@ def time_finished_runs(mode: Mode, folder: Path) -> None:
                 seconds[name].setdefault(str(sampling_steps), []).append(per_image)
     medians = {name: {steps_: sorted(values)[len(values) // 2] for steps_, values in by_steps.items()}
                for name, by_steps in seconds.items()}  # fmt: skip
+    kept = [name for name in earlier["steps"] if name not in steps]
+    steps = {**{name: earlier["steps"][name] for name in kept}, **steps}
+    medians = {**{name: earlier["seconds_per_image"][name] for name in kept}, **medians}
     result = {"steps": steps, "seconds_per_image": medians, "batch": settings.timing_images,
               "repeats": settings.timing_repeats, "threads": torch.get_num_threads()}  # fmt: skip
     from diffusers_cunet.atomic_write import replace_text
@@ -557,7 +594,8 @@ def study_step_aware(mode_name: str, folder: Path) -> None:
     """Issue 36's item 6b, once the x1 cUNet has finished: block skipping searched on it and scored with feature reuse
     and fewer sampler steps beside it (`benchmarks.step_aware.study`, resumable: every scored setting is kept in
     `step_aware.json`); the x0.5 cUNet joins as soon as its weights are here too (it settled long before, but a new
-    machine retrains its weights after every run that still learns: the x1 study does not wait ~10 h for it)."""
+    machine retrains its weights after every run that still learns: the x1 study does not wait ~10 h for it). Once the
+    x1 cUNet's rows are kept, its lost weights are not retrained for the x0.5 cUNet's row."""
     from training.loop import exported, train
     from training.options import make_config
 
@@ -570,8 +608,8 @@ def study_step_aware(mode_name: str, folder: Path) -> None:
     subject, narrow = STUDIED
     rows, spread = judgements(mode, folder)
     ready = [name for name in STUDIED if finished_with_weights(runs[name], rows[name], spread, mode, folder)]
-    if subject not in ready:
-        return  # the x1 cUNet is still training, or retraining its lost weights
+    if subject not in ready and not step_aware_done(subject, folder):
+        return  # the x1 cUNet is still training, or retraining its lost weights (its rows not kept)
     path = folder / STEP_AWARE_FILE
     if path.is_file():
         study = json.loads(path.read_text())
@@ -786,7 +824,7 @@ def status_lines(mode_name: str, folder: Path) -> list[str]:
     unknown_training, unknown_scoring = [], []
     for run, row in zip(mode.runs, rows):
         done, total = steps_done(folder, run), planned_steps(run, folder)
-        ahead = total - done if trains_again(run, folder, points, mode.settings) else 0
+        ahead = total - done if trains_again(run, folder, points, mode) else 0
         per_step, borrowed = pace(run, step_time, mode.runs)
         left = ahead * per_step / 3600 if per_step else None
         hours_left += left or 0.0

@@ -109,7 +109,8 @@ def run(mode: str, runs: Path, results_path: Path) -> dict[str, Any]:
 
 def study(mode: str, subjects: Subjects, steps: int, test_images: int, results_path: Path) -> dict[str, Any]:
     """Search and score the `subjects` (saved pipelines, sampled with the Fashion sampler at `steps`) against the
-    first `test_images` test images; resumable: settings already scored in `results_path` are kept."""
+    first `test_images` test images; resumable: settings already scored in `results_path` are kept, so a subject
+    whose rows are all there may come without its folder (its weights lost with a machine) and a model joins it."""
     settings = MODES[mode]
     subject, narrow = subjects.subject, subjects.narrow
     skip_trained = subjects.skip_trained if subjects.skip_trained in subjects.folders else None
@@ -119,6 +120,10 @@ def study(mode: str, subjects: Subjects, steps: int, test_images: int, results_p
     if results.get("mode") != mode or results.get("subject", SUBJECT) != subject:
         results = {"mode": mode, "subject": subject, "settings": vars(settings) | {"sampling_steps": steps},
                    "searches": {}, "rows": []}  # fmt: skip
+
+    if subject not in subjects.folders and subject not in results["searches"]:
+        raise ValueError(f"no pipeline folder for {subject}, and {results_path} holds none of its rows: the study "
+                         "starts from it")  # fmt: skip
 
     def save() -> None:
         replace_text(results_path, json.dumps(results, indent=2))
@@ -136,7 +141,7 @@ def study(mode: str, subjects: Subjects, steps: int, test_images: int, results_p
         print(f"{label} (seed {seed}): FID {row['fid']:.2f}, {row['gflops_per_sample']:.3f} GFLOPs/sample", flush=True)
         save()
 
-    for model in [name for name in (subject, skip_trained) if name is not None]:
+    for model in [name for name in (subject, skip_trained) if name in subjects.folders]:
         pipe = load(subjects.folders[model], steps)
         start = full_schedule(pipe, settings.bins)
         if model == subject and model not in results["searches"]:

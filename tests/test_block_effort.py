@@ -231,7 +231,7 @@ def test_feature_reuse_saves_counted_flops_and_refuses_other_models():
 # ---------------------------------------------------------------------------------------------- the benchmark
 @needs_data
 def test_step_aware_benchmark_tiny_mode(tmp_path):
-    from benchmarks import step_aware
+    from benchmarks import fashion, step_aware
 
     results = tmp_path / "results"
     data = step_aware.run("tiny", tmp_path / "runs", results / step_aware.RESULTS_FILE)
@@ -251,6 +251,21 @@ def test_step_aware_benchmark_tiny_mode(tmp_path):
     # started again, it keeps the searches and scored rows
     again = step_aware.run("tiny", tmp_path / "runs", results / step_aware.RESULTS_FILE)
     assert again["rows"] == data["rows"] and again["searches"] == data["searches"]
+
+    # the subject's weights lost (a new machine), its rows kept: a narrower model joins without it
+    joining = tmp_path / "joining.json"
+    kept = [row for row in data["rows"] if row["model"] == "cunet-x1-edm"]
+    joining.write_text(json.dumps({**data, "rows": kept}))
+    narrow = step_aware.Subjects({"cunet-x1-edm-skip": tmp_path / "runs" / "cunet-x1-edm-skip"},
+                                 skip_trained=None, narrow="cunet-x1-edm-skip")  # fmt: skip
+    tiny = fashion.MODES["tiny"]
+    joined = step_aware.study("tiny", narrow, tiny.sampling_steps, tiny.test_images, joining)
+    assert joined["rows"][: len(kept)] == kept and [row["label"] for row in joined["rows"][len(kept) :]] == [
+        "cunet-x1-edm-skip default"
+    ]
+    joining.write_text(json.dumps({**data, "rows": [], "searches": {}}))
+    with pytest.raises(ValueError, match="no pipeline folder for cunet-x1-edm"):
+        step_aware.study("tiny", narrow, tiny.sampling_steps, tiny.test_images, joining)
 
 
 def test_skip_search_refuses_models_the_judge_cannot_score(tmp_path):

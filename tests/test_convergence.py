@@ -107,38 +107,44 @@ def test_queue_survives_a_kill_and_never_repeats_work(tmp_path, capsys):
     assert section.count("(recommended)") == len(MODE.runs)  # one guidance scale marked for each run
 
     # a new machine: the runs folder is gone, the published results are not; the relaunch takes them up, retrains
-    # the runs whose weights are needed (all three: each is timed) and keeps each published point it reproduces
+    # the runs whose weights are needed and keeps each published point it reproduces. Published here without the x1
+    # pair's timing (as if the machine went first), so the x1 pair retrains to be timed; the x0.5 cUNet, measured
+    # and timed at its last step, is not retrained: its times stand beside the x1 pair's new ones
     fresh = tmp_path / "new-machine"
-    restored = convergence.restore_published(
-        "tiny", convergence.runs_folder(fresh, "tiny"), results / convergence.RESULTS_FILE
-    )
+    published_file = tmp_path / "published" / convergence.RESULTS_FILE
+    published_file.parent.mkdir()
+    x1 = {"cunet-x1", "unet2d-x1"}
+    untimed = {key: {name: value for name, value in by_run.items() if name not in x1}
+               for key, by_run in collected["timing"].items() if key in ("steps", "seconds_per_image")}  # fmt: skip
+    published_file.write_text(json.dumps({**collected, "timing": {**collected["timing"], **untimed}}))
+    restored = convergence.restore_published("tiny", convergence.runs_folder(fresh, "tiny"), published_file)
     published = sum(
         len(row["points"]) + len(row["guided"]) + len(row["sweep"]) + bool(row["final"]) for row in collected["runs"]
     )
     assert restored == published == 7 + 3 * 2 + 2  # regular points; guided, sweep (each run), full (x1 pair)
-    assert (
-        convergence.restore_published(
-            "tiny", convergence.runs_folder(fresh, "tiny"), results / convergence.RESULTS_FILE
-        )
-        == 0
-    )
+    assert convergence.restore_published("tiny", convergence.runs_folder(fresh, "tiny"), published_file) == 0
     capsys.readouterr()
     convergence.main(["--mode", "tiny", "--runs", str(fresh)])
     out = capsys.readouterr().out
-    assert out.count("its published point") == 7 and "scored anew" not in out  # 2 + 2 + 3 steps, none scored again
+    assert out.count("its published point") == 5 and "scored anew" not in out  # 2 + 3 steps, none scored again
     again = fresh / "results"
     convergence.main(["--mode", "tiny", "--runs", str(fresh), "--results", str(again)])
     recollected = json.loads((again / convergence.RESULTS_FILE).read_text())
     for before, after in zip(collected["runs"], recollected["runs"]):
         assert [p["fid"] for p in after["points"]] == [p["fid"] for p in before["points"]]
-        retrained = read_run_record(list_checkpoints(convergence.runs_folder(fresh, "tiny") / after["name"])[-1])
-        retrained = retrained["step_seconds"]
-        # one clock: the retrained run's wall time at every point it reproduced
-        assert [p["train_seconds"] for p in after["points"]] == [
-            math.fsum(retrained[: p["step"]]) for p in after["points"]
-        ]
         assert after["params"] == before["params"] and after["final"] == before["final"]
-    assert recollected["timing"] == collected["timing"]  # measured once: the restored timing stands
+        kept = list_checkpoints(convergence.runs_folder(fresh, "tiny") / after["name"])
+        assert bool(kept) == (after["name"] in x1), "only the runs whose weights are needed retrain"
+        if kept:  # one clock: the retrained run's wall time at every point it reproduced
+            retrained = read_run_record(kept[-1])["step_seconds"]
+            assert [p["train_seconds"] for p in after["points"]] == [
+                math.fsum(retrained[: p["step"]]) for p in after["points"]
+            ]
+    timing = recollected["timing"]
+    assert timing["steps"] == collected["timing"]["steps"] and set(timing["seconds_per_image"]) == x1 | {"cunet-x0.5"}
+    assert timing["seconds_per_image"]["cunet-x0.5"] == collected["timing"]["seconds_per_image"]["cunet-x0.5"]
+    convergence.main(["--mode", "tiny", "--runs", str(fresh), "--results", str(again)])
+    assert json.loads((again / convergence.RESULTS_FILE).read_text())["timing"] == timing  # measured once: it stands
 
 
 def test_the_seed_spread_at_every_step_both_seeds_were_scored_is_reported():
@@ -404,7 +410,7 @@ def test_the_published_cpu_results_restore_a_new_runs_folder(tmp_path):
     learning = [run for run in mode.runs
                 if convergence.recorded_steps(run, points) < convergence.planned_steps(run, tmp_path)]  # fmt: skip
     chosen = convergence.next_run(mode, tmp_path)
-    assert chosen in learning if learning else convergence.weights_needed(chosen, mode.settings)
+    assert chosen in learning if learning else convergence.weights_needed(chosen, mode, tmp_path, points)
     assert "cunet-x0.5-seed1" not in {run.name for run in learning} | {chosen.name}  # finished, its weights unneeded
     collected = convergence.collect("cpu", tmp_path)
     for before, after in zip(published["runs"], collected["runs"]):
@@ -415,13 +421,17 @@ def test_the_published_cpu_results_restore_a_new_runs_folder(tmp_path):
         int(step): gap for step, gap in published["seed_spread_by_step"].items()
     }
     status = {line.split()[0]: line for line in convergence.status_lines("cpu", tmp_path)[2:] if "step" in line}
+    learning_names = {run.name for run in learning}
     for row in published["runs"]:
         if not row["points"]:  # published before its first scoring point: nothing of it was kept
             assert status[row["name"]].endswith("not scored yet") and "weights lost" not in status[row["name"]]
             continue
-        again = "not needed again" if row["name"] == "cunet-x0.5-seed1" else "retrains them"
-        assert f"(weights lost, {again}; scored to step {last_point[row['name']]} before)" in status[row["name"]]
-    assert " 0.0 h left" in status["cunet-x0.5-seed1"] and " 0.0 h left" not in status["cunet-x1"]
+        # still learning: retrains; the x1 pair (measured, timed side by side and studied at its last step) and a
+        # seed-1 run (its FID only): not retrained for weights nothing loads again
+        if row["name"] in learning_names or row["name"] in ("cunet-x1", "unet2d-x1", "cunet-x0.5-seed1"):
+            again = "retrains them" if row["name"] in learning_names else "not needed again"
+            assert f"(weights lost, {again}; scored to step {last_point[row['name']]} before)" in status[row["name"]]
+    assert " 0.0 h left" in status["cunet-x0.5-seed1"] and " 0.0 h left" in status["cunet-x1"]
 
 
 def test_the_last_stage_line_is_found_from_the_end_of_a_long_log(tmp_path):
