@@ -92,8 +92,10 @@ def guidance_row(data: dict[str, Any]) -> list[str]:
 
 
 def convergence_row(data: dict[str, Any]) -> list[str]:
-    """The x1 pair's latest scored point in the convergence queue (in progress until both are finished)."""
+    """Each width's pair in the convergence queue (x1, then x0.5): its verdict once both have settled, until then
+    each run's latest scored FID."""
     runs = {row["name"]: row for row in data["runs"]}
+    verdicts = {pair["width"]: pair for pair in (data.get("verdicts") or {}).get("same_width", [])}
 
     def latest(name: str) -> str:
         row = runs.get(name)
@@ -102,15 +104,18 @@ def convergence_row(data: dict[str, Any]) -> list[str]:
         done = "finished" if row["steps"] >= row["planned_steps"] else f"of {row['planned_steps']:,}"
         return f"{row['points'][-1]['fid']:.2f} (step {row['steps']:,} {done})"
 
-    pair = next((p for p in (data.get("verdicts") or {}).get("same_width", []) if p["width"] == "x1"), None)
-    if pair is None:
-        return [f"| Fashion-MNIST at convergence, x1, FID at the latest scored step ({data['date']}) | "
-                f"{latest('cunet-x1')} | {latest('unet2d-x1')} | |"]  # fmt: skip
-    return convergence_verdict_rows(pair)
+    lines = []
+    for width in dict.fromkeys(row["width"] for row in data["runs"]):  # in the queue's order
+        if width in verdicts:
+            lines += convergence_verdict_rows(verdicts[width])
+        else:
+            lines.append(f"| Fashion-MNIST at convergence, {width}, FID at the latest scored step ({data['date']}) | "
+                         f"{latest(f'cunet-{width}')} | {latest(f'unet2d-{width}')} | |")  # fmt: skip
+    return lines
 
 
 def convergence_verdict_rows(pair: dict[str, Any]) -> list[str]:
-    """The x1 verdict at convergence (`convergence_verdicts.pair_verdict`): final FID, training time to the
+    """One width's verdict at convergence (`convergence_verdicts.pair_verdict`): final FID, training time to the
     UNet2DModel's final FID, sampling time per image at that FID."""
     from .convergence_verdicts import hours, times
 
@@ -132,7 +137,7 @@ def convergence_verdict_rows(pair: dict[str, Any]) -> list[str]:
             train_ratio, sample_ratio = costs["train_time_ratio"], costs["sampling_time_ratio"]
             target = text.format(costs["target_fid"])
     return [
-        f"| Fashion-MNIST at convergence, x1, same objective: final FID ({spread_text}; the cUNet's is "
+        f"| Fashion-MNIST at convergence, {pair['width']}, same objective: final FID ({spread_text}; the cUNet's is "
         f"{pair['outcome']}) | {pair['cunet_fid']:.2f} | {pair['unet2d_fid']:.2f} | |",
         f"| ... training time to the {target} (2 CPU cores) | {hours(train['cunet'])} | "
         f"{hours(train['unet2d'])} | **{times(train_ratio)}** |",

@@ -139,7 +139,9 @@ def test_the_convergence_verdict_replaces_the_in_progress_row_once_the_pair_is_f
 
     data = json.loads((ROOT / "benchmarks" / "results" / convergence.RESULTS_FILE).read_text())
     data["verdicts"] = {"same_width": [], "across_widths": [], "fdm": []}  # in progress, whatever is published now
-    assert "at the latest scored step" in "\n".join(pages.convergence_row(data))
+    in_progress = pages.convergence_row(data)
+    assert [row.split(",")[1].strip() for row in in_progress] == ["x1", "x0.5"]  # a row for each width's pair
+    assert all("at the latest scored step" in row for row in in_progress)
     runs = {row["name"]: row for row in data["runs"]}
     finished = {"cunet-x1": ([(2000, 9.77, 1400), (4000, 4.3, 2500)], 0.01),
                 "unet2d-x1": ([(2000, 8.9, 4000), (4000, 3.4, 6200)], 0.03)}  # fmt: skip
@@ -150,6 +152,7 @@ def test_the_convergence_verdict_replaces_the_in_progress_row_once_the_pair_is_f
     data["verdicts"] = {"same_width": [pair_verdict(runs["cunet-x1"], runs["unet2d-x1"], 1.0, 20)]}
     rows = "\n".join(pages.convergence_row(data))
     assert "seed spread 1.00; the cUNet's is within the seed spread) | 4.30 | 3.40 |" in rows
+    assert "at convergence, x1, same objective" in rows and "at convergence, x0.5, FID at the latest" in rows
     # 4.3 never reaches 3.4, but is within the spread of it: the times are to within the spread (FID <= 4.40)
     assert "training time to the UNet2DModel's final FID within the seed spread (<= 4.40)" in rows
     worse = pair_verdict(runs["cunet-x1"], runs["unet2d-x1"], 0.5, 20)  # 4.3 against 3.4, beyond the spread
