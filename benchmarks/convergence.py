@@ -309,10 +309,16 @@ def recorded_steps(run: ConvergenceRun, points: list[dict[str, Any]]) -> int:
                default=0)  # fmt: skip
 
 
-def timed_steps(folder: Path) -> dict[str, int]:
-    """The step each run was timed at, by name (`timing.json`)."""
+def read_timing(folder: Path) -> dict[str, Any] | None:
+    """`timing.json`: the settled runs' sampling seconds per image and the step each was timed at (None before any)."""
     path = folder / TIMING_FILE
-    return json.loads(path.read_text()).get("steps", {}) if path.is_file() else {}
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def read_study(folder: Path) -> dict[str, Any] | None:
+    """`step_aware.json`: the step-aware study's searches, rows and verdicts (None before it starts)."""
+    path = folder / STEP_AWARE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def timing_partners(run: ConvergenceRun, mode: Mode) -> list[ConvergenceRun]:
@@ -326,16 +332,13 @@ def timing_due(run: ConvergenceRun, mode: Mode, folder: Path) -> bool:
     pair's two runs are timed in one process, so both are needed)."""
     if not run.final_measurements:
         return False
-    timed = timed_steps(folder)
+    timed = (read_timing(folder) or {}).get("steps", {})
     return any(timed.get(other.name) != planned_steps(other, folder) for other in [run, *timing_partners(run, mode)])
 
 
 def step_aware_done(name: str, folder: Path) -> bool:
     """Whether the step-aware study holds `name`'s rows: the subject's (its verdicts written), the narrower cUNet's."""
-    path = folder / STEP_AWARE_FILE
-    if not path.is_file():
-        return False
-    study = json.loads(path.read_text())
+    study = read_study(folder) or {}
     return "verdicts" in study and (name != STUDIED[1] or narrow_scored(study, name))
 
 
@@ -541,8 +544,7 @@ def time_finished_runs(mode: Mode, folder: Path) -> None:
     if len({run.model_type for run in runs}) < 2:
         return  # no ratio without both networks
     steps = {run.name: steps_done(folder, run) for run in runs}
-    path = folder / TIMING_FILE
-    earlier = json.loads(path.read_text()) if path.is_file() else {"steps": {}, "seconds_per_image": {}}
+    earlier = read_timing(folder) or {"steps": {}, "seconds_per_image": {}}
     if steps.items() <= earlier["steps"].items():
         return  # each timed at this step already (restored ones too, while their lost weights are retrained)
     settings = mode.settings
@@ -574,7 +576,7 @@ def time_finished_runs(mode: Mode, folder: Path) -> None:
               "repeats": settings.timing_repeats, "threads": torch.get_num_threads()}  # fmt: skip
     from diffusers_cunet.atomic_write import replace_text
 
-    replace_text(path, json.dumps(result, indent=2))
+    replace_text(folder / TIMING_FILE, json.dumps(result, indent=2))
     print(f"sampling seconds per image, side by side: {json.dumps(medians)}", flush=True)
 
 
@@ -608,13 +610,11 @@ def study_step_aware(mode_name: str, folder: Path) -> None:
     subject, narrow = STUDIED
     rows, spread = judgements(mode, folder)
     ready = [name for name in STUDIED if finished_with_weights(runs[name], rows[name], spread, mode, folder)]
-    if subject not in ready and not step_aware_done(subject, folder):
+    studied = step_aware_done(subject, folder)
+    if not studied and subject not in ready:
         return  # the x1 cUNet is still training, or retraining its lost weights (its rows not kept)
-    path = folder / STEP_AWARE_FILE
-    if path.is_file():
-        study = json.loads(path.read_text())
-        if "verdicts" in study and (narrow not in ready or narrow_scored(study, narrow)):
-            return
+    if studied and (narrow not in ready or step_aware_done(narrow, folder)):
+        return  # nothing left to score until the x0.5 cUNet's weights are here
     for name in ready:  # the pipeline folder holds the last step's export (a kill may have come between)
         steps = planned_steps(runs[name], folder)
         if not exported(folder / name, steps):
@@ -622,7 +622,9 @@ def study_step_aware(mode_name: str, folder: Path) -> None:
     subjects = step_aware.Subjects({name: folder / name for name in ready}, subject, None, narrow)
     beside = f" (beside {narrow})" if narrow in ready else f" ({narrow} joins once its weights are retrained)"
     print(f"\n=== step-aware study of {subject}{beside} ===", flush=True)
-    step_aware.study(mode_name, subjects, mode.settings.sampling_steps, mode.settings.test_images, path)
+    step_aware.study(
+        mode_name, subjects, mode.settings.sampling_steps, mode.settings.test_images, folder / STEP_AWARE_FILE
+    )
 
 
 def scored_step(step: int, run: ConvergenceRun, folder: Path, settings: ConvergenceSettings) -> bool:
@@ -1025,8 +1027,7 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
 
     mode = MODES[mode_name]
     points = read_points(folder)
-    timing_path = folder / TIMING_FILE
-    timing = json.loads(timing_path.read_text()) if timing_path.is_file() else None
+    timing = read_timing(folder)
     restored_path = folder / RESTORED_FILE
     restored = json.loads(restored_path.read_text())["params"] if restored_path.is_file() else {}
     rows = []
@@ -1057,8 +1058,7 @@ def collect(mode_name: str, folder: Path) -> dict[str, Any]:
     for row in rows:
         row["converged"] = converged(row, spread, mode.settings.convergence_fraction)
         row["settled"] = settled(by_name[row["name"]], row, spread, mode)  # only a settled run enters a verdict
-    study_path = folder / STEP_AWARE_FILE
-    study = json.loads(study_path.read_text()) if study_path.is_file() else None
+    study = read_study(folder)
     return {"mode": mode_name, "settings": asdict(mode.settings), "runs": rows, "seed_spread_fid": spread,
             "seed_spread_by_step": seed_spread_by_step(rows),
             "verdicts": verdicts(rows, spread, mode.settings.sampling_steps), "step_aware": study,
