@@ -419,8 +419,9 @@ def next_run(mode: Mode, folder: Path) -> ConvergenceRun | None:
     judged by, and each run finished sooner is judged sooner while the last one finishes when it would anyway (the
     x1 cUNet, which the release waits for, is then not held behind the x1 UNet2DModel). Otherwise the unfinished run
     with the fewest steps in the first group that has one, so a group's runs advance together. A run finished on
-    record (its points restored) but whose weights were lost trains again only where they are needed, after all
-    others, the one with the least training left first (what it unblocks is measured sooner)."""
+    record (its points restored) but whose weights were lost trains again only where they are needed, the one with
+    the least training left first (what it unblocks is measured sooner): before a later group begins (the verdict of
+    its own group waits on those weights, a new group's does not yet), else after all others."""
     points = read_points(folder)
     per_step = step_times(mode, folder)
 
@@ -436,6 +437,10 @@ def next_run(mode: Mode, folder: Path) -> ConvergenceRun | None:
     if extended:
         return min(extended, key=seconds_left)
     group = min(run.group for run in learning)
+    begun = any(recorded_steps(run, points) or steps_done(folder, run) for run in learning if run.group == group)
+    recovering = [run for run in unfinished if run not in learning and run.group < group]
+    if recovering and not begun:
+        return min(recovering, key=seconds_left)
     return min((run for run in learning if run.group == group), key=lambda run: steps_done(folder, run))
 
 
