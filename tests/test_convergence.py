@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, needs_data
@@ -172,29 +173,31 @@ def test_an_unstarted_run_borrows_the_pace_of_its_network_and_width():
     assert convergence.pace(by_name["unet2d-x0.5"], own, runs) == (None, "")  # the x1 UNet2DModel is no stand-in
 
 
+def fake_checkpoint(runs: Path, name: str, step: int, seconds_per_step: float) -> None:
+    """A checkpoint folder with only the run record's step times: what the queue's ordering reads of a run."""
+    folder = runs / name / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / RUN_RECORD_FILE).write_text(json.dumps({"step_seconds": [seconds_per_step] * 3}))
+
+
 def test_extended_runs_go_first_least_training_time_left_first(tmp_path):
     mode = convergence.MODES["cpu"]
     runs = {run.name: run for run in mode.runs}
 
-    def checkpoint(name: str, step: int, seconds_per_step: float) -> None:
-        folder = tmp_path / name / f"checkpoint-{step}"
-        folder.mkdir(parents=True)
-        (folder / RUN_RECORD_FILE).write_text(json.dumps({"step_seconds": [seconds_per_step] * 3}))
-
-    checkpoint("cunet-x1", 8000, 0.6)
-    checkpoint("unet2d-x1", 10_000, 1.5)
+    fake_checkpoint(tmp_path, "cunet-x1", 8000, 0.6)
+    fake_checkpoint(tmp_path, "unet2d-x1", 10_000, 1.5)
     assert convergence.next_run(mode, tmp_path).name == "cunet-x1"  # first plans: the group's runs advance together
     for name, step, seconds in [("cunet-x1", 12_500, 0.6), ("unet2d-x1", 12_000, 1.5), ("cunet-x0.5", 12_000, 0.2),
                                 ("cunet-x0.5-seed1", 12_000, 0.2)]:  # fmt: skip
-        checkpoint(name, step, seconds)
+        fake_checkpoint(tmp_path, name, step, seconds)
     assert convergence.next_run(mode, tmp_path).name == "unet2d-x0.5"  # all four done: the next group
     for name in ["cunet-x1", "unet2d-x1", "cunet-x0.5", "cunet-x0.5-seed1"]:
         convergence.record_extension(tmp_path, name, 18_000)
     assert convergence.next_run(mode, tmp_path).name == "cunet-x0.5"  # the seed pair: 6,000 steps at 0.2 s
-    checkpoint("cunet-x0.5", 18_000, 0.2)
-    checkpoint("cunet-x0.5-seed1", 18_000, 0.2)
+    fake_checkpoint(tmp_path, "cunet-x0.5", 18_000, 0.2)
+    fake_checkpoint(tmp_path, "cunet-x0.5-seed1", 18_000, 0.2)
     assert convergence.next_run(mode, tmp_path).name == "cunet-x1"  # 5,500 steps at 0.6 s before 6,000 at 1.5 s
-    checkpoint("cunet-x1", 18_000, 0.6)
+    fake_checkpoint(tmp_path, "cunet-x1", 18_000, 0.6)
     assert convergence.next_run(mode, tmp_path) is runs["unet2d-x1"]
 
 
@@ -202,14 +205,11 @@ def test_lost_weights_a_verdict_waits_on_retrain_before_a_new_group_begins(tmp_p
     """A new machine after the x1 pair finished (on record: its points; its end-of-run measurements not made, so its
     weights are needed): the pair retrains before the next group starts; once that group has begun, it trains on."""
     mode = convergence.MODES["tiny"]
-    with (tmp_path / convergence.POINTS_FILE).open("w") as points:
-        for name in ("cunet-x1", "unet2d-x1"):
-            points.write(json.dumps({"run": name, "step": 4, "kind": "checkpoint", "fid": 2.5}) + "\n")
+    for name in ("cunet-x1", "unet2d-x1"):
+        convergence.append_point(tmp_path, {"run": name, "step": 4, "kind": "checkpoint", "fid": 2.5})
     recovering = convergence.next_run(mode, tmp_path)
     assert recovering.group == 0 and convergence.steps_done(tmp_path, recovering) == 0
-    started = tmp_path / "cunet-x0.5" / "checkpoint-2"
-    started.mkdir(parents=True)
-    (started / RUN_RECORD_FILE).write_text(json.dumps({"step_seconds": [0.2] * 2}))
+    fake_checkpoint(tmp_path, "cunet-x0.5", 2, 0.2)
     assert convergence.next_run(mode, tmp_path).name == "cunet-x0.5"  # begun: its group trains on first
 
 
