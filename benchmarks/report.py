@@ -1,7 +1,8 @@
 """BENCHMARKS.md assembled from the benchmarks' JSON results: each benchmark module (`benchmarks.cost`, `.gpu`,
-`.fashion`, `.step_aware`, `.guidance`, `.quality`, `.step_search`, `.momentum`) renders its own section and plots;
-this module only puts them in order, and rewrites the report after a benchmark's run (`finish`); publishing also
-renders the measured parts of README.md and docs/ again (`benchmarks.pages`)."""
+`.convergence`, `.denoising_profile`, `.fashion`, `.step_aware`, `.guidance`, `.quality`, `.step_search`,
+`.momentum`) renders its own section and plots; this module only puts them in order, and rewrites the report after a
+benchmark's run (`finish`); publishing also renders the measured parts of README.md and docs/ again
+(`benchmarks.pages`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,19 @@ import os
 import time
 from pathlib import Path
 
-from . import convergence, cost, fashion, gpu, guidance, momentum, pages, quality, step_aware, step_search
+from . import (
+    convergence,
+    cost,
+    denoising_profile,
+    fashion,
+    gpu,
+    guidance,
+    momentum,
+    pages,
+    quality,
+    step_aware,
+    step_search,
+)
 from .paths import PUBLISHED_REPORT, PUBLISHED_RESULTS, BenchmarkRun, command_line, shown
 
 # The report, in order: each section is written when its results file is in the results folder.
@@ -18,6 +31,7 @@ SECTIONS = (
     (cost.RESULTS_FILE, cost.report_section),
     (gpu.RESULTS_FILE, gpu.report_section),
     (convergence.RESULTS_FILE, convergence.report_section),
+    (denoising_profile.RESULTS_FILE, denoising_profile.report_section),
     (fashion.RESULTS_FILE, fashion.report_section),
     (step_aware.RESULTS_FILE, step_aware.report_section),
     (guidance.RESULTS_FILE, guidance.report_section),
