@@ -123,6 +123,7 @@ def pair_verdict(cunet: dict[str, Any], unet2d: dict[str, Any], spread: float | 
     return {
         "width": cunet["width"], "cunet": cunet["name"], "unet2d": unet2d["name"],
         "cunet_fid": final_fid(cunet), "unet2d_fid": target, "seed_spread_fid": spread,
+        "steps": {"cunet": cunet["steps"], "unet2d": unet2d["steps"]},  # each to its own convergence
         "outcome": outcome(final_fid(cunet), target, spread),
         "train_seconds_to_unet2d_fid": strict["train_seconds"], "train_time_ratio": strict["train_time_ratio"],
         "sampling_timed": strict["sampling_timed"],
@@ -248,8 +249,11 @@ def verdict_lines(found: dict[str, Any]) -> list[str]:
         train = pair["train_seconds_to_unet2d_fid"]
         sample = sampling_text(pair["sampling_timed"], pair["sampling_seconds_per_image_at_unet2d_fid"],
                                pair["sampling_time_ratio"])  # fmt: skip
+        steps = pair["steps"]
+        trained = (f"both {steps['cunet']:,} steps" if steps["cunet"] == steps["unet2d"]
+                   else f"cUNet {steps['cunet']:,} steps, UNet2DModel {steps['unet2d']:,}")  # fmt: skip
         lines.append(
-            f"- **{pair['width']}** (same objective, same steps): the cUNet's final FID **{pair['cunet_fid']:.2f}** "
+            f"- **{pair['width']}** (same objective; {trained}): the cUNet's final FID **{pair['cunet_fid']:.2f}** "
             f"against the UNet2DModel's **{pair['unet2d_fid']:.2f}** ({spread_text}): **{pair['outcome']}**. "
             f"Training time to the UNet2DModel's final FID: cUNet {hours(train['cunet'])}, UNet2DModel "
             f"{hours(train['unet2d'])} ({times(pair['train_time_ratio'])}). Sampling time per image at that FID: "

@@ -66,7 +66,10 @@ def test_same_width_verdict_by_hand():
     (good,) = across["cunets_at_least_as_good"]
     assert good["run"] == "cunet-x1" and good["sampling_time_ratio"] == pytest.approx(0.02 / 0.06)
     text = "\n".join(verdict_lines(found))
-    assert "**8.00** against the UNet2DModel's **8.50** (seed spread 0.60): **within the seed spread**" in text
+    assert (
+        "**x1** (same objective; both 3 steps): the cUNet's final FID **8.00** against the UNet2DModel's **8.50** "
+        "(seed spread 0.60): **within the seed spread**" in text
+    )
     assert "cUNet 0.07 h, UNet2DModel 0.25 h (0.28x)" in text
 
 
@@ -78,6 +81,7 @@ def test_a_losing_cunet_is_said_plainly_and_unsettled_runs_give_no_verdict():
     assert found["across_widths"][0]["cunets_at_least_as_good"] == []
     text = "\n".join(verdict_lines(found))
     assert "cUNet never (within its steps)" in text and "none: every cUNet's FID is higher" in text
+    assert "(same objective; cUNet 2 steps, UNet2DModel 3)" in text  # each trained to its own end
     # what each pays for the quality both reach, the cUNet's final 12.0: the cUNet at its 200 s point, the
     # UNet2DModel already at its first (300 s, only a bound)
     both = pair["at_cunet_fid"]
