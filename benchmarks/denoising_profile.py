@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from diffusers_cunet.atomic_write import replace_text
+from diffusers_cunet.flops import count_parameters
 from diffusers_cunet.objectives import EDMObjective
 from diffusers_cunet.preconditioning import EDMPreconditioning
 from evaluation.held_out import HeldOutError
@@ -86,12 +87,14 @@ def skip_only_errors(measure: HeldOutError, preconditioning: EDMPreconditioning)
     return errors
 
 
-def profiled_runs(mode: str, folder: Path) -> tuple[list[tuple[convergence.ConvergenceRun, int]], list[str]]:
-    """Each seed-0 EDM run of `mode` with its newest checkpoint at a scored step, and the names of those without one
-    (their weights not on disk)."""
+def profiled_runs(
+    mode: str, folder: Path
+) -> tuple[list[tuple[convergence.ConvergenceRun, dict[str, Any]]], list[str]]:
+    """Each seed-0 EDM run of `mode` with the scored point of its newest checkpoint on disk, and the names of those
+    without one (their weights not on disk)."""
     from training.checkpointing import checkpoint_step, list_checkpoints
 
-    scored = {(point["run"], point["step"]) for point in convergence.read_points(folder)
+    scored = {(point["run"], point["step"]): point for point in convergence.read_points(folder)
               if point.get("kind", "checkpoint") == "checkpoint"}  # fmt: skip
     found, missing = [], []
     for run in convergence.MODES[mode].runs:
@@ -100,7 +103,7 @@ def profiled_runs(mode: str, folder: Path) -> tuple[list[tuple[convergence.Conve
         steps = [checkpoint_step(path) for path in list_checkpoints(folder / run.name)]
         kept = [step for step in steps if (run.name, step) in scored]
         if kept:
-            found.append((run, max(kept)))
+            found.append((run, scored[(run.name, max(kept))]))
         else:
             missing.append(run.name)
     return found, missing
@@ -118,16 +121,13 @@ def run(mode: str, folder: Path, results_path: Path) -> dict[str, Any]:
     images, labels = held_out_images(settings.images)
     sigmas = profile_sigmas(settings.levels)
     measure = HeldOutError(images, labels, seed=settings.seed, sigmas=tuple(sigmas), batch_size=settings.batch_size)
-    points = {(point["run"], point["step"]): point for point in convergence.read_points(folder)
-              if point.get("kind", "checkpoint") == "checkpoint"}  # fmt: skip
     rows = []
-    for spec, step in found:
-        started = time.perf_counter()
+    for spec, point in found:
+        started, step = time.perf_counter(), point["step"]
         model = load_ema(folder / spec.name / f"checkpoint-{step}", spec.model_type)
         errors = denoising_errors(model, measure)
-        point = points[(spec.name, step)]
         rows.append({"name": spec.name, "network": spec.model_type, "width": convergence.run_model(spec)[1],
-                     "step": step, "params": sum(p.numel() for p in model.parameters()), "fid": point["fid"],
+                     "step": step, "params": count_parameters(model), "fid": point["fid"],
                      "held_out_error": point.get("held_out_error"), "errors": errors,
                      "seconds": time.perf_counter() - started})  # fmt: skip
         print(f"{spec.name} at step {step}: " + ", ".join(f"{s:.3g}: {e:.2e}" for s, e in zip(sigmas, errors)),
